@@ -1,0 +1,35 @@
+# One command each: `make demo` sets up and converts the bundled demo checkpoint,
+# `make test` sets up and runs the test suite, `make bench` runs the benchmarks.
+PYTHON ?= python3
+VENV ?= .venv
+PY := $(VENV)/bin/python
+# A CPU build of torch keeps setup small; override with TORCH=torch (or your CUDA build) elsewhere.
+TORCH ?= torch==2.13.0
+DEMO ?= demo-out
+
+.PHONY: setup test demo bench e2e clean
+
+$(VENV)/.installed: pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install -q --upgrade pip
+	$(PY) -m pip install -q "$(TORCH)" || $(PY) -m pip install -q "torch>=2.4"
+	$(PY) -m pip install -q -e ".[test]"
+	touch $@
+
+setup: $(VENV)/.installed
+
+test: setup
+	$(PY) -m pytest -q -p no:cacheprovider
+
+demo: setup
+	rm -rf $(DEMO)
+	$(VENV)/bin/qwen2llama synth $(DEMO)/qwen-tiny --preset tiny --layers 2 --seed 7
+	$(VENV)/bin/qwen2llama inspect $(DEMO)/qwen-tiny
+	$(VENV)/bin/qwen2llama convert $(DEMO)/qwen-tiny $(DEMO)/llama-tiny --report $(DEMO)/verify-report.json
+	$(PY) -m qwen2llama.demo $(DEMO)/qwen-tiny $(DEMO)/llama-tiny
+
+bench: setup
+	$(PY) benchmarks/run.py
+
+clean:
+	rm -rf $(VENV) $(DEMO) bench-out

@@ -1,0 +1,102 @@
+"""The converted folder as transformers sees it: config, safetensors shards, decoder layers.
+
+The LLaMA side of `verify` runs transformers' own `LlamaDecoderLayer`, `LlamaRMSNorm` and
+rotary embedding on weights read with the `safetensors` library, one layer at a time.
+"""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import torch
+
+from ..errors import InputError
+from ..qwen.checkpoint import TensorRef, read_safetensors_header
+
+
+def read_output_tensors(folder: Path) -> dict[str, TensorRef]:
+    """Every tensor of a converted folder, from the index (if any) and the shard headers."""
+    index = folder / "model.safetensors.index.json"
+    if index.is_file():
+        try:
+            weight_map = json.loads(index.read_text())["weight_map"]
+        except (ValueError, KeyError, TypeError):
+            raise InputError("unreadable model.safetensors.index.json", path=index,
+                             fix="convert again; the output is damaged") from None
+        shards = sorted(set(weight_map.values()))
+    elif (folder / "model.safetensors").is_file():
+        weight_map, shards = None, ["model.safetensors"]
+    else:
+        raise InputError("no model.safetensors or model.safetensors.index.json", path=folder,
+                         fix="point at the folder that `qwen2llama convert` wrote")
+    refs: dict[str, TensorRef] = {}
+    for shard in shards:
+        if "/" in shard or "\\" in shard or shard in ("", ".", ".."):
+            raise InputError(f"shard name {shard!r} is not a plain file name", path=index, fix="convert again")
+        path = folder / shard
+        if not path.is_file():
+            raise InputError(f"shard {shard} is missing", path=path, fix="convert again")
+        for name, ref in read_safetensors_header(path).items():
+            if name in refs:
+                raise InputError(f"tensor {name} is stored twice", path=path, fix="convert again")
+            if weight_map is not None and weight_map.get(name) != shard:
+                raise InputError(f"tensor {name} is in {shard} but the index says {weight_map.get(name)}",
+                                 path=index, fix="convert again")
+            refs[name] = ref
+    return refs
+
+
+class LlamaSide:
+    """transformers' LLaMA modules over a converted folder, loaded layer by layer in float32."""
+
+    def __init__(self, folder: Path):
+        from transformers import LlamaConfig
+        from transformers.models.llama.modeling_llama import LlamaRotaryEmbedding
+
+        self.folder = folder
+        self.tensors = read_output_tensors(folder)
+        try:
+            self.config = LlamaConfig.from_pretrained(folder)
+        except Exception as exc:
+            raise InputError(f"transformers cannot read config.json ({exc})"[:400], path=folder / "config.json",
+                             fix="convert again") from None
+        self.config._attn_implementation = "sdpa"
+        self.rotary = LlamaRotaryEmbedding(self.config)
+
+    def tensor(self, name: str, start: int | None = None, stop: int | None = None) -> torch.Tensor:
+        from safetensors import safe_open
+
+        ref = self.tensors[name]
+        with safe_open(str(ref.file), framework="pt") as fh:
+            if start is None:
+                return fh.get_tensor(name).float()
+            return fh.get_slice(name)[start:stop].float()
+
+    def embed(self, ids: list[int]) -> torch.Tensor:
+        rows = {i: self.tensor("model.embed_tokens.weight", i, i + 1)[0] for i in set(ids)}
+        return torch.stack([rows[i] for i in ids])
+
+    def layer(self, i: int):
+        from transformers.models.llama.modeling_llama import LlamaDecoderLayer
+
+        prefix = f"model.layers.{i}."
+        weights = {n[len(prefix):]: self.tensor(n) for n in self.tensors if n.startswith(prefix)}
+        with torch.device("meta"):
+            layer = LlamaDecoderLayer(self.config, layer_idx=i)
+        layer.load_state_dict(weights, strict=True, assign=True)
+        return layer.float().eval()
+
+    @torch.no_grad()
+    def run_layer(self, layer, x: torch.Tensor) -> torch.Tensor:
+        pos = torch.arange(x.shape[0])[None]
+        cos, sin = self.rotary(x[None], pos)
+        out = layer(x[None], attention_mask=None, position_ids=pos, position_embeddings=(cos, sin))
+        return (out[0] if isinstance(out, tuple) else out)[0]
+
+    def final_norm(self, x: torch.Tensor) -> torch.Tensor:
+        from transformers.models.llama.modeling_llama import LlamaRMSNorm
+
+        norm = LlamaRMSNorm(self.config.hidden_size, eps=self.config.rms_norm_eps)
+        norm.weight.data = self.tensor("model.norm.weight")
+        with torch.no_grad():
+            return norm(x)

@@ -1,0 +1,13 @@
+"""Progress reporting as a tiny interface, so the library stays free of terminal code."""
+from __future__ import annotations
+
+
+class Progress:
+    def start(self, label: str, total: int, unit: str = "B") -> None: ...
+    def advance(self, n: int) -> None: ...
+    def finish(self) -> None: ...
+    def note(self, message: str) -> None: ...
+
+
+class NullProgress(Progress):
+    pass

@@ -1,0 +1,113 @@
+"""An independent Qwen v1 forward pass, written from the Qwen math in Qwen's own terms.
+
+It reads the *source* checkpoint by Qwen names (fused `c_attn`, `w1`/`w2`, `ln_1`) and never
+imports the conversion table, so a mapping bug shows up as a logit difference instead of
+being reproduced on both sides. It also implements what LLaMA cannot express (dynamic NTK,
+logn attention), so divergence past `seq_length` can be measured.
+
+Computation is in float32 (weights are upcast), one layer's weights at a time.
+"""
+from __future__ import annotations
+
+import math
+
+import torch
+
+from .qwen.checkpoint import Checkpoint, read_ref
+
+ATTN_SCORE_BYTES = 256 << 20  # attention score block budget: heads are processed in groups
+
+
+def rms_norm(x: torch.Tensor, weight: torch.Tensor, eps: float) -> torch.Tensor:
+    """Qwen's RMSNorm: normalise in float32, cast back, then scale."""
+    normed = x.float() * torch.rsqrt(x.float().pow(2).mean(-1, keepdim=True) + eps)
+    return normed.type_as(x) * weight
+
+
+def rotate_half(x: torch.Tensor) -> torch.Tensor:
+    x1, x2 = x.chunk(2, dim=-1)
+    return torch.cat((-x2, x1), dim=-1)
+
+
+def ntk_alpha(length: int, seq_length: int, enabled: bool) -> float:
+    """Qwen's dynamic NTK factor: 1 up to seq_length, then 2^ceil(log2(len/seq)+1) - 1."""
+    if not enabled or length <= seq_length:
+        return 1.0
+    return max(2 ** math.ceil(math.log(length / seq_length, 2) + 1) - 1, 1)
+
+
+def rotary_tables(length: int, head_dim: int, base: float, alpha: float) -> tuple[torch.Tensor, torch.Tensor]:
+    base = base * alpha ** (head_dim / (head_dim - 2))
+    inv_freq = 1.0 / (base ** (torch.arange(0, head_dim, 2, dtype=torch.float32) / head_dim))
+    freqs = torch.outer(torch.arange(length, dtype=torch.float32), inv_freq)
+    emb = torch.cat((freqs, freqs), dim=-1)
+    return emb.cos(), emb.sin()
+
+
+def logn_scale(length: int, seq_length: int, enabled: bool) -> torch.Tensor:
+    """Per-position query factor: log(i)/log(seq_length) for 1-based position i > seq_length."""
+    i = torch.arange(1, length + 1, dtype=torch.float64)
+    scale = torch.where(i > seq_length, torch.log(i) / math.log(seq_length), torch.ones_like(i))
+    return (scale if enabled else torch.ones_like(i)).float()
+
+
+class QwenReference:
+    """Qwen v1 in float32 over a source checkpoint, layer by layer."""
+
+    def __init__(self, ckpt: Checkpoint):
+        self.ckpt = ckpt
+        self.cfg = ckpt.config
+
+    def _w(self, name: str) -> torch.Tensor:
+        return self.ckpt.read_tensor(name).float()
+
+    def embed(self, ids: list[int]) -> torch.Tensor:
+        ref = self.ckpt.tensors["transformer.wte.weight"]
+        rows = {i: read_ref(ref, i, i + 1)[0].float() for i in set(ids)}
+        return torch.stack([rows[i] for i in ids])
+
+    def layer_weights(self, i: int) -> dict[str, torch.Tensor]:
+        pre = f"transformer.h.{i}."
+        names = ("ln_1.weight", "attn.c_attn.weight", "attn.c_attn.bias", "attn.c_proj.weight", "ln_2.weight",
+                 "mlp.w1.weight", "mlp.w2.weight", "mlp.c_proj.weight")
+        return {n: self._w(pre + n) for n in names}
+
+    def block(self, w: dict[str, torch.Tensor], x: torch.Tensor) -> torch.Tensor:
+        """One Qwen block on x [T, H]: h = x + attn(ln_1(x)); out = h + mlp(ln_2(h))."""
+        cfg = self.cfg
+        T = x.shape[0]
+        nh, hd = cfg.num_heads, cfg.head_dim
+        a = rms_norm(x, w["ln_1.weight"], cfg.layer_norm_epsilon)
+        qkv = a @ w["attn.c_attn.weight"].T + w["attn.c_attn.bias"]
+        q, k, v = qkv.split(cfg.projection_size, dim=-1)
+        q, k, v = (t.view(T, nh, hd).transpose(0, 1) for t in (q, k, v))  # [heads, T, hd]
+        cos, sin = rotary_tables(T, hd, cfg.rotary_emb_base, ntk_alpha(T, cfg.seq_length, cfg.use_dynamic_ntk))
+        q = q * cos + rotate_half(q) * sin
+        k = k * cos + rotate_half(k) * sin
+        q = q * logn_scale(T, cfg.seq_length, cfg.use_logn_attn)[None, :, None]
+        ctx = torch.empty_like(q)
+        causal = torch.ones(T, T, dtype=torch.bool).triu(1)
+        group = max(1, ATTN_SCORE_BYTES // (T * T * 4))
+        for h0 in range(0, nh, group):
+            s = (q[h0:h0 + group] @ k[h0:h0 + group].transpose(-1, -2)) / math.sqrt(hd)
+            s = s.masked_fill(causal, float("-inf")).softmax(dim=-1)
+            ctx[h0:h0 + group] = s @ v[h0:h0 + group]
+        attn = ctx.transpose(0, 1).reshape(T, cfg.projection_size) @ w["attn.c_proj.weight"].T
+        h = x + attn
+        m = rms_norm(h, w["ln_2.weight"], cfg.layer_norm_epsilon)
+        inner = (m @ w["mlp.w1.weight"].T) * torch.nn.functional.silu(m @ w["mlp.w2.weight"].T)
+        return h + inner @ w["mlp.c_proj.weight"].T
+
+    def final_norm(self, x: torch.Tensor) -> torch.Tensor:
+        return rms_norm(x, self._w("transformer.ln_f.weight"), self.cfg.layer_norm_epsilon)
+
+    def head_ref(self):
+        return self.ckpt.tensors["lm_head.weight"]
+
+    @torch.no_grad()
+    def logits(self, ids: list[int]) -> torch.Tensor:
+        """Full forward for one sequence: logits [T, V] (small models; tests)."""
+        x = self.embed(ids)
+        for i in range(self.cfg.num_layers):
+            x = self.block(self.layer_weights(i), x)
+        return self.final_norm(x) @ self._w("lm_head.weight").T

@@ -1,0 +1,171 @@
+"""Write Qwen v1 checkpoints with random weights, at the widths of real releases.
+
+No weights can be downloaded here, so tests, the demo and the benchmarks convert checkpoints
+made by this module: the exact Qwen v1 file layout (names, shapes, safetensors or zip-format
+torch `.bin`, sharded or not, both config generations) with the real `qwen.tiktoken`.
+Biases and norm weights are random and far from zero/one, so a mapping error changes logits.
+"""
+from __future__ import annotations
+
+import json
+import shutil
+from importlib import resources
+from math import prod
+from pathlib import Path
+
+from .dtypes import FLOAT_NAMES, ITEMSIZE
+from .errors import InputError, OutputError
+from .qwen.config import parse_config
+
+ASSETS = resources.files("qwen2llama") / "assets" / "qwen"
+CONFIGS = resources.files("qwen2llama") / "configs"
+VOCAB_FILES = ("qwen.tiktoken", "LICENSE", "NOTICE")
+
+# generation_config.json of the releases: chat models use ChatML, base models raw text.
+GENERATION = {
+    True: {"chat_format": "chatml", "do_sample": True, "eos_token_id": 151643, "max_new_tokens": 512,
+           "max_window_size": 6144, "pad_token_id": 151643, "repetition_penalty": 1.1, "top_k": 0, "top_p": 0.8},
+    False: {"chat_format": "raw", "do_sample": True, "eos_token_id": 151643, "max_new_tokens": 512,
+            "pad_token_id": 151643, "stop_words_ids": [[151643]], "top_k": 0, "top_p": 0.8},
+}
+
+
+def preset_names() -> list[str]:
+    return sorted(p.name[:-5] for p in CONFIGS.iterdir() if p.name.endswith(".json"))
+
+
+def vocab_path() -> Path:
+    return Path(str(ASSETS / "qwen.tiktoken"))
+
+
+def load_preset(name: str) -> dict:
+    path = CONFIGS / f"{name}.json"
+    if not path.is_file():
+        raise InputError(f"unknown preset {name!r}", fix=f"choose one of: {', '.join(preset_names())}")
+    return json.loads(path.read_text())
+
+
+def qwen_tensor_shapes(raw: dict) -> list[tuple[str, tuple[int, ...]]]:
+    """Qwen tensor names and shapes, in the order the releases store them."""
+    c = parse_config(raw, Path("config.json"))
+    h, p, f, v = c.hidden_size, c.projection_size, c.mlp_width, c.vocab_rows
+    out = [("transformer.wte.weight", (v, h))]
+    for i in range(c.num_layers):
+        pre = f"transformer.h.{i}."
+        out += [(pre + "ln_1.weight", (h,)), (pre + "attn.c_attn.weight", (3 * p, h)),
+                (pre + "attn.c_attn.bias", (3 * p,)), (pre + "attn.c_proj.weight", (h, p)),
+                (pre + "ln_2.weight", (h,)), (pre + "mlp.w1.weight", (f, h)), (pre + "mlp.w2.weight", (f, h)),
+                (pre + "mlp.c_proj.weight", (h, f))]
+    return out + [("transformer.ln_f.weight", (h,)), ("lm_head.weight", (v, h))]
+
+
+def _random(name: str, shape, generator, dtype):
+    """Norm weights around 1, biases and weights with enough spread to matter."""
+    import torch
+
+    x = torch.randn(shape, generator=generator, dtype=torch.float32)
+    if name.endswith(("ln_1.weight", "ln_2.weight", "ln_f.weight")):
+        x = 1.0 + 0.2 * x
+    elif name.endswith("bias"):
+        x = 0.2 * x
+    elif name.endswith(("wte.weight",)):
+        x = 0.5 * x
+    else:
+        x = x * (1.0 / shape[-1]) ** 0.5
+    return x.to(dtype)
+
+
+def _split_even(items: list, sizes: list[int], count: int) -> list[list]:
+    total, target = sum(sizes), sum(sizes) / count
+    groups: list[list] = [[] for _ in range(count)]
+    acc = 0
+    for item, size in zip(items, sizes):
+        k = min(count - 1, int(acc / target)) if total else 0
+        groups[k].append(item)
+        acc += size
+    return [g for g in groups if g]
+
+
+def _write_safetensors(path: Path, entries, dtype_code: str, make) -> None:
+    """Write tensors one at a time (memory: the largest tensor, not the shard)."""
+    header: dict = {"__metadata__": {"format": "pt"}}
+    offset = 0
+    for name, shape in entries:
+        n = prod(shape) * ITEMSIZE[dtype_code]
+        header[name] = {"dtype": dtype_code, "shape": list(shape), "data_offsets": [offset, offset + n]}
+        offset += n
+    raw = json.dumps(header, separators=(",", ":")).encode()
+    raw += b" " * (-len(raw) % 8)
+    with open(path, "wb") as fh:
+        fh.write(len(raw).to_bytes(8, "little") + raw)
+        for name, shape in entries:
+            import torch
+
+            fh.write(make(name, shape).contiguous().view(torch.uint8).numpy().tobytes())
+
+
+def synthesize(out: str | Path, preset: str = "tiny", *, layers: int | None = None, fmt: str = "safetensors",
+               shards: int = 1, dtype: str = "bfloat16", seed: int = 0, chat: bool | None = None,
+               buffers: bool = False, progress=None) -> Path:
+    """Write a Qwen-format checkpoint folder; returns its path. `buffers` adds the non-weight
+    buffers (rotary inv_freq) some releases carry, which the converter must drop."""
+    import torch
+
+    out = Path(out)
+    if fmt not in ("safetensors", "bin"):
+        raise InputError(f"unknown format {fmt!r}", fix="use safetensors or bin")
+    if dtype not in FLOAT_NAMES:
+        raise InputError(f"unknown dtype {dtype!r}", fix=f"use one of {', '.join(FLOAT_NAMES)}")
+    if shards < 1:
+        raise InputError("--shards must be at least 1", fix="use --shards 1 for a single file")
+    if out.exists() and any(out.iterdir()):
+        raise OutputError("the output folder exists and is not empty", path=out, fix="choose a new folder")
+    raw = load_preset(preset)
+    if layers is not None:
+        raw["n_layer" if "n_layer" in raw else "num_hidden_layers"] = layers
+    chat = ("chat" in preset or "2023-08" in preset) if chat is None else chat
+    raw[next(k for k in ("torch_dtype", "params_dtype") if k in raw)] = (
+        dtype if "torch_dtype" in raw else f"torch.{dtype}")
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "config.json").write_text(json.dumps(raw, indent=2, sort_keys=True) + "\n")
+    (out / "generation_config.json").write_text(json.dumps(GENERATION[chat], indent=2, sort_keys=True) + "\n")
+    (out / "tokenizer_config.json").write_text(json.dumps(
+        {"auto_map": {"AutoTokenizer": ["tokenization_qwen.QWenTokenizer", None]},
+         "model_max_length": raw["seq_length"], "tokenizer_class": "QWenTokenizer"}, indent=2) + "\n")
+    for name in VOCAB_FILES:
+        shutil.copyfile(str(ASSETS / name), out / name)
+
+    entries = qwen_tensor_shapes(raw)
+    if buffers:
+        head_dim = raw.get("kv_channels", 128)
+        entries.insert(1, ("transformer.rotary_emb.inv_freq", (head_dim // 2,)))
+    torch_dt = getattr(torch, dtype)
+    generator = torch.Generator().manual_seed(seed)
+
+    def make(name, shape):
+        if name.endswith("inv_freq"):
+            d = shape[0] * 2
+            return (1.0 / (raw["rotary_emb_base"] ** (torch.arange(0, d, 2).float() / d))).to(torch_dt)
+        t = _random(name, shape, generator, torch_dt)
+        if progress:
+            progress(t.numel() * t.element_size())
+        return t
+
+    sizes = [prod(s) for _, s in entries]
+    groups = _split_even(entries, sizes, shards)
+    ext = "safetensors" if fmt == "safetensors" else "bin"
+    stem = "model" if fmt == "safetensors" else "pytorch_model"
+    names = ([f"{stem}.{ext}"] if len(groups) == 1
+             else [f"{stem}-{k:05d}-of-{len(groups):05d}.{ext}" for k in range(1, len(groups) + 1)])
+    weight_map = {}
+    for fname, group in zip(names, groups):
+        if fmt == "safetensors":
+            _write_safetensors(out / fname, group, FLOAT_NAMES[dtype], make)
+        else:
+            torch.save({name: make(name, shape) for name, shape in group}, out / fname)
+        weight_map.update({name: fname for name, _ in group})
+    if len(groups) > 1:
+        total = sum(prod(s) for _, s in entries) * ITEMSIZE[FLOAT_NAMES[dtype]]
+        index = {"metadata": {"total_size": total}, "weight_map": dict(sorted(weight_map.items()))}
+        (out / f"{stem}.{ext}.index.json").write_text(json.dumps(index, indent=2) + "\n")
+    return out

@@ -1,0 +1,38 @@
+"""Recover a BPE merge list from tiktoken ranks.
+
+tiktoken has no merges, only ranks: it repeatedly joins the adjacent pair whose
+concatenation has the lowest rank. A Hugging Face BPE needs merges instead. For each token,
+BPE limited to lower ranks leaves exactly two parts; that pair is the token's one merge, and
+listing merges in rank order makes merge priority equal rank order.
+"""
+from __future__ import annotations
+
+
+def _bpe_parts(token: bytes, ranks: dict[bytes, int], limit: int) -> list[bytes]:
+    parts = [token[i:i + 1] for i in range(len(token))]
+    while len(parts) > 1:
+        best, best_rank = -1, limit
+        for i in range(len(parts) - 1):
+            r = ranks.get(parts[i] + parts[i + 1], limit)
+            if r < best_rank:
+                best, best_rank = i, r
+        if best < 0:
+            break
+        parts[best:best + 2] = [parts[best] + parts[best + 1]]
+    return parts
+
+
+def recover_merges(tokens: list[bytes]) -> tuple[list[tuple[bytes, bytes]], list[int]]:
+    """(merges in rank order, ranks of multi-byte tokens that no merge sequence builds)."""
+    ranks = {tok: rank for rank, tok in enumerate(tokens)}
+    merges: list[tuple[bytes, bytes]] = []
+    unbuildable: list[int] = []
+    for rank, token in enumerate(tokens):
+        if len(token) < 2:
+            continue
+        parts = _bpe_parts(token, ranks, rank)
+        if len(parts) == 2:
+            merges.append((parts[0], parts[1]))
+        else:
+            unbuildable.append(rank)
+    return merges, unbuildable

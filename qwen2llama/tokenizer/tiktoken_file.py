@@ -1,0 +1,51 @@
+"""Read and validate `qwen.tiktoken`: one `base64(bytes) rank` line per regular token."""
+from __future__ import annotations
+
+import base64
+import binascii
+from pathlib import Path
+
+from ..errors import InputError
+
+FIX = "use the unmodified qwen.tiktoken that came with the checkpoint"
+
+
+def read_tiktoken(path: str | Path) -> list[bytes]:
+    """Token bytes indexed by rank. Ranks must be exactly 0..N-1, tokens distinct, and every
+    single byte present (byte-level BPE must be able to spell any input)."""
+    path = Path(path)
+    try:
+        data = path.read_bytes()
+    except OSError as exc:
+        raise InputError(f"cannot read the vocabulary ({exc.strerror})", path=path, fix=FIX) from None
+    by_rank: dict[int, bytes] = {}
+    seen: dict[bytes, int] = {}
+    for lineno, line in enumerate(data.splitlines(), 1):
+        if not line.strip():
+            continue
+        fields = line.split()
+        if len(fields) != 2 or not fields[1].isdigit():
+            raise InputError(f"line {lineno}: expected 'base64 rank', got {line[:60]!r}", path=path, fix=FIX)
+        try:
+            token = base64.b64decode(fields[0], validate=True)
+        except (binascii.Error, ValueError):
+            raise InputError(f"line {lineno}: bad base64 {fields[0][:40]!r}", path=path, fix=FIX) from None
+        rank = int(fields[1])
+        if not token:
+            raise InputError(f"line {lineno}: empty token", path=path, fix=FIX)
+        if rank in by_rank:
+            raise InputError(f"line {lineno}: rank {rank} appears twice", path=path, fix=FIX)
+        if token in seen:
+            raise InputError(f"line {lineno}: token {token!r} already has rank {seen[token]}", path=path, fix=FIX)
+        by_rank[rank] = token
+        seen[token] = rank
+    if not by_rank:
+        raise InputError("the vocabulary is empty", path=path, fix=FIX)
+    for expected, rank in enumerate(sorted(by_rank)):
+        if rank != expected:
+            raise InputError(f"ranks jump from {expected - 1} to {rank}: rank {expected} is missing",
+                             path=path, fix=FIX)
+    missing = [b for b in range(256) if bytes([b]) not in seen]
+    if missing:
+        raise InputError(f"single-byte tokens missing for bytes {missing[:8]}", path=path, fix=FIX)
+    return [by_rank[r] for r in range(len(by_rank))]

@@ -37,7 +37,10 @@ TOL_LOSSY = {"max_abs_logit_diff_rel": None, "kl_max": 1e-2, "top1_agreement_min
 # Golden ids from the Qwen documentation (specials parsed).
 GOLDEN = {'print("<|endoftext|>")': [1350, 445, 151643, 899], "Hello world": [9707, 1879],
           " Hello world": [21927, 1879]}
-PROBES = ["1234567890 and 3.14159265", "  leading spaces\r\n\r\nCRLF", "x" * 40, "中文数字一二三123"]
+# Qwen's vocabulary has no multi-digit ASCII token; full-width "１０" and "２０" are its only
+# two-numeral tokens, so they are what exposes a digit-grouping regex.
+PROBES = ["1234567890 and 3.14159265", "全角数字１０２０と１２３", "  leading spaces\r\n\r\nCRLF", "x" * 40,
+          "中文数字一二三123", "don't I'LL\ttabs $value"]
 
 
 class VerifyResult(dict):
@@ -256,13 +259,24 @@ def check_tokenizer(ckpt: Checkpoint, dst: Path, encode, texts, chats, chat: boo
             failures.append(f"chat template renders {got[:80]!r}..., Qwen's helper gives {want[:80]!r}...")
         rendered.append(want)
     samples = list(texts) + rendered + PROBES + list(GOLDEN)
+    # transformers >= 5 rebuilds Qwen2Tokenizer from vocab and merges with its own regex, while
+    # other runtimes read tokenizer.json as written: both must give tiktoken's ids.
+    from tokenizers import Tokenizer
+
+    try:
+        raw = Tokenizer.from_file(str(dst / "tokenizer.json"))
+        encoders = {"AutoTokenizer": lambda t: tok(t, add_special_tokens=True)["input_ids"],
+                    "tokenizer.json": lambda t: raw.encode(t).ids}
+    except Exception as exc:
+        failures.append(f"tokenizer.json cannot be loaded by the tokenizers library: {exc}"[:300])
+        encoders = {"AutoTokenizer": lambda t: tok(t, add_special_tokens=True)["input_ids"]}
     mismatched = 0
     for text in samples:
-        ours = tok(text, add_special_tokens=True)["input_ids"]
         theirs = encode(text)
-        if ours != theirs:
+        bad = [(name, ids) for name, fn in encoders.items() if (ids := fn(text)) != theirs]
+        if bad:
             mismatched += 1
-            failures.append(f"ids differ on {text[:40]!r}: {ours[:12]} vs tiktoken {theirs[:12]}")
+            failures += [f"{name} ids differ on {text[:40]!r}: {ids[:12]} vs tiktoken {theirs[:12]}" for name, ids in bad]
     for text, ids in GOLDEN.items():
         if encode(text) != ids:
             failures.append(f"tiktoken itself gives {encode(text)} for {text!r}, documented {ids}: wrong vocabulary?")

@@ -1,0 +1,138 @@
+"""`verify` passes honest conversions and catches every planted defect (exit 1)."""
+from __future__ import annotations
+
+import json
+import re
+import shutil
+
+import pytest
+import torch
+from safetensors.torch import load_file, save_file
+from typer.testing import CliRunner
+
+from qwen2llama.cli import app
+from qwen2llama.convert import sha256_file
+from qwen2llama.verify import verify
+
+from conftest import VARIANTS
+
+
+@pytest.mark.parametrize("variant", list(VARIANTS))
+def test_honest_conversions_pass(variant, sources, converted):
+    result = verify(sources[variant], converted[variant], quick=variant != "st-single-bf16")
+    assert result["passed"], json.dumps(result["checks"], indent=1)[:3000]
+    assert all(c["passed"] for name, c in result["checks"].items())
+    logits = result["checks"]["logits"]
+    assert logits["max_abs_logit_diff"] <= 1e-5 and logits["top1_agreement"] == 1.0
+    assert all(g["identical"] for g in logits["greedy"])
+
+
+def test_cli_exit_codes_and_report(sources, converted, tmp_path):
+    runner = CliRunner()
+    report = tmp_path / "report.json"
+    ok = runner.invoke(app, ["verify", str(sources["st-single-bf16"]), str(converted["st-single-bf16"]),
+                             "--report", str(report)])
+    assert ok.exit_code == 0, ok.output
+    data = json.loads(report.read_text())
+    assert data["passed"] is True and set(data["checks"]) == {"integrity", "tensors", "config", "tokenizer", "logits"}
+    assert data["checks"]["logits"]["layers"][0]["layer"] == 0
+    assert "beyond_seq_length" in data["checks"]["logits"]  # tiny uses dynamic NTK + logn
+    # a different model is bad input (2), not a failed check
+    other = runner.invoke(app, ["verify", str(sources["72b-style"]), str(converted["st-single-bf16"])])
+    assert other.exit_code == 2 and "different models" in other.output
+    missing = runner.invoke(app, ["verify", str(sources["st-single-bf16"]), str(tmp_path / "nope")])
+    assert missing.exit_code == 2 and "Traceback" not in missing.output
+
+
+def _rehash(folder):
+    """Make the manifest agree with edited files: a converter bug would write consistent hashes."""
+    manifest = json.loads((folder / "conversion.json").read_text())
+    manifest["files"] = {name: sha256_file(folder / name) for name in manifest["files"]}
+    (folder / "conversion.json").write_text(json.dumps(manifest))
+
+
+def _edit_weights(folder, fn):
+    path = folder / "model.safetensors"
+    tensors = load_file(path)
+    fn(tensors)
+    save_file(tensors, path, metadata={"format": "pt"})
+
+
+def _edit_json(folder, name, fn):
+    data = json.loads((folder / name).read_text())
+    fn(data)
+    (folder / name).write_text(json.dumps(data))
+
+
+def _swap(t, a, b):
+    t[a], t[b] = t[b].clone(), t[a].clone()
+
+
+def _zero(t, name):
+    t[name] = torch.zeros_like(t[name])
+
+
+def _bump_row(t, name, row):
+    t[name][row] += 1.0
+
+
+def _regroup_digits(tok):
+    for pre in tok["pre_tokenizer"]["pretokenizers"]:
+        if pre["type"] == "Split":
+            pre["pattern"]["Regex"] = pre["pattern"]["Regex"].replace(r"|\p{N}|", r"|\p{N}{1,3}|")
+
+
+def _drop_special(folder):
+    _edit_json(folder, "tokenizer.json", lambda t: t.__setitem__(
+        "added_tokens", [a for a in t["added_tokens"] if a["content"] != "<|extra_5|>"]))
+    _edit_json(folder, "tokenizer_config.json", lambda c: c["added_tokens_decoder"].pop("151651"))
+
+
+L0 = "model.layers.0."
+DEFECTS = {
+    "gate/up swapped": (lambda f: _edit_weights(f, lambda t: _swap(t, L0 + "mlp.gate_proj.weight", L0 + "mlp.up_proj.weight")),
+                        {"tensors", "logits"}),
+    "q bias zeroed": (lambda f: _edit_weights(f, lambda t: _zero(t, L0 + "self_attn.q_proj.bias")), {"tensors", "logits"}),
+    "q and k swapped": (lambda f: _edit_weights(f, lambda t: _swap(t, L0 + "self_attn.q_proj.weight", L0 + "self_attn.k_proj.weight")),
+                        {"tensors", "logits"}),
+    "non-zero o_proj bias": (lambda f: _edit_weights(f, lambda t: t[L0 + "self_attn.o_proj.bias"].fill_(0.05)),
+                             {"tensors", "logits"}),
+    "lm_head row changed": (lambda f: _edit_weights(f, lambda t: _bump_row(t, "lm_head.weight", 1350)), {"tensors", "logits"}),
+    "embedding row changed": (lambda f: _edit_weights(f, lambda t: _bump_row(t, "model.embed_tokens.weight", 785)),
+                              {"tensors", "logits"}),
+    "wrong rope_theta": (lambda f: _edit_json(f, "config.json", lambda c: (c.__setitem__("rope_theta", 1e6),
+                                                                          c["rope_parameters"].__setitem__("rope_theta", 1e6))),
+                         {"config", "logits"}),
+    "wrong rms_norm_eps": (lambda f: _edit_json(f, "config.json", lambda c: c.__setitem__("rms_norm_eps", 1e-2)),
+                           {"config", "logits"}),
+    "digits grouped by three": (lambda f: _edit_json(f, "tokenizer.json", _regroup_digits), {"tokenizer"}),
+    "special token missing": (_drop_special, {"tokenizer"}),
+    "eos left at LLaMA's default": (lambda f: (_edit_json(f, "config.json", lambda c: c.__setitem__("eos_token_id", 2)),
+                                               _edit_json(f, "generation_config.json", lambda c: c.__setitem__("eos_token_id", 2))),
+                                    {"config", "tokenizer"}),
+}
+
+
+@pytest.mark.parametrize("defect", list(DEFECTS))
+def test_planted_defect_fails(defect, sources, converted, tmp_path):
+    plant, must_fail = DEFECTS[defect]
+    folder = tmp_path / "planted"
+    shutil.copytree(converted["st-single-bf16"], folder)
+    plant(folder)
+    _rehash(folder)
+    result = verify(sources["st-single-bf16"], folder, quick=True)
+    failed = {name for name, c in result["checks"].items() if c["passed"] is False}
+    assert not result["passed"]
+    assert must_fail <= failed, (defect, failed, {n: c.get("failures") for n, c in result["checks"].items()})
+    assert result["checks"]["integrity"]["passed"]  # the defect, not the hashes, was caught
+
+
+def test_tampered_file_fails_integrity(sources, converted, tmp_path):
+    folder = tmp_path / "tampered"
+    shutil.copytree(converted["st-single-bf16"], folder)
+    with open(folder / "merges.txt", "a") as fh:
+        fh.write("\n")
+    runner = CliRunner()
+    result = runner.invoke(app, ["verify", str(sources["st-single-bf16"]), str(folder), "--quick"])
+    assert result.exit_code == 1
+    assert re.search(r"integrity\s+FAIL", result.output) and "merges.txt" in result.output

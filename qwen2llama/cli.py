@@ -15,6 +15,7 @@ from typing import Annotated, Optional
 
 import typer
 from rich.console import Console
+from rich.markup import escape
 
 from . import __version__
 from .errors import Qwen2LlamaError
@@ -23,8 +24,8 @@ from .progress import Progress
 app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False,
                   help="Convert Qwen v1 checkpoints (QWenLMHeadModel) into the LLaMA layout, and prove "
                        "the result computes the same function.")
-err = Console(stderr=True, highlight=False)
-out = Console(highlight=False)
+err = Console(stderr=True, highlight=False, soft_wrap=True)
+out = Console(highlight=False, soft_wrap=True)
 STATE = {"debug": False}
 
 Src = Annotated[Path, typer.Argument(help="Qwen v1 checkpoint folder (config.json, weights, qwen.tiktoken).")]
@@ -85,15 +86,21 @@ def run(fn):
         return fn()
     except Qwen2LlamaError as exc:
         kind = "check failed" if exc.exit_code == 1 else "error"
-        err.print(f"[bold red]{kind}:[/] {exc.message}")
+        err.print(f"[bold red]{kind}:[/] {escape(exc.message)}")
         if exc.path:
-            err.print(f"  file: {exc.path}")
+            err.print(f"  file: {escape(exc.path)}")
         if exc.fix:
-            err.print(f"  fix:  {exc.fix}")
+            err.print(f"  fix:  {escape(exc.fix)}")
         raise typer.Exit(exc.exit_code)
     except KeyboardInterrupt:
         err.print("[yellow]interrupted[/]: nothing was published; temporary files were removed")
         raise typer.Exit(130)
+    except OSError as exc:
+        err.print(f"[bold red]error:[/] {escape(str(exc.strerror or exc))}")
+        if exc.filename:
+            err.print(f"  file: {escape(str(exc.filename))}")
+        err.print("  fix:  check the path, its permissions and the free disk space (--debug shows details)")
+        raise typer.Exit(2)
     except MemoryError:
         err.print("[bold red]error:[/] out of memory (run with --debug for details)")
         raise typer.Exit(2)

@@ -72,7 +72,6 @@ def choose_dtype(ckpt: Checkpoint, requested: str | None) -> str:
 
 def build_plan(ckpt: Checkpoint, dtype: str | None = None) -> ConversionPlan:
     """Map every source tensor through `layout`, check it against the config, and order the output."""
-    out_dtype = choose_dtype(ckpt, dtype)
     n_layers = ckpt.config.num_layers
     found: dict[tuple[str, int | None], TensorRef] = {}
     dropped: list[str] = []
@@ -105,6 +104,7 @@ def build_plan(ckpt: Checkpoint, dtype: str | None = None) -> ConversionPlan:
         raise InputError(f"missing tensors: {', '.join(missing[:5])}{more}", path=ckpt.folder,
                          fix="download every shard of the checkpoint")
 
+    out_dtype = choose_dtype(ckpt, dtype)
     tensors: list[OutputTensor] = []
 
     def emit(key: str, layer: int | None) -> None:

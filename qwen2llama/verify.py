@@ -552,6 +552,8 @@ def verify(src: str | Path, dst: str | Path, *, quick: bool = False, prompts: Pa
 
 
 def render_summary(result: VerifyResult, console) -> None:
+    from rich.markup import escape
+
     for name, c in result["checks"].items():
         mark = {True: "[green]pass[/]", False: "[bold red]FAIL[/]", None: "[yellow]skip[/]"}[c["passed"]]
         detail = ""
@@ -571,7 +573,7 @@ def render_summary(result: VerifyResult, console) -> None:
             detail = c.get("note") or f"{c.get('files', 0)} files hashed"
         console.print(f"  {name:<10} {mark}  {detail}")
         for f in c.get("failures", [])[:5]:
-            console.print(f"      - {f}")
+            console.print(f"      - {escape(f)}")
     if "beyond_seq_length" in result["checks"]["logits"]:
         b = result["checks"]["logits"]["beyond_seq_length"]
         console.print(f"  info: past seq_length ({b['tokens']} tokens) max |Δlogit| {b['max_abs_logit_diff_beyond']:.3g} "

@@ -168,6 +168,7 @@ def convert(src: Src, dst: Dst,
             dtype: DtypeOpt = None, kind: KindOpt = "auto",
             force: Annotated[bool, typer.Option("--force", help="Replace DST, once the new one is complete.")] = False,
             verify: Annotated[bool, typer.Option("--verify/--no-verify", help="Check the result before publishing it.")] = True,
+            checksums: Annotated[bool, typer.Option("--checksums/--no-checksums", help="Record each weight file's sha256 in conversion.json (costs about as much CPU as the copy).")] = True,
             quick: Annotated[bool, typer.Option("--quick", help="Verify with the short prompt set.")] = False,
             report: Annotated[Optional[Path], typer.Option(help="Write the verify report (JSON) here.")] = None):
     """Convert SRC into a LLaMA checkpoint in DST, then verify it (unless --no-verify).
@@ -183,7 +184,7 @@ def convert(src: Src, dst: Dst,
         if verify:
             def before(staging):
                 _verify_and_report(src, staging, report=report, quick=quick, prompts=None)
-        do_convert(src, dst, shard_size=shard_size, dtype=dtype, kind=kind, force=force,
+        do_convert(src, dst, shard_size=shard_size, dtype=dtype, kind=kind, force=force, checksums=checksums,
                    progress=TerminalProgress(err), before_publish=before)
         out.print(f"[green]wrote[/] {dst}")
     run(go)

@@ -5,6 +5,7 @@ import hashlib
 import json
 import os
 import shutil
+import threading
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -91,23 +92,49 @@ def _fsync(path: Path) -> None:
         os.close(fd)
 
 
-def write_model(sp: ShardedPlan, folder: Path, tokens: list[bytes], progress: Progress) -> dict:
+class _Background:
+    """Run fn(*args) in a daemon thread (an interrupted run does not wait for it); result()
+    joins it and re-raises its exception."""
+
+    def __init__(self, fn, *args, **kwargs):
+        self.value, self.error = None, None
+
+        def body():
+            try:
+                self.value = fn(*args, **kwargs)
+            except BaseException as exc:  # handed to the caller in result()
+                self.error = exc
+
+        self.thread = threading.Thread(target=body, daemon=True)
+        self.thread.start()
+
+    def result(self):
+        self.thread.join()
+        if self.error is not None:
+            raise self.error
+        return self.value
+
+
+def write_model(sp: ShardedPlan, folder: Path, tokens: list[bytes], progress: Progress,
+                checksums: bool = True) -> dict:
     """Write every output file into `folder` (an empty staging folder); returns the manifest."""
     plan, ckpt = sp.plan, sp.plan.checkpoint
     cfg = ckpt.config
     digests: dict[str, str] = {}
+    # The tokenizer is Python work and the weight copy is system calls and hashing that release
+    # the GIL: run them side by side.
+    tokenizer_job = _Background(write_tokenizer_files, tokens, folder, chat=sp.chat, model_max_length=cfg.seq_length)
     progress.start("weights", plan.total_bytes)
     for name, tensors in sp.shards:
-        digests[name] = ShardWriter(folder / name, progress.advance).write(tensors)
+        digests[name] = ShardWriter(folder / name, progress.advance, checksum=checksums).write(tensors)
     progress.finish()
+    tok_stats = tokenizer_job.result()
     if len(sp.shards) > 1:
         index = {"metadata": {"total_size": plan.total_bytes},
                  "weight_map": dict(sorted((t.name, n) for n, ts in sp.shards for t in ts))}
         _write_json(folder / "model.safetensors.index.json", index)
     _write_json(folder / "config.json", llama_config(cfg, plan.dtype, sp.chat))
     _write_json(folder / "generation_config.json", generation_config(sp.chat, _source_generation(ckpt)))
-    progress.note("tokenizer")
-    tok_stats = write_tokenizer_files(tokens, folder, chat=sp.chat, model_max_length=cfg.seq_length)
     for name in COPIED_FILES:
         if (ckpt.folder / name).is_file():
             shutil.copyfile(ckpt.folder / name, folder / name)
@@ -147,7 +174,7 @@ def write_model(sp: ShardedPlan, folder: Path, tokens: list[bytes], progress: Pr
 
 
 def convert(src: str | Path, out: str | Path, *, shard_size: str | int = "5GB", dtype: str | None = None,
-            kind: str = "auto", force: bool = False, progress: Progress | None = None,
+            kind: str = "auto", force: bool = False, checksums: bool = True, progress: Progress | None = None,
             before_publish=None) -> dict:
     """Convert the Qwen checkpoint in `src` into a LLaMA folder `out`; returns the manifest.
 
@@ -162,7 +189,7 @@ def convert(src: str | Path, out: str | Path, *, shard_size: str | int = "5GB", 
                          fix="copy qwen.tiktoken from the model's release into the folder")
     tokens = read_tiktoken(vocab)
     with staged_folder(Path(out), force=force, protect=[sp.plan.checkpoint.folder]) as staging:
-        manifest = write_model(sp, staging, tokens, progress)
+        manifest = write_model(sp, staging, tokens, progress, checksums)
         if before_publish is not None:
             before_publish(staging)
     return manifest

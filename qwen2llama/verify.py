@@ -106,14 +106,18 @@ def check_integrity(dst: Path) -> dict:
         files = json.loads(path.read_text())["files"]
     except (ValueError, KeyError, TypeError):
         return _check(False, failures=[f"{MANIFEST} is unreadable"])
-    failures = []
+    failures, unhashed = [], []
     for name, digest in sorted(files.items()):
         p = dst / name
         if not p.is_file():
             failures.append(f"{name}: missing")
+        elif digest is None:
+            unhashed.append(name)  # converted with --no-checksums
         elif sha256_file(p) != digest:
             failures.append(f"{name}: sha256 differs from the manifest")
-    return _check(not failures, files=len(files), failures=failures)
+    extra = sorted(p.name for p in dst.iterdir() if p.name not in files and p.name != MANIFEST)
+    failures += [f"{name}: not in the manifest" for name in extra]
+    return _check(not failures, files=len(files) - len(unhashed), not_hashed=unhashed, failures=failures)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -570,7 +574,8 @@ def render_summary(result: VerifyResult, console) -> None:
         elif name == "config" and "compared" in c:
             detail = f"{c['compared']} fields"
         elif name == "integrity":
-            detail = c.get("note") or f"{c.get('files', 0)} files hashed"
+            detail = c.get("note") or f"{c.get('files', 0)} files hashed" + (
+                f", {len(c['not_hashed'])} without a recorded sha256 (--no-checksums)" if c.get("not_hashed") else "")
         console.print(f"  {name:<10} {mark}  {detail}")
         for f in c.get("failures", [])[:5]:
             console.print(f"      - {escape(f)}")

@@ -83,7 +83,10 @@ def test_reference_differs_beyond_seq_length(sources, converted):
 
 def test_config_values(sources, converted):
     cfg = json.loads((converted["72b-style"] / "config.json").read_text())
-    assert cfg["rope_theta"] == 1e6 and cfg["rope_parameters"]["rope_theta"] == 1e6
+    assert cfg["rope_theta"] == 1e6 and "rope_parameters" not in cfg
+    from transformers import LlamaConfig
+
+    assert LlamaConfig.from_pretrained(converted["72b-style"]).rope_parameters["rope_theta"] == 1e6
     assert cfg["vocab_size"] == 152064
     assert cfg["attention_bias"] is True and cfg["intermediate_size"] == 128 and cfg["head_dim"] == 16
     assert cfg["bos_token_id"] == 151643 and cfg["pad_token_id"] == 151643

@@ -26,9 +26,9 @@ def llama_config(cfg: QwenConfig, dtype: str, chat: bool) -> dict:
         "head_dim": cfg.head_dim,
         "hidden_act": "silu",
         "rms_norm_eps": cfg.layer_norm_epsilon,
-        # Both spellings: transformers >= 5 reads rope_parameters, older runtimes rope_theta.
+        # transformers 5 turns rope_theta into rope_parameters itself; writing rope_parameters with
+        # rope_type "default" makes llama.cpp's converter warn about an unknown RoPE type.
         "rope_theta": cfg.rotary_emb_base,
-        "rope_parameters": {"rope_type": "default", "rope_theta": cfg.rotary_emb_base},
         # Qwen's dynamic NTK and logn attention are identity up to seq_length and have no
         # LLaMA equivalent beyond it, so the exact range is what we advertise.
         "max_position_embeddings": cfg.seq_length,

@@ -8,8 +8,12 @@ from __future__ import annotations
 
 import hashlib
 import json
+import mmap
 import os
+from collections import deque
 from collections.abc import Callable
+from concurrent.futures import Future, ThreadPoolExecutor
+from functools import partial
 from pathlib import Path
 
 import numpy as np
@@ -38,12 +42,16 @@ def header_bytes(tensors: list[OutputTensor]) -> bytes:
     return len(raw).to_bytes(8, "little") + raw
 
 
-def first_nonfinite(buf, dtype: str) -> int | None:
-    """Index of the first NaN/Inf element in a raw buffer of `dtype`, or None."""
+def first_nonfinite(buf, dtype: str, scratch: np.ndarray | None = None) -> int | None:
+    """Index of the first NaN/Inf element in a raw buffer of `dtype`, or None. `scratch`
+    (uint8, at least len(buf)) avoids a fresh allocation, and its page faults, per call."""
     word, mask = _NONFINITE[dtype]
     words = np.frombuffer(buf, dtype=word)
-    bad = np.flatnonzero((words & mask) == mask)
-    return int(bad[0]) if bad.size else None
+    out = None if scratch is None else scratch[: words.nbytes].view(word)
+    exponents = np.bitwise_and(words, mask, out=out)
+    if not exponents.size or exponents.max() != mask:
+        return None
+    return int(np.flatnonzero(exponents == mask)[0])
 
 
 def _write_all(fd: int, data, path: Path) -> None:
@@ -58,20 +66,47 @@ def _write_all(fd: int, data, path: Path) -> None:
 
 
 class ShardWriter:
-    """Writes one safetensors file; `sha256` is the digest of everything written."""
+    """Writes one safetensors file; `write` returns the sha256 of everything written (None
+    with checksum=False: hashing costs more CPU than the copy itself).
 
-    def __init__(self, path: Path, progress: Progress | None = None):
+    Source ranges are mapped a window at a time and written straight from the mapping (one
+    copy, as `cp` makes). The main thread only writes; a worker thread hashes each window and
+    checks it for NaN/Inf meanwhile, then unmaps it, so at most a few windows are resident.
+    """
+
+    IN_FLIGHT = 4
+
+    def __init__(self, path: Path, progress: Progress | None = None, checksum: bool = True):
         self.path = path
         self.progress = progress or (lambda n: None)
-        self.hash = hashlib.sha256()
-        self.buffer = bytearray(CHUNK)
+        self.hash = hashlib.sha256() if checksum else None
+        self.worker = ThreadPoolExecutor(max_workers=1, thread_name_prefix="sha256")
+        self.pending: deque[Future] = deque()
+        self.scratch = np.empty(CHUNK, dtype=np.uint8)  # used by the worker thread only
         self.fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644)
 
-    def _emit(self, data) -> None:
-        _write_all(self.fd, data, self.path)
-        self.hash.update(data)
+    def _digest(self, data, check, release) -> None:
+        try:
+            if check is not None:
+                check(data, self.scratch)
+            if self.hash is not None:
+                self.hash.update(data)
+        finally:
+            if release is not None:
+                release()
 
-    def write(self, tensors: list[OutputTensor]) -> str:
+    def _emit(self, data, check=None, release=None) -> None:
+        try:
+            _write_all(self.fd, data, self.path)
+        except BaseException:
+            if release is not None:
+                release()
+            raise
+        self.pending.append(self.worker.submit(self._digest, data, check, release))
+        while len(self.pending) > self.IN_FLIGHT:
+            self.pending.popleft().result()
+
+    def write(self, tensors: list[OutputTensor]) -> str | None:
         try:
             self._emit(header_bytes(tensors))
             for t in tensors:
@@ -81,10 +116,13 @@ class ShardWriter:
                     self._copy_rows(t)
                 else:
                     self._cast_rows(t)
+            while self.pending:
+                self.pending.popleft().result()
             os.fsync(self.fd)
         finally:
+            self.worker.shutdown(wait=True, cancel_futures=True)
             os.close(self.fd)
-        return self.hash.hexdigest()
+        return self.hash.hexdigest() if self.hash is not None else None
 
     def _write_zeros(self, t: OutputTensor) -> None:
         left = t.nbytes
@@ -98,20 +136,16 @@ class ShardWriter:
     def _copy_rows(self, t: OutputTensor) -> None:
         src = t.source
         offset, left = src.rows(t.row_start, t.row_stop)
-        done = 0
-        with open(src.file, "rb", buffering=0) as fh:
-            fh.seek(offset)
+        first = 0
+        with open(src.file, "rb") as fh:
+            if os.fstat(fh.fileno()).st_size < offset + left:
+                raise InputError(f"tensor {src.name} is cut short", path=src.file, fix="download the file again")
             while left:
-                view = memoryview(self.buffer)[: min(left, CHUNK)]
-                n = fh.readinto(view)
-                if not n:
-                    raise InputError(f"tensor {src.name} is cut short", path=src.file, fix="download the file again")
-                chunk = view[:n]
-                bad = first_nonfinite(chunk, src.dtype)
-                if bad is not None:
-                    _report_nonfinite(src, t, done // ITEMSIZE[src.dtype] + bad)
-                self._emit(chunk)
-                done += n
+                n = min(left, CHUNK)
+                view, release = _map_range(fh.fileno(), offset, n)
+                self._emit(view, partial(_check_finite, src=src, first=first), release)
+                first += n // ITEMSIZE[src.dtype]
+                offset += n
                 left -= n
                 self.progress(n)
 
@@ -141,7 +175,31 @@ class ShardWriter:
             self.progress(data.nbytes)
 
 
-def _report_nonfinite(src, t: OutputTensor, element: int | None) -> None:
+def _map_range(fd: int, offset: int, length: int):
+    """A read-only view of file bytes [offset, offset + length), prefaulted in one call, and
+    the function that unmaps it."""
+    base = offset - offset % mmap.ALLOCATIONGRANULARITY
+    flags = mmap.MAP_SHARED | getattr(mmap, "MAP_POPULATE", 0)
+    mapping = mmap.mmap(fd, offset - base + length, flags=flags, prot=mmap.PROT_READ, offset=base)
+    view = memoryview(mapping)[offset - base:]
+
+    def release() -> None:
+        view.release()
+        try:
+            mapping.close()
+        except BufferError:  # a failed write's traceback still holds a view: unmapped when it goes
+            pass
+
+    return view, release
+
+
+def _check_finite(chunk, scratch, *, src, first: int) -> None:
+    bad = first_nonfinite(chunk, src.dtype, scratch)
+    if bad is not None:
+        _report_nonfinite(src, None, first + bad)
+
+
+def _report_nonfinite(src, t: OutputTensor | None, element: int | None) -> None:
     where = f" (element {element} of the copied range)" if element is not None else ""
     raise InputError(f"tensor {src.name} holds NaN or Inf{where}", path=src.file,
                      fix="the checkpoint is damaged: download it again")

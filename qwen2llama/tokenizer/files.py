@@ -45,9 +45,14 @@ def byte_alphabet() -> list[str]:
     return [table[b] for b in range(256)]
 
 
+@cache
+def _translation() -> dict[int, str]:
+    return dict(enumerate(byte_alphabet()))
+
+
 def spell(token: bytes) -> str:
-    alphabet = byte_alphabet()
-    return "".join(alphabet[b] for b in token)
+    """A token's bytes in GPT-2's byte-level alphabet (latin-1 maps byte b to code point b)."""
+    return token.decode("latin-1").translate(_translation())
 
 
 def build_tokenizer(tokens: list[bytes]):
@@ -56,7 +61,8 @@ def build_tokenizer(tokens: list[bytes]):
     from tokenizers.models import BPE
 
     merges, _ = recover_merges(tokens)
-    vocab = {spell(tok): rank for rank, tok in enumerate(tokens)}
+    spelled = [spell(tok) for tok in tokens]
+    vocab = dict(zip(spelled, range(len(spelled))))
     # ignore_merges: a pre-token that is itself a vocabulary entry maps straight to it, as in tiktoken.
     model = BPE(vocab=vocab, merges=[(spell(a), spell(b)) for a, b in merges], ignore_merges=True,
                 fuse_unk=False, byte_fallback=False)
@@ -84,7 +90,8 @@ def write_tokenizer_files(tokens: list[bytes], out: Path, *, chat: bool, model_m
     """Write every tokenizer file into `out`; returns figures for the manifest."""
     tok, merges = build_tokenizer(tokens)
     (out / "tokenizer.json").write_text(tok.to_str(pretty=False), encoding="utf-8")
-    _dump(out / "vocab.json", {spell(t): rank for rank, t in enumerate(tokens)})
+    vocab = {spell(t): rank for rank, t in enumerate(tokens)}  # id order, one line, as Hugging Face writes it
+    (out / "vocab.json").write_text(json.dumps(vocab, ensure_ascii=False, separators=(",", ":")), encoding="utf-8")
     with open(out / "merges.txt", "w", encoding="utf-8") as fh:
         fh.write("#version: 0.2\n")
         fh.writelines(f"{spell(a)} {spell(b)}\n" for a, b in merges)

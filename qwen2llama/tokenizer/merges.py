@@ -9,16 +9,21 @@ from __future__ import annotations
 
 
 def _bpe_parts(token: bytes, ranks: dict[bytes, int], limit: int) -> list[bytes]:
+    """tiktoken's merge loop on `token` alone, using only ranks below `limit`."""
     parts = [token[i:i + 1] for i in range(len(token))]
-    while len(parts) > 1:
-        best, best_rank = -1, limit
-        for i in range(len(parts) - 1):
-            r = ranks.get(parts[i] + parts[i + 1], limit)
-            if r < best_rank:
-                best, best_rank = i, r
-        if best < 0:
+    get = ranks.get
+    pair_ranks = [get(parts[i] + parts[i + 1], limit) for i in range(len(parts) - 1)]
+    while pair_ranks:
+        best_rank = min(pair_ranks)
+        if best_rank >= limit:
             break
-        parts[best:best + 2] = [parts[best] + parts[best + 1]]
+        i = pair_ranks.index(best_rank)  # leftmost, as tiktoken
+        parts[i:i + 2] = [parts[i] + parts[i + 1]]
+        del pair_ranks[i]
+        if i > 0:
+            pair_ranks[i - 1] = get(parts[i - 1] + parts[i], limit)
+        if i < len(parts) - 1:
+            pair_ranks[i] = get(parts[i] + parts[i + 1], limit)
     return parts
 
 

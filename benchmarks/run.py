@@ -42,8 +42,10 @@ def folder_bytes(path: Path) -> int:
 def bench_copy(src: Path) -> dict:
     runs: dict[str, list] = {"cp -r": [], "cp -r + sync": [], "qwen2llama convert --no-verify": [],
                              "qwen2llama convert --no-verify --no-checksums": [], "load-all baseline": []}
+    names = list(runs)
     for rep in range(REPEATS):
-        for name in runs:  # alternate the contenders within each repetition
+        # alternate the contenders, and rotate their order so that none always runs first
+        for name in names[rep % len(names):] + names[: rep % len(names)]:
             dst = OUT / f"dst-{rep}"
             shutil.rmtree(dst, ignore_errors=True)
             if name.startswith("cp"):
@@ -52,8 +54,12 @@ def bench_copy(src: Path) -> dict:
                 cmd = [PY, "-m", "qwen2llama", "convert", str(src), str(dst), *name.split()[2:]]
             else:
                 cmd = [PY, str(ROOT / "benchmarks" / "baseline_load_all.py"), str(src), str(dst)]
+            os.sync()  # start each run with no dirty pages from the last one, the source in the page cache
+            subprocess.run(["cat", *map(str, src.glob("*.safetensors"))], stdout=subprocess.DEVNULL, check=True)
+            time.sleep(1)
             runs[name].append(measured(cmd))
             shutil.rmtree(dst, ignore_errors=True)
+            os.sync()
     size = folder_bytes(src)
     rows = {}
     for name, values in runs.items():

@@ -5,7 +5,8 @@ import hashlib
 import json
 import os
 import shutil
-import threading
+import subprocess
+import sys
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -19,7 +20,7 @@ from .plan import ConversionPlan, OutputTensor, build_plan
 from .progress import NullProgress, Progress
 from .publish import staged_folder
 from .qwen.checkpoint import Checkpoint, open_checkpoint
-from .tokenizer import read_tiktoken, write_tokenizer_files
+from .tokenizer import read_tiktoken
 
 MANIFEST = "conversion.json"
 COPIED_FILES = ("LICENSE", "NOTICE")
@@ -92,42 +93,39 @@ def _fsync(path: Path) -> None:
         os.close(fd)
 
 
-class _Background:
-    """Run fn(*args) in a daemon thread (an interrupted run does not wait for it); result()
-    joins it and re-raises its exception."""
+class _TokenizerProcess:
+    """The tokenizer files, written by a child process while the weights are copied."""
 
-    def __init__(self, fn, *args, **kwargs):
-        self.value, self.error = None, None
+    def __init__(self, vocab: Path, folder: Path, chat: bool, model_max_length: int):
+        self.proc = subprocess.Popen(
+            [sys.executable, "-m", "qwen2llama.tokenizer", str(vocab), str(folder), "chat" if chat else "base",
+             str(model_max_length)], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
 
-        def body():
-            try:
-                self.value = fn(*args, **kwargs)
-            except BaseException as exc:  # handed to the caller in result()
-                self.error = exc
+    def result(self) -> dict:
+        out, err = self.proc.communicate()
+        if self.proc.returncode:
+            raise RuntimeError(f"writing the tokenizer failed:\n{err.strip()[-2000:]}")
+        return json.loads(out)
 
-        self.thread = threading.Thread(target=body, daemon=True)
-        self.thread.start()
-
-    def result(self):
-        self.thread.join()
-        if self.error is not None:
-            raise self.error
-        return self.value
+    def cancel(self) -> None:
+        self.proc.kill()
+        self.proc.wait()
 
 
-def write_model(sp: ShardedPlan, folder: Path, tokens: list[bytes], progress: Progress,
-                checksums: bool = True) -> dict:
+def write_model(sp: ShardedPlan, folder: Path, vocab: Path, progress: Progress, checksums: bool = True) -> dict:
     """Write every output file into `folder` (an empty staging folder); returns the manifest."""
     plan, ckpt = sp.plan, sp.plan.checkpoint
     cfg = ckpt.config
     digests: dict[str, str] = {}
-    # The tokenizer is Python work and the weight copy is system calls and hashing that release
-    # the GIL: run them side by side.
-    tokenizer_job = _Background(write_tokenizer_files, tokens, folder, chat=sp.chat, model_max_length=cfg.seq_length)
-    progress.start("weights", plan.total_bytes)
-    for name, tensors in sp.shards:
-        digests[name] = ShardWriter(folder / name, progress.advance, checksum=checksums).write(tensors)
-    progress.finish()
+    tokenizer_job = _TokenizerProcess(vocab, folder, sp.chat, cfg.seq_length)
+    try:
+        progress.start("weights", plan.total_bytes)
+        for name, tensors in sp.shards:
+            digests[name] = ShardWriter(folder / name, progress.advance, checksum=checksums).write(tensors)
+        progress.finish()
+    except BaseException:
+        tokenizer_job.cancel()
+        raise
     tok_stats = tokenizer_job.result()
     if len(sp.shards) > 1:
         index = {"metadata": {"total_size": plan.total_bytes},
@@ -187,9 +185,9 @@ def convert(src: str | Path, out: str | Path, *, shard_size: str | int = "5GB", 
     if not vocab.is_file():
         raise InputError("no qwen.tiktoken in the checkpoint folder", path=vocab,
                          fix="copy qwen.tiktoken from the model's release into the folder")
-    tokens = read_tiktoken(vocab)
+    read_tiktoken(vocab)  # validate before anything is written
     with staged_folder(Path(out), force=force, protect=[sp.plan.checkpoint.folder]) as staging:
-        manifest = write_model(sp, staging, tokens, progress, checksums)
+        manifest = write_model(sp, staging, vocab, progress, checksums)
         if before_publish is not None:
             before_publish(staging)
     return manifest

@@ -76,6 +76,25 @@ def bench_copy(src: Path) -> dict:
                                               / rows["cp -r + sync"]["seconds"], 2)}
 
 
+def bench_bin(src_st: Path) -> dict:
+    """The same weights as one zip-format .bin: read through the restricted unpickler, copied
+    as byte ranges like safetensors."""
+    from qwen2llama.synth import synthesize
+
+    src = OUT / f"qwen-7b-{LAYERS}l-bin"
+    if not (src / "config.json").exists():
+        shutil.rmtree(src, ignore_errors=True)
+        synthesize(src, "qwen-7b", layers=LAYERS, fmt="bin")
+    dst = OUT / "dst-bin"
+    shutil.rmtree(dst, ignore_errors=True)
+    os.sync()
+    wall, rss = measured([PY, "-m", "qwen2llama", "convert", str(src), str(dst), "--no-verify"])
+    shutil.rmtree(dst, ignore_errors=True)
+    largest = max(p.stat().st_size for p in src.glob("*.bin"))
+    return {"source_bytes": folder_bytes(src), "seconds": round(wall, 2), "peak_rss_mib": rss,
+            "largest_tensor_mib": round(151936 * 4096 * 2 / 2**20, 1), "bin_file_bytes": largest}
+
+
 def bench_tokenizer() -> dict:
     code = r"""
 import sys, time, json
@@ -128,12 +147,14 @@ def main() -> None:
         synthesize(src, "qwen-7b", layers=LAYERS, shards=2)
     print("convert vs cp ...", flush=True)
     copy = bench_copy(src)
+    print(".bin input ...", flush=True)
+    binrow = bench_bin(src)
     print("tokenizer ...", flush=True)
     tok = bench_tokenizer()
     print("verify ...", flush=True)
     ver = bench_verify(src)
     machine = f"{platform.machine()}, {os.cpu_count()} cores, Python {platform.python_version()}"
-    results = {"machine": machine, "layers": LAYERS, "repeats": REPEATS, "copy": copy, "tokenizer": tok,
+    results = {"machine": machine, "layers": LAYERS, "repeats": REPEATS, "copy": copy, "bin": binrow, "tokenizer": tok,
                "verify": ver}
     (OUT / "results.json").write_text(json.dumps(results, indent=2) + "\n")
     gb = copy["source_bytes"] / 1e9
@@ -144,6 +165,8 @@ def main() -> None:
     print(f"\nconvert/cp = {copy['ratio_convert_to_cp']} (with sha256 of every file), "
           f"{copy['ratio_convert_no_checksums_to_cp']} with --no-checksums; "
           f"convert/(cp + sync) = {copy['ratio_convert_to_cp_sync']}")
+    print(f".bin input ({binrow['source_bytes'] / 1e9:.2f} GB, one file): convert --no-verify {binrow['seconds']} s, "
+          f"peak RSS {binrow['peak_rss_mib']} MiB (largest tensor {binrow['largest_tensor_mib']} MiB)")
     print(f"tokenizer: ours {tok['ours_seconds']} s, {tok['ours_merges']} merges; transformers TikTokenConverter "
           f"{tok['generic_seconds']} s, {tok['generic_merges']} merges")
     print(f"verify --quick: {ver['seconds']} s, peak RSS {ver['peak_rss_mib']} MiB, "

@@ -31,5 +31,11 @@ demo: setup
 bench: setup
 	$(PY) benchmarks/run.py
 
+# Not in CI: builds llama-cpp-python from source (about 10 minutes on 2 cores).
+e2e: setup
+	$(PY) -c "import llama_cpp" 2>/dev/null || CMAKE_BUILD_PARALLEL_LEVEL=2 $(PY) -m pip install \
+		"$$($(PY) -c 'import sys; sys.path.insert(0, "tests"); import llamacpp_source; print(llamacpp_source.sdist())')"
+	$(PY) tests/e2e_llamacpp.py
+
 clean:
-	rm -rf $(VENV) $(DEMO) bench-out
+	rm -rf $(VENV) $(DEMO) bench-out e2e-out

@@ -27,6 +27,18 @@ def test_honest_conversions_pass(variant, sources, converted):
     assert all(g["identical"] for g in logits["greedy"])
 
 
+def test_narrowing_cast_passes_with_stated_tolerance(sources, tmp_path):
+    from qwen2llama.convert import convert
+
+    out = tmp_path / "bf16"
+    convert(sources["st-single-fp32"], out, dtype="bfloat16")
+    result = verify(sources["st-single-fp32"], out, quick=True)
+    assert result["passed"], json.dumps(result["checks"], indent=1)[:3000]
+    assert result["checks"]["tensors"]["lossy_cast"] is True
+    logits = result["checks"]["logits"]
+    assert logits["tolerance"]["max_abs_logit_diff_rel"] is None and logits["max_abs_logit_diff"] > 1e-5
+
+
 def test_cli_exit_codes_and_report(sources, converted, tmp_path):
     runner = CliRunner()
     report = tmp_path / "report.json"

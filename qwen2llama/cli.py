@@ -183,7 +183,7 @@ def convert(src: Src, dst: Dst,
         before = None
         if verify:
             def before(staging):
-                _verify_and_report(src, staging, report=report, quick=quick, prompts=None)
+                _verify_and_report(src, staging, report=report, quick=quick, prompts=None, display=dst)
         do_convert(src, dst, shard_size=shard_size, dtype=dtype, kind=kind, force=force, checksums=checksums,
                    progress=TerminalProgress(err), before_publish=before)
         out.print(f"[green]wrote[/] {dst}")

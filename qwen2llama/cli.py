@@ -91,19 +91,19 @@ def run(fn):
             err.print(f"  file: {escape(exc.path)}")
         if exc.fix:
             err.print(f"  fix:  {escape(exc.fix)}")
-        raise typer.Exit(exc.exit_code)
+        raise typer.Exit(exc.exit_code) from None
     except KeyboardInterrupt:
         err.print("[yellow]interrupted[/]: nothing was published; temporary files were removed")
-        raise typer.Exit(130)
+        raise typer.Exit(130) from None
     except OSError as exc:
         err.print(f"[bold red]error:[/] {escape(str(exc.strerror or exc))}")
         if exc.filename:
             err.print(f"  file: {escape(str(exc.filename))}")
         err.print("  fix:  check the path, its permissions and the free disk space (--debug shows details)")
-        raise typer.Exit(2)
+        raise typer.Exit(2) from None
     except MemoryError:
         err.print("[bold red]error:[/] out of memory (run with --debug for details)")
-        raise typer.Exit(2)
+        raise typer.Exit(2) from None
 
 
 def _sigterm(signum, frame):

@@ -3,7 +3,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
 import shutil
 import subprocess
 import sys
@@ -18,7 +17,7 @@ from .llama.shards import parse_size, plan_shards, shard_names
 from .llama.writer import ShardWriter
 from .plan import ConversionPlan, OutputTensor, build_plan
 from .progress import NullProgress, Progress
-from .publish import staged_folder
+from .publish import fsync_path, staged_folder
 from .qwen.checkpoint import Checkpoint, open_checkpoint
 from .tokenizer import read_tiktoken
 
@@ -85,14 +84,6 @@ def sha256_file(path: Path) -> str:
     return h.hexdigest()
 
 
-def _fsync(path: Path) -> None:
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-
-
 class _TokenizerProcess:
     """The tokenizer files, written by a child process while the weights are copied."""
 
@@ -139,7 +130,7 @@ def write_model(sp: ShardedPlan, folder: Path, vocab: Path, progress: Progress, 
     for path in sorted(folder.iterdir()):
         if path.name not in digests:
             digests[path.name] = sha256_file(path)
-        _fsync(path)
+        fsync_path(path)
     manifest = {
         "tool": {"name": "qwen2llama", "version": __version__},
         "source": {
@@ -167,7 +158,7 @@ def write_model(sp: ShardedPlan, folder: Path, vocab: Path, progress: Progress, 
         "files": dict(sorted(digests.items())),
     }
     _write_json(folder / MANIFEST, manifest)
-    _fsync(folder / MANIFEST)
+    fsync_path(folder / MANIFEST)
     return manifest
 
 

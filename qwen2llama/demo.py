@@ -3,7 +3,6 @@ Auto classes and no remote code, and put its logits and greedy text beside the r
 from __future__ import annotations
 
 import sys
-from pathlib import Path
 
 import torch
 from rich.console import Console

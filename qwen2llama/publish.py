@@ -74,7 +74,8 @@ def remove_stale(out: Path) -> list[Path]:
     return removed
 
 
-def _fsync_dir(path: Path) -> None:
+def fsync_path(path: Path) -> None:
+    """Flush a file's or a folder's entries to disk."""
     fd = os.open(path, os.O_RDONLY)
     try:
         os.fsync(fd)
@@ -93,7 +94,7 @@ def staged_folder(out: Path, *, force: bool, protect: list[Path] = ()):
     staging.mkdir()
     try:
         yield staging
-        _fsync_dir(staging)
+        fsync_path(staging)
         publish(staging, out)
     except BaseException:
         shutil.rmtree(staging, ignore_errors=True)
@@ -108,4 +109,4 @@ def publish(staging: Path, out: Path) -> None:
         shutil.rmtree(old, ignore_errors=True)
     else:
         staging.rename(out)
-    _fsync_dir(out.parent)
+    fsync_path(out.parent)

@@ -113,10 +113,11 @@ def test_sharded_output_has_index(converted):
     assert (single / "model.safetensors").exists() and not (single / "model.safetensors.index.json").exists()
 
 
-def test_conversion_is_deterministic(sources, converted, workdir):
-    again = workdir / "again-st-sharded-bf16"
-    convert(sources["st-sharded-bf16"], again, shard_size="20MB")
-    first = converted["st-sharded-bf16"]
+@pytest.mark.parametrize("variant", list(VARIANTS))
+def test_conversion_is_deterministic(variant, sources, converted, workdir):
+    again = workdir / f"again-{variant}"
+    convert(sources[variant], again, shard_size="20MB" if "sharded" in variant else "5GB")
+    first = converted[variant]
     names = sorted(os.listdir(first))
     assert names == sorted(os.listdir(again))
     for name in names:

@@ -3,11 +3,13 @@ what it should: llama architecture, qwen2 pre-tokenizer, every merge, typed spec
 biases, padded vocabulary rows, rope base, chat template."""
 from __future__ import annotations
 
+import json
 import os
 
 import pytest
 
 from qwen2llama.convert import convert
+from qwen2llama.synth import synthesize
 from qwen2llama.tokens import SPECIAL_IDS
 
 import llamacpp_source
@@ -28,13 +30,20 @@ def converter():
 
 
 @pytest.fixture(scope="module")
-def gguf(converter, sources, workdir):
-    """The 72B-style (rope base 1e6, 152064 rows) chat conversion, through llama.cpp."""
+def gguf(converter, workdir):
+    """A 72B-style (rope base 1e6, 152064 rows) chat conversion, through llama.cpp. Its context is
+    512 like a real model's few thousand: llama.cpp tokenizes a 181-token probe with our tokenizer,
+    and the tiny preset's 64 would make transformers warn about model_max_length."""
+    src = synthesize(workdir / "gguf-qwen", "tiny-72b-style", shards=2, seed=5)
+    config = json.loads((src / "config.json").read_text())
+    config.update(seq_length=512, max_position_embeddings=512)
+    (src / "config.json").write_text(json.dumps(config))
     out = workdir / "gguf-src"
-    convert(sources["72b-style"], out, kind="chat")
+    convert(src, out, kind="chat")
     result = llamacpp_source.convert_to_gguf(out, workdir / "model.gguf")
     assert result.returncode == 0, result.stderr[-3000:]
-    warnings = [l for l in result.stderr.splitlines() if l.startswith(("WARNING", "ERROR"))]
+    warnings = [l for l in (result.stdout + result.stderr).splitlines()
+                if l.startswith(("WARNING", "ERROR", "[transformers]")) or "Warning" in l]
     assert all(any(k in l for k in KNOWN_WARNINGS) for l in warnings), warnings
     return llamacpp_source.gguf_reader(workdir / "model.gguf")
 
@@ -51,7 +60,7 @@ def test_architecture_and_hyperparameters(gguf):
     assert field(gguf, "llama.attention.head_count_kv") == 4
     assert field(gguf, "llama.rope.freq_base") == 1e6
     assert field(gguf, "llama.vocab_size") == 152064
-    assert field(gguf, "llama.context_length") == 64
+    assert field(gguf, "llama.context_length") == 512
 
 
 def test_tokenizer(gguf):

@@ -58,6 +58,22 @@ def test_vocabulary_facts(tokens):
         assert merges[i][0] + merges[i][1] == tokens[256 + i]
 
 
+def test_unbuildable_token_still_encodes_like_tiktoken():
+    """A token no merge sequence can build ("xyz" with neither "xy" nor "yz" in the vocabulary)
+    maps straight to its id when it is a whole pre-token, as tiktoken's shortcut does."""
+    from qwen2llama.tokenizer.files import build_tokenizer
+
+    tokens = [bytes([b]) for b in range(256)] + [b"ab", b"xyz", b" x"]
+    merges, unbuildable = recover_merges(tokens)
+    assert merges == [(b"a", b"b"), (b" ", b"x")] and unbuildable == [257]
+    enc = tiktoken.Encoding("mini", pat_str=PATTERN, mergeable_ranks={t: r for r, t in enumerate(tokens)},
+                            special_tokens={})
+    tok, _ = build_tokenizer(tokens)
+    for text in ("xyz", "abxyz", "xyz ab", " xyz", "xyzxyz"):
+        assert tok.encode(text).ids == enc.encode(text), text
+    assert tok.encode("xyz").ids == [257]
+
+
 def test_golden_vectors(auto, qwen):
     for text, ids in GOLDEN:
         assert qwen(text) == ids

@@ -190,10 +190,11 @@ def convert(src: Src, dst: Dst,
     run(go)
 
 
-def _verify_and_report(src, dst, *, report, quick, prompts, display=None):
+def _verify_and_report(src, dst, *, report, quick, prompts, long_prompt=None, display=None):
     from .verify import render_summary, verify as do_verify
 
-    result = do_verify(src, dst, quick=quick, prompts=prompts, progress=TerminalProgress(err), display=display)
+    result = do_verify(src, dst, quick=quick, prompts=prompts, long_prompt=long_prompt,
+                       progress=TerminalProgress(err), display=display)
     render_summary(result, out)
     if report is not None:
         Path(report).write_text(json.dumps(result, indent=2, sort_keys=True) + "\n")
@@ -206,12 +207,14 @@ def verify(src: Src,
            dst: Annotated[Path, typer.Argument(help="The converted LLaMA folder.")],
            report: Annotated[Optional[Path], typer.Option(help="Write the full JSON report here.")] = None,
            prompts: Annotated[Optional[Path], typer.Option(help="Prompt set (JSON) instead of the bundled one.")] = None,
-           quick: Annotated[bool, typer.Option("--quick", help="Short prompt set, no long-context probe.")] = False):
+           quick: Annotated[bool, typer.Option("--quick", help="Short prompt set, no long-context probe.")] = False,
+           long_prompt: Annotated[Optional[bool], typer.Option("--long-prompt/--no-long-prompt", help="Include the seq_length-token prompt (default: when it costs minutes, not hours).")] = None):
     """Check that DST computes what SRC computes: tensors, config, tokenizer, logits.
 
     Exit 0: equivalent. 1: a check failed. 2: bad input.
     """
-    run(lambda: _verify_and_report(src, dst, report=report, quick=quick, prompts=prompts, display=dst))
+    run(lambda: _verify_and_report(src, dst, report=report, quick=quick, prompts=prompts, long_prompt=long_prompt,
+                                   display=dst))
 
 
 @app.command()

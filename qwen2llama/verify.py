@@ -32,6 +32,7 @@ WIDENING = {("BF16", "F32"), ("F16", "F32")}  # casts that keep every value exac
 GREEDY_MAX_BYTES = 4 << 30  # greedy continuation re-reads the model per token: small models only
 HEAD_BLOCK_ROWS = 8192
 # float32 compute from bit-identical weights: the two sides differ by summation order only.
+LONG_PROMPT_MAX_FLOPS = 2e13  # a few minutes of float32 matmuls on 2 cores
 TOL_EXACT = {"max_abs_logit_diff_rel": 1e-4, "kl_max": 1e-6, "top1_agreement_min": 1.0}
 # a narrowing cast (--dtype) changes the weights themselves.
 TOL_LOSSY = {"max_abs_logit_diff_rel": None, "kl_max": 1e-2, "top1_agreement_min": 0.9}
@@ -400,13 +401,28 @@ def _model_bytes(ckpt: Checkpoint) -> int:
     return sum(r.nbytes for r in ckpt.tensors.values())
 
 
+def long_prompt_flops(cfg, tokens: int) -> float:
+    """Rough cost of one `tokens`-long sequence through both models: matmuls plus attention."""
+    layer = 4 * cfg.hidden_size * cfg.projection_size + 3 * cfg.hidden_size * cfg.mlp_width
+    per_side = 2 * tokens * (cfg.num_layers * layer + cfg.vocab_rows * cfg.hidden_size)
+    per_side += 4 * cfg.num_layers * tokens * tokens * cfg.projection_size
+    return 2 * per_side
+
+
 def check_logits(ckpt: Checkpoint, side: LlamaSide, encode, texts, chats, *, quick: bool, lossy: bool,
-                 greedy_tokens: int | None, progress) -> dict:
+                 greedy_tokens: int | None, progress, long_prompt: bool | None = None) -> dict:
     cfg = ckpt.config
     ref = QwenReference(ckpt)
     prompts = [(t[:30], encode(t)) for t in texts] + [(f"chat {k}", encode(qwen_chat_text(m))) for k, m in enumerate(chats)]
     prompts = [(n, ids[: cfg.seq_length]) for n, ids in prompts if ids]
-    if not quick:
+    long_note = None
+    if long_prompt is None:  # automatic: on unless it would take hours on a small machine
+        flops = long_prompt_flops(cfg, cfg.seq_length)
+        long_prompt = not quick and flops <= LONG_PROMPT_MAX_FLOPS
+        if not quick and not long_prompt:
+            long_note = (f"skipped the {cfg.seq_length}-token prompt: about {flops / 1e12:.0f} TFLOP, hours on a "
+                         "few CPU cores; pass --long-prompt to run it")
+    if long_prompt:
         filler = [x for _, ids in prompts for x in ids] or [ENDOFTEXT_ID]
         long_ids = (filler * (cfg.seq_length // len(filler) + 1))[: cfg.seq_length]
         prompts.append((f"{cfg.seq_length} tokens (= seq_length)", long_ids))
@@ -447,7 +463,8 @@ def check_logits(ckpt: Checkpoint, side: LlamaSide, encode, texts, chats, *, qui
         if first:
             failures.append(f"the models part at layer {first['layer']} "
                             f"(max |Δhidden| {first['max_abs_hidden_diff']:.3g})")
-    result = _check(not failures, compute_dtype="float32", tolerance=tol, lossy_cast=lossy, prompts=per_prompt,
+    result = _check(not failures, compute_dtype="float32", tolerance=tol, lossy_cast=lossy, long_prompt=long_note
+                    or ("included" if long_prompt else "not run (--quick)"), prompts=per_prompt,
                     max_abs_logit_diff=max(r["max_abs_logit_diff"] for r in per_prompt),
                     kl_max=max(r["kl_max"] for r in per_prompt),
                     top1_agreement=min(r["top1_agreement"] for r in per_prompt),
@@ -463,7 +480,7 @@ def check_logits(ckpt: Checkpoint, side: LlamaSide, encode, texts, chats, *, qui
     else:
         result["greedy"] = (f"skipped: the model ({_model_bytes(ckpt) / 1e9:.1f} GB) would be re-read per "
                             f"token; pass greedy_tokens to force")
-    if not quick and (cfg.use_dynamic_ntk or cfg.use_logn_attn):
+    if long_prompt and (cfg.use_dynamic_ntk or cfg.use_logn_attn):
         result["beyond_seq_length"] = _beyond(ref, side, seqs, cfg, progress)
     return result
 
@@ -505,7 +522,8 @@ def _beyond(ref, side, seqs, cfg, progress) -> dict:
 
 
 def verify(src: str | Path, dst: str | Path, *, quick: bool = False, prompts: Path | None = None,
-           greedy_tokens: int | None = None, progress=None, display: Path | None = None) -> VerifyResult:
+           greedy_tokens: int | None = None, long_prompt: bool | None = None, progress=None,
+           display: Path | None = None) -> VerifyResult:
     """Run every check of `dst` against `src`; never raises for a failed check (see raise_if_failed)."""
     progress = progress or NullProgress()
     t0 = time.perf_counter()
@@ -547,7 +565,7 @@ def verify(src: str | Path, dst: str | Path, *, quick: bool = False, prompts: Pa
     checks["tokenizer"] = check_tokenizer(ckpt, dst, encode, texts, chats, chat)
     lossy = bool(checks["tensors"].get("lossy_cast"))
     checks["logits"] = check_logits(ckpt, side, encode, texts, chats, quick=quick, lossy=lossy,
-                                    greedy_tokens=greedy_tokens, progress=progress)
+                                    greedy_tokens=greedy_tokens, progress=progress, long_prompt=long_prompt)
     passed = all(c["passed"] is not False for c in checks.values())
     return VerifyResult(
         passed=passed, source=str(src), output=str(display or dst), quick=quick,

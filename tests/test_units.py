@@ -117,3 +117,13 @@ def test_inspect_prints_plan(tmp_path):
     assert "config generation original" in result.output and "kind:    chat" in result.output
     assert "model.layers.1.self_attn.k_proj.weight" in result.output and "c_attn.weight[64:128]" in result.output
     assert not any(p.name.startswith("model") and p.suffix == ".safetensors" for p in src.iterdir())
+
+
+def test_long_prompt_budget():
+    from qwen2llama.verify import LONG_PROMPT_MAX_FLOPS, long_prompt_flops
+
+    def flops(preset):
+        cfg = parse_config(load_preset(preset), Path("config.json"))
+        return long_prompt_flops(cfg, cfg.seq_length)
+
+    assert flops("tiny") < LONG_PROMPT_MAX_FLOPS < flops("qwen-1_8b") < flops("qwen-7b") < flops("qwen-72b")

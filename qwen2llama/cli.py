@@ -7,6 +7,7 @@ the traceback instead.
 from __future__ import annotations
 
 import json
+import os
 import signal
 import sys
 import time
@@ -170,7 +171,8 @@ def convert(src: Src, dst: Dst,
             verify: Annotated[bool, typer.Option("--verify/--no-verify", help="Check the result before publishing it.")] = True,
             checksums: Annotated[bool, typer.Option("--checksums/--no-checksums", help="Record each weight file's sha256 in conversion.json (costs about as much CPU as the copy).")] = True,
             quick: Annotated[bool, typer.Option("--quick", help="Verify with the short prompt set.")] = False,
-            report: Annotated[Optional[Path], typer.Option(help="Write the verify report (JSON) here.")] = None):
+            report: Annotated[Optional[Path], typer.Option(help="Write the verify report (JSON) here.")] = None,
+            dry_run: Annotated[bool, typer.Option("--dry-run", help="Check everything and print the plan; write nothing.")] = False):
     """Convert SRC into a LLaMA checkpoint in DST, then verify it (unless --no-verify).
 
     Example: qwen2llama convert ./Qwen-7B-Chat ./Qwen-7B-Chat-llama --shard-size 2GB
@@ -180,6 +182,15 @@ def convert(src: Src, dst: Dst,
 
     def go():
         _print_plan(prepare(src, shard_size=shard_size, dtype=dtype, kind=kind))
+        if dry_run:
+            from .publish import check_target
+            from .qwen.checkpoint import open_checkpoint
+            from .tokenizer import read_tiktoken
+
+            read_tiktoken(Path(src) / "qwen.tiktoken")
+            check_target(Path(os.path.abspath(dst)), force=force, protect=[open_checkpoint(src).folder])
+            out.print("dry run: the checkpoint, the vocabulary and the output location are usable; nothing written")
+            return
         before = None
         if verify:
             def before(staging):

@@ -6,7 +6,7 @@ import json
 import shutil
 import subprocess
 import sys
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 
 from . import __version__
@@ -31,7 +31,6 @@ class ShardedPlan:
     shards: list[tuple[str, list[OutputTensor]]]
     chat: bool
     chat_reason: str
-    notes: list[str] = field(default_factory=list)
 
 
 def _source_generation(ckpt: Checkpoint) -> dict | None:

@@ -171,11 +171,13 @@ def test_missing_tensor(src, tmp_path):
 
 
 @pytest.mark.parametrize("value", [float("nan"), float("inf")])
-def test_non_finite_weight(src, tmp_path, value):
+@pytest.mark.parametrize("cast", [[], ["--dtype", "float32"]])  # byte copy, and the cast path
+def test_non_finite_weight(src, tmp_path, value, cast):
     def poison(t):
         t["transformer.h.1.attn.c_proj.weight"][2, 3] = value
     _edit_source(src, poison)
-    assert_bad_input(run_cli("convert", src, tmp_path / "out"), "transformer.h.1.attn.c_proj.weight", "NaN or Inf")
+    assert_bad_input(run_cli("convert", src, tmp_path / "out", *cast), "transformer.h.1.attn.c_proj.weight",
+                     "NaN or Inf", "element 131 ")
     no_output(tmp_path / "out")
 
 
@@ -205,6 +207,14 @@ def test_force_replaces_on_success(src, tmp_path):
     result = run_cli("convert", src, out, "--force", "--no-verify")
     assert result.returncode == 0, result.stderr
     assert not (out / "precious.txt").exists() and (out / "model.safetensors").exists()
+
+
+def test_dry_run_writes_nothing(src, tmp_path):
+    result = run_cli("convert", src, tmp_path / "out", "--dry-run")
+    assert result.returncode == 0, result.stderr
+    assert "nothing written" in result.stdout and "29 tensors" in result.stdout
+    no_output(tmp_path / "out")
+    assert_bad_input(run_cli("convert", src, src / "inside", "--dry-run"), "overlaps the source")
 
 
 def test_output_inside_source(src):

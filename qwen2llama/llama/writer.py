@@ -163,7 +163,8 @@ class ShardWriter:
             stop = min(start + step, t.row_stop)
             block = read_ref(src, start, stop)
             if not torch.isfinite(block).all():
-                _report_nonfinite(src, t, None)
+                first_bad = int(torch.nonzero(~torch.isfinite(block.reshape(-1)))[0])
+                _report_nonfinite(src, (start - t.row_start) * (row_bytes // ITEMSIZE[src.dtype]) + first_bad)
             cast = block.to(target)
             if not torch.isfinite(cast).all():
                 raise InputError(
@@ -196,10 +197,10 @@ def _map_range(fd: int, offset: int, length: int):
 def _check_finite(chunk, scratch, *, src, first: int) -> None:
     bad = first_nonfinite(chunk, src.dtype, scratch)
     if bad is not None:
-        _report_nonfinite(src, None, first + bad)
+        _report_nonfinite(src, first + bad)
 
 
-def _report_nonfinite(src, t: OutputTensor | None, element: int | None) -> None:
-    where = f" (element {element} of the copied range)" if element is not None else ""
+def _report_nonfinite(src, element: int) -> None:
+    where = f" (element {element} of the copied range)"
     raise InputError(f"tensor {src.name} holds NaN or Inf{where}", path=src.file,
                      fix="the checkpoint is damaged: download it again")

@@ -127,3 +127,18 @@ def test_long_prompt_budget():
         return long_prompt_flops(cfg, cfg.seq_length)
 
     assert flops("tiny") < LONG_PROMPT_MAX_FLOPS < flops("qwen-1_8b") < flops("qwen-7b") < flops("qwen-72b")
+
+
+def test_copy_without_kernel_copy_gives_same_bytes(tmp_path, monkeypatch):
+    """Where copy_file_range is unavailable the writer reads and writes itself: same files."""
+    from qwen2llama.convert import convert
+    from qwen2llama.llama import writer
+
+    src = synthesize(tmp_path / "s", "tiny")
+    convert(src, tmp_path / "kernel", shard_size="15MB")
+    monkeypatch.setattr(writer, "_KERNEL_COPY", [False])
+    convert(src, tmp_path / "plain", shard_size="15MB")
+    shards = sorted(p.name for p in (tmp_path / "kernel").glob("*.safetensors"))
+    assert len(shards) > 1
+    for name in shards + ["conversion.json"]:
+        assert (tmp_path / "kernel" / name).read_bytes() == (tmp_path / "plain" / name).read_bytes()

@@ -7,13 +7,12 @@ raw words, no float conversion) and hashed, so the manifest needs no second read
 from __future__ import annotations
 
 import hashlib
+import errno
 import json
-import mmap
 import os
 from collections import deque
 from collections.abc import Callable
 from concurrent.futures import Future, ThreadPoolExecutor
-from functools import partial
 from pathlib import Path
 
 import numpy as np
@@ -69,9 +68,9 @@ class ShardWriter:
     """Writes one safetensors file; `write` returns the sha256 of everything written (None
     with checksum=False: hashing costs more CPU than the copy itself).
 
-    Source ranges are mapped a window at a time and written straight from the mapping (one
-    copy, as `cp` makes). The main thread only writes; a worker thread hashes each window and
-    checks it for NaN/Inf meanwhile, then unmaps it, so at most a few windows are resident.
+    Source ranges are copied inside the kernel (`copy_file_range`, as `cp` does; plain reads and
+    writes where it is unavailable). A worker thread reads the same range from the page cache,
+    checks it for NaN/Inf and hashes it meanwhile; tasks run in file order.
     """
 
     IN_FLIGHT = 4
@@ -82,29 +81,34 @@ class ShardWriter:
         self.hash = hashlib.sha256() if checksum else None
         self.worker = ThreadPoolExecutor(max_workers=1, thread_name_prefix="sha256")
         self.pending: deque[Future] = deque()
+        # more buffers than tasks can be outstanding, so a buffer is free when its turn comes
+        self.buffers = [bytearray(CHUNK) for _ in range(self.IN_FLIGHT + 2)]
+        self.turn = 0
         self.scratch = np.empty(CHUNK, dtype=np.uint8)  # used by the worker thread only
         self.fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644)
 
-    def _digest(self, data, check, release) -> None:
-        try:
-            if check is not None:
-                check(data, self.scratch)
-            if self.hash is not None:
-                self.hash.update(data)
-        finally:
-            if release is not None:
-                release()
-
-    def _emit(self, data, check=None, release=None) -> None:
-        try:
-            _write_all(self.fd, data, self.path)
-        except BaseException:
-            if release is not None:
-                release()
-            raise
-        self.pending.append(self.worker.submit(self._digest, data, check, release))
+    def _submit(self, task, *args) -> None:
+        self.pending.append(self.worker.submit(task, *args))
         while len(self.pending) > self.IN_FLIGHT:
             self.pending.popleft().result()
+
+    def _digest(self, data) -> None:
+        if self.hash is not None:
+            self.hash.update(data)
+
+    def _emit(self, data) -> None:
+        """Write bytes we made (header, zeros, casts) and hash them on the worker."""
+        _write_all(self.fd, data, self.path)
+        self._submit(self._digest, data)
+
+    def _check_and_digest(self, src_fd: int, offset: int, n: int, buffer: bytearray, src, first: int) -> None:
+        view = memoryview(buffer)[:n]
+        if os.preadv(src_fd, [view], offset) != n:
+            raise InputError(f"tensor {src.name} is cut short", path=src.file, fix="download the file again")
+        bad = first_nonfinite(view, src.dtype, self.scratch)
+        if bad is not None:
+            _report_nonfinite(src, first + bad)
+        self._digest(view)
 
     def write(self, tensors: list[OutputTensor]) -> str | None:
         try:
@@ -138,16 +142,21 @@ class ShardWriter:
         offset, left = src.rows(t.row_start, t.row_stop)
         first = 0
         with open(src.file, "rb") as fh:
-            if os.fstat(fh.fileno()).st_size < offset + left:
+            src_fd = fh.fileno()
+            if os.fstat(src_fd).st_size < offset + left:
                 raise InputError(f"tensor {src.name} is cut short", path=src.file, fix="download the file again")
             while left:
                 n = min(left, CHUNK)
-                view, release = _map_range(fh.fileno(), offset, n)
-                self._emit(view, partial(_check_finite, src=src, first=first), release)
+                _copy_range(src_fd, self.fd, offset, n, self.path)
+                buffer = self.buffers[self.turn]
+                self.turn = (self.turn + 1) % len(self.buffers)
+                self._submit(self._check_and_digest, src_fd, offset, n, buffer, src, first)
                 first += n // ITEMSIZE[src.dtype]
                 offset += n
                 left -= n
                 self.progress(n)
+            while self.pending:  # the worker reads src_fd: finish before it closes
+                self.pending.popleft().result()
 
     def _cast_rows(self, t: OutputTensor) -> None:
         import torch
@@ -176,28 +185,31 @@ class ShardWriter:
             self.progress(data.nbytes)
 
 
-def _map_range(fd: int, offset: int, length: int):
-    """A read-only view of file bytes [offset, offset + length), prefaulted in one call, and
-    the function that unmaps it."""
-    base = offset - offset % mmap.ALLOCATIONGRANULARITY
-    flags = mmap.MAP_SHARED | getattr(mmap, "MAP_POPULATE", 0)
-    mapping = mmap.mmap(fd, offset - base + length, flags=flags, prot=mmap.PROT_READ, offset=base)
-    view = memoryview(mapping)[offset - base:]
+_KERNEL_COPY = [hasattr(os, "copy_file_range")]
 
-    def release() -> None:
-        view.release()
+
+def _copy_range(src_fd: int, dst_fd: int, offset: int, n: int, path: Path) -> None:
+    """Append n bytes of src_fd from offset to dst_fd: in the kernel where the system allows it."""
+    done = 0
+    if _KERNEL_COPY[0]:
         try:
-            mapping.close()
-        except BufferError:  # a failed write's traceback still holds a view: unmapped when it goes
-            pass
-
-    return view, release
-
-
-def _check_finite(chunk, scratch, *, src, first: int) -> None:
-    bad = first_nonfinite(chunk, src.dtype, scratch)
-    if bad is not None:
-        _report_nonfinite(src, first + bad)
+            while done < n:
+                step = os.copy_file_range(src_fd, dst_fd, n - done, offset + done)
+                if step == 0:
+                    raise OutputError("the source ended early while copying", path=path, fix="check the source file")
+                done += step
+            return
+        except OSError as exc:
+            if exc.errno not in (errno.EXDEV, errno.ENOSYS, errno.EINVAL, errno.EOPNOTSUPP) or done:
+                raise OutputError(f"cannot write the output ({exc.strerror})", path=path,
+                                  fix="free disk space or choose another output folder") from None
+            _KERNEL_COPY[0] = False  # e.g. across file systems on old kernels: copy by hand from now on
+    while done < n:
+        chunk = os.pread(src_fd, min(n - done, CHUNK), offset + done)
+        if not chunk:
+            raise OutputError("the source ended early while copying", path=path, fix="check the source file")
+        _write_all(dst_fd, chunk, path)
+        done += len(chunk)
 
 
 def _report_nonfinite(src, element: int) -> None:

@@ -6,6 +6,8 @@ converter script, its `conversion/` package and `gguf-py` are unpacked.
 from __future__ import annotations
 
 import os
+import re
+import shutil
 import subprocess
 import sys
 import tarfile
@@ -13,7 +15,8 @@ from pathlib import Path
 
 VERSION = os.environ.get("LLAMA_CPP_PYTHON_VERSION", "0.3.36")
 CACHE = Path(os.environ.get("QWEN2LLAMA_CACHE", Path.home() / ".cache" / "qwen2llama"))
-WANTED = ("vendor/llama.cpp/convert_hf_to_gguf.py", "vendor/llama.cpp/conversion/", "vendor/llama.cpp/gguf-py/")
+WANTED = ("vendor/llama.cpp/convert_hf_to_gguf.py", "vendor/llama.cpp/conversion/", "vendor/llama.cpp/gguf-py/",
+          "vendor/llama.cpp/requirements/")
 
 
 def sdist() -> Path:
@@ -29,9 +32,11 @@ def sdist() -> Path:
 def converter_dir() -> Path:
     """Folder holding convert_hf_to_gguf.py, conversion/ and gguf-py/ (unpacked once)."""
     root = CACHE / f"llama.cpp-{VERSION}"
-    if not (root / "convert_hf_to_gguf.py").exists():
+    if not (root / "requirements").is_dir():
+        shutil.rmtree(root, ignore_errors=True)  # unpacked by an older version of this helper
         prefix = f"llama_cpp_python-{VERSION}/"
         tmp = root.with_suffix(".partial")
+        shutil.rmtree(tmp, ignore_errors=True)
         with tarfile.open(sdist()) as tar:
             members = [m for m in tar.getmembers()
                        if m.name.startswith(prefix) and m.name[len(prefix):].startswith(WANTED) and m.isfile()]
@@ -42,9 +47,32 @@ def converter_dir() -> Path:
     return root
 
 
+def pinned_transformers() -> str:
+    """The transformers release llama.cpp's converter is pinned to, from its requirements file."""
+    text = (converter_dir() / "requirements" / "requirements-convert_legacy_llama.txt").read_text()
+    return re.search(r"^transformers==([\w.]+)", text, re.M).group(1)
+
+
+def overlay() -> Path:
+    """llama.cpp's pinned transformers (and the tokenizers and hub versions it needs), installed
+    once with pip into the cache; put first on PYTHONPATH for the converter only."""
+    version = pinned_transformers()
+    target = CACHE / f"transformers-{version}"
+    if not (target / "transformers").is_dir():
+        tmp = target.with_suffix(".partial")
+        shutil.rmtree(tmp, ignore_errors=True)
+        subprocess.run([sys.executable, "-m", "pip", "install", "-q", "--no-deps", "--target", str(tmp),
+                        f"transformers=={version}", "tokenizers>=0.22.0,<=0.23.0", "huggingface-hub>=0.34.0,<1.0"],
+                       check=True, capture_output=True)
+        tmp.rename(target)
+    return target
+
+
 def convert_to_gguf(model_dir: Path, outfile: Path, outtype: str = "f32") -> subprocess.CompletedProcess:
+    """Run llama.cpp's convert_hf_to_gguf.py as its requirements ask: its gguf-py, its transformers."""
     root = converter_dir()
-    env = {**os.environ, "PYTHONPATH": f"{root / 'gguf-py'}{os.pathsep}{root}", "NO_LOCAL_GGUF": ""}
+    path = os.pathsep.join(map(str, (overlay(), root / "gguf-py", root)))
+    env = {**os.environ, "PYTHONPATH": path, "NO_LOCAL_GGUF": ""}
     return subprocess.run([sys.executable, str(root / "convert_hf_to_gguf.py"), str(model_dir), "--outfile", str(outfile),
                            "--outtype", outtype], capture_output=True, text=True, env=env, timeout=600)
 

@@ -45,6 +45,9 @@ def llama_config(cfg: QwenConfig, dtype: str, chat: bool) -> dict:
         "pad_token_id": ENDOFTEXT_ID,
         "torch_dtype": name,
         "dtype": name,
+        # The oldest transformers this config is written for (LLaMA with attention_bias and head_dim).
+        # Without the field, transformers 4.57.3+ warns about a "Mistral regex" on every local tokenizer.
+        "transformers_version": "4.45.0",
     }
 
 

@@ -11,7 +11,7 @@ from pathlib import Path
 
 from . import __version__
 from .dtypes import NAME_OF
-from .errors import InputError
+from .errors import InputError, OutputError
 from .llama.config import generation_config, llama_config
 from .llama.shards import parse_size, plan_shards, shard_names
 from .llama.writer import ShardWriter
@@ -87,6 +87,7 @@ class _TokenizerProcess:
     """The tokenizer files, written by a child process while the weights are copied."""
 
     def __init__(self, vocab: Path, folder: Path, chat: bool, model_max_length: int):
+        self.folder = folder
         self.proc = subprocess.Popen(
             [sys.executable, "-m", "qwen2llama.tokenizer", str(vocab), str(folder), "chat" if chat else "base",
              str(model_max_length)], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
@@ -94,7 +95,9 @@ class _TokenizerProcess:
     def result(self) -> dict:
         out, err = self.proc.communicate()
         if self.proc.returncode:
-            raise RuntimeError(f"writing the tokenizer failed:\n{err.strip()[-2000:]}")
+            last = (err.strip().splitlines() or ["no message"])[-1]
+            raise OutputError(f"writing the tokenizer files failed: {last}"[:400], path=self.folder,
+                              fix="free disk space or choose another output folder (--debug for details)")
         return json.loads(out)
 
     def cancel(self) -> None:

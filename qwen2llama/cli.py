@@ -111,16 +111,20 @@ def _sigterm(signum, frame):
     raise KeyboardInterrupt
 
 
+def _print_version(value: bool) -> None:
+    if value:
+        out.print(f"qwen2llama {__version__}")
+        raise typer.Exit(0)
+
+
 @app.callback()
 def main(
     debug: Annotated[bool, typer.Option("--debug", help="Show tracebacks instead of short messages.")] = False,
-    version: Annotated[bool, typer.Option("--version", help="Print the version and exit.")] = False,
+    version: Annotated[bool, typer.Option("--version", callback=_print_version, is_eager=True,
+                                          help="Print the version and exit.")] = False,
 ):
     STATE["debug"] = debug
     signal.signal(signal.SIGTERM, _sigterm)
-    if version:
-        out.print(f"qwen2llama {__version__}")
-        raise typer.Exit(0)
 
 
 def _print_plan(sp) -> None:

@@ -142,3 +142,17 @@ def test_copy_without_kernel_copy_gives_same_bytes(tmp_path, monkeypatch):
     assert len(shards) > 1
     for name in shards + ["conversion.json"]:
         assert (tmp_path / "kernel" / name).read_bytes() == (tmp_path / "plain" / name).read_bytes()
+
+
+def test_version_and_help():
+    from typer.testing import CliRunner
+
+    from qwen2llama import __version__
+    from qwen2llama.cli import app
+
+    runner = CliRunner()
+    assert runner.invoke(app, ["--version"]).output.strip() == f"qwen2llama {__version__}"
+    result = runner.invoke(app, ["--help"])
+    assert result.exit_code == 0
+    for command in ("inspect", "convert", "verify", "tokenizer", "synth"):
+        assert command in result.output

@@ -185,14 +185,14 @@ def convert(src: Src, dst: Dst,
     from .convert import prepare
 
     def go():
-        _print_plan(prepare(src, shard_size=shard_size, dtype=dtype, kind=kind))
+        sp = prepare(src, shard_size=shard_size, dtype=dtype, kind=kind)
+        _print_plan(sp)
         if dry_run:
             from .publish import check_target
-            from .qwen.checkpoint import open_checkpoint
             from .tokenizer import read_tiktoken
 
             read_tiktoken(Path(src) / "qwen.tiktoken")
-            check_target(Path(os.path.abspath(dst)), force=force, protect=[open_checkpoint(src).folder])
+            check_target(Path(os.path.abspath(dst)), force=force, protect=[sp.plan.checkpoint.folder])
             out.print("dry run: the checkpoint, the vocabulary and the output location are usable; nothing written")
             return
         before = None
@@ -200,7 +200,7 @@ def convert(src: Src, dst: Dst,
             def before(staging):
                 _verify_and_report(src, staging, report=report, quick=quick, prompts=None, display=dst)
         do_convert(src, dst, shard_size=shard_size, dtype=dtype, kind=kind, force=force, checksums=checksums,
-                   progress=TerminalProgress(err), before_publish=before)
+                   progress=TerminalProgress(err), before_publish=before, prepared=sp)
         out.print(f"[green]wrote[/] {dst}")
     run(go)
 

@@ -166,14 +166,15 @@ def write_model(sp: ShardedPlan, folder: Path, vocab: Path, progress: Progress, 
 
 def convert(src: str | Path, out: str | Path, *, shard_size: str | int = "5GB", dtype: str | None = None,
             kind: str = "auto", force: bool = False, checksums: bool = True, progress: Progress | None = None,
-            before_publish=None) -> dict:
+            before_publish=None, prepared: ShardedPlan | None = None) -> dict:
     """Convert the Qwen checkpoint in `src` into a LLaMA folder `out`; returns the manifest.
 
     `before_publish(staging_folder)` runs on the complete staging folder (the CLI verifies
-    there); raising from it leaves `out` untouched.
+    there); raising from it leaves `out` untouched. `prepared` is `prepare()`'s result for the
+    same arguments, when the caller already has it.
     """
     progress = progress or NullProgress()
-    sp = prepare(src, shard_size=shard_size, dtype=dtype, kind=kind)
+    sp = prepared or prepare(src, shard_size=shard_size, dtype=dtype, kind=kind)
     vocab = sp.plan.checkpoint.folder / "qwen.tiktoken"
     if not vocab.is_file():
         raise InputError("no qwen.tiktoken in the checkpoint folder", path=vocab,

@@ -147,3 +147,19 @@ def test_tampered_file_fails_integrity(sources, converted, tmp_path):
     result = runner.invoke(app, ["verify", str(sources["st-single-bf16"]), str(folder), "--quick"])
     assert result.exit_code == 1
     assert re.search(r"integrity\s+FAIL", result.output) and "merges.txt" in result.output
+
+
+def test_custom_prompt_file(sources, converted, tmp_path):
+    prompts = tmp_path / "prompts.json"
+    prompts.write_text(json.dumps({"texts": ["Custom prompt with digits 4096 and 中文."], "chats": []}))
+    runner = CliRunner()
+    report = tmp_path / "r.json"
+    ok = runner.invoke(app, ["verify", str(sources["st-single-bf16"]), str(converted["st-single-bf16"]),
+                             "--prompts", str(prompts), "--report", str(report), "--no-long-prompt"])
+    assert ok.exit_code == 0, ok.output
+    rows = json.loads(report.read_text())["checks"]["logits"]["prompts"]
+    assert [r["prompt"] for r in rows] == ["Custom prompt with digits 4096"]
+    prompts.write_text("[1, 2]")
+    bad = runner.invoke(app, ["verify", str(sources["st-single-bf16"]), str(converted["st-single-bf16"]),
+                              "--prompts", str(prompts)])
+    assert bad.exit_code == 2 and "prompt set is unreadable" in bad.output

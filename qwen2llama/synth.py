@@ -88,19 +88,13 @@ def _split_even(items: list, sizes: list[int], count: int) -> list[list]:
 
 def _write_safetensors(path: Path, entries, dtype_code: str, make) -> None:
     """Write tensors one at a time (memory: the largest tensor, not the shard)."""
-    header: dict = {"__metadata__": {"format": "pt"}}
-    offset = 0
-    for name, shape in entries:
-        n = prod(shape) * ITEMSIZE[dtype_code]
-        header[name] = {"dtype": dtype_code, "shape": list(shape), "data_offsets": [offset, offset + n]}
-        offset += n
-    raw = json.dumps(header, separators=(",", ":")).encode()
-    raw += b" " * (-len(raw) % 8)
-    with open(path, "wb") as fh:
-        fh.write(len(raw).to_bytes(8, "little") + raw)
-        for name, shape in entries:
-            import torch
+    import torch
 
+    from .llama.writer import header_bytes
+
+    with open(path, "wb") as fh:
+        fh.write(header_bytes([(name, dtype_code, shape) for name, shape in entries]))
+        for name, shape in entries:
             fh.write(make(name, shape).contiguous().view(torch.uint8).numpy().tobytes())
 
 

@@ -5,45 +5,25 @@ rotary embedding on weights read with the `safetensors` library, one layer at a 
 """
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 import torch
 
 from ..errors import InputError
-from ..qwen.checkpoint import TensorRef, read_safetensors_header
+from ..qwen.checkpoint import TensorRef, read_index, read_weight_files
 
 
 def read_output_tensors(folder: Path) -> dict[str, TensorRef]:
     """Every tensor of a converted folder, from the index (if any) and the shard headers."""
     index = folder / "model.safetensors.index.json"
     if index.is_file():
-        try:
-            weight_map = json.loads(index.read_text())["weight_map"]
-        except (ValueError, KeyError, TypeError):
-            raise InputError("unreadable model.safetensors.index.json", path=index,
-                             fix="convert again; the output is damaged") from None
-        shards = sorted(set(weight_map.values()))
+        weight_map, shards = read_index(index)
     elif (folder / "model.safetensors").is_file():
         weight_map, shards = None, ["model.safetensors"]
     else:
         raise InputError("no model.safetensors or model.safetensors.index.json", path=folder,
                          fix="point at the folder that `qwen2llama convert` wrote")
-    refs: dict[str, TensorRef] = {}
-    for shard in shards:
-        if "/" in shard or "\\" in shard or shard in ("", ".", ".."):
-            raise InputError(f"shard name {shard!r} is not a plain file name", path=index, fix="convert again")
-        path = folder / shard
-        if not path.is_file():
-            raise InputError(f"shard {shard} is missing", path=path, fix="convert again")
-        for name, ref in read_safetensors_header(path).items():
-            if name in refs:
-                raise InputError(f"tensor {name} is stored twice", path=path, fix="convert again")
-            if weight_map is not None and weight_map.get(name) != shard:
-                raise InputError(f"tensor {name} is in {shard} but the index says {weight_map.get(name)}",
-                                 path=index, fix="convert again")
-            refs[name] = ref
-    return refs
+    return read_weight_files(folder, "safetensors", shards, weight_map, index if weight_map is not None else None)
 
 
 class LlamaSide:

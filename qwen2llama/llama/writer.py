@@ -13,6 +13,7 @@ import os
 from collections import deque
 from collections.abc import Callable
 from concurrent.futures import Future, ThreadPoolExecutor
+from math import prod
 from pathlib import Path
 
 import numpy as np
@@ -29,13 +30,14 @@ _NONFINITE = {"BF16": (np.uint16, 0x7F80), "F16": (np.uint16, 0x7C00), "F32": (n
 Progress = Callable[[int], None]
 
 
-def header_bytes(tensors: list[OutputTensor]) -> bytes:
-    """The safetensors header for these tensors, in this order, padded to 8 bytes."""
+def header_bytes(entries) -> bytes:
+    """The safetensors header for (name, dtype, shape) entries laid out in this order, padded to 8 bytes."""
     header: dict = {"__metadata__": {"format": "pt"}}
     offset = 0
-    for t in tensors:
-        header[t.name] = {"dtype": t.dtype, "shape": list(t.shape), "data_offsets": [offset, offset + t.nbytes]}
-        offset += t.nbytes
+    for name, dtype, shape in entries:
+        size = prod(shape) * ITEMSIZE[dtype]
+        header[name] = {"dtype": dtype, "shape": list(shape), "data_offsets": [offset, offset + size]}
+        offset += size
     raw = json.dumps(header, separators=(",", ":")).encode()
     raw += b" " * (-len(raw) % 8)
     return len(raw).to_bytes(8, "little") + raw
@@ -112,7 +114,7 @@ class ShardWriter:
 
     def write(self, tensors: list[OutputTensor]) -> str | None:
         try:
-            self._emit(header_bytes(tensors))
+            self._emit(header_bytes([(t.name, t.dtype, t.shape) for t in tensors]))
             for t in tensors:
                 if t.source is None:
                     self._write_zeros(t)

@@ -126,7 +126,8 @@ def read_safetensors_header(path: Path) -> dict[str, TensorRef]:
     return refs
 
 
-def _read_index(index_path: Path) -> dict[str, str]:
+def read_index(index_path: Path) -> tuple[dict[str, str], list[str]]:
+    """(weight_map, sorted shard names) of a shard index, shard names checked to be plain file names."""
     try:
         index = json.loads(index_path.read_text(encoding="utf-8"))
         weight_map = index["weight_map"]
@@ -139,7 +140,7 @@ def _read_index(index_path: Path) -> dict[str, str]:
             raise InputError(f"tensor {name} points at shard {shard!r}, which is not a plain file name "
                              "(path traversal is refused)", path=index_path,
                              fix="shard names must be files in the checkpoint folder")
-    return weight_map
+    return weight_map, sorted(set(weight_map.values()))
 
 
 def _read_weights_file(path: Path, fmt: str) -> dict[str, TensorRef]:
@@ -149,36 +150,15 @@ def _read_weights_file(path: Path, fmt: str) -> dict[str, TensorRef]:
             for name, (dtype, shape, offset, nbytes) in read_torch_zip(path).items()}
 
 
-def open_checkpoint(folder: str | Path) -> Checkpoint:
-    """Index a Qwen checkpoint folder: config plus every tensor's location, no tensor data read."""
-    folder = Path(folder)
-    if not folder.is_dir():
-        raise InputError("the source is not a folder", path=folder,
-                         fix="give the folder that holds config.json and the weight files")
-    if not os.access(folder, os.R_OK | os.X_OK):
-        raise InputError("the source folder is not readable", path=folder, fix="check its permissions")
-    config = load_config(folder)
-    for fmt, index_name, single_name in LAYOUTS:
-        index_path, single_path = folder / index_name, folder / single_name
-        if index_path.is_file():
-            weight_map = _read_index(index_path)
-            shards = sorted(set(weight_map.values()))
-            break
-        if single_path.is_file():
-            weight_map, shards = None, [single_name]
-            break
-    else:
-        present = sorted(p.name for p in folder.iterdir())[:12]
-        raise InputError(
-            f"no weights found (looked for model.safetensors[.index.json] and pytorch_model.bin[.index.json]; "
-            f"the folder holds: {', '.join(present) or 'nothing'})",
-            path=folder, fix="download the weight files into this folder")
+def read_weight_files(folder: Path, fmt: str, shards: list[str], weight_map: dict[str, str] | None,
+                      index_path: Path | None) -> dict[str, TensorRef]:
+    """Every tensor of these shards, each in exactly one file, agreeing with the index if any."""
     tensors: dict[str, TensorRef] = {}
     for shard in shards:
         path = folder / shard
         if not path.is_file():
-            raise InputError(f"the index names shard {shard}, which is missing", path=index_path,
-                             fix=f"download {shard} into the checkpoint folder")
+            raise InputError(f"the index names shard {shard}, which is missing", path=index_path or path,
+                             fix=f"download {shard} again into the folder")
         for name, ref in _read_weights_file(path, fmt).items():
             if name in tensors:
                 raise InputError(f"tensor {name} is stored in two shards ({tensors[name].file.name} and {shard})",
@@ -195,4 +175,31 @@ def open_checkpoint(folder: str | Path) -> Checkpoint:
         if unlisted:
             raise InputError(f"shards hold tensors the index does not list: {', '.join(unlisted[:5])}",
                              path=index_path, fix="restore the index and shards of one download")
+    return tensors
+
+
+def open_checkpoint(folder: str | Path) -> Checkpoint:
+    """Index a Qwen checkpoint folder: config plus every tensor's location, no tensor data read."""
+    folder = Path(folder)
+    if not folder.is_dir():
+        raise InputError("the source is not a folder", path=folder,
+                         fix="give the folder that holds config.json and the weight files")
+    if not os.access(folder, os.R_OK | os.X_OK):
+        raise InputError("the source folder is not readable", path=folder, fix="check its permissions")
+    config = load_config(folder)
+    for fmt, index_name, single_name in LAYOUTS:
+        index_path, single_path = folder / index_name, folder / single_name
+        if index_path.is_file():
+            weight_map, shards = read_index(index_path)
+            break
+        if single_path.is_file():
+            weight_map, shards = None, [single_name]
+            break
+    else:
+        present = sorted(p.name for p in folder.iterdir())[:12]
+        raise InputError(
+            f"no weights found (looked for model.safetensors[.index.json] and pytorch_model.bin[.index.json]; "
+            f"the folder holds: {', '.join(present) or 'nothing'})",
+            path=folder, fix="download the weight files into this folder")
+    tensors = read_weight_files(folder, fmt, shards, weight_map, index_path if weight_map is not None else None)
     return Checkpoint(folder, config, fmt, [folder / s for s in shards], tensors)

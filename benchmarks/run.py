@@ -1,9 +1,11 @@
 """`make bench`: conversion cost against `cp`, the load-everything baseline, the tokenizer
 against transformers' generic tiktoken converter, and verify's time and memory per layer.
 
-Runs are alternated and repeated; medians are reported. Writes bench-out/results.json and
-prints a Markdown table (the README shows the latest one). Sizes: BENCH_LAYERS (default 2)
-layers at Qwen-7B widths, bf16, about 3.3 GB; BENCH_REPEATS (default 3).
+Runs are alternated and repeated; medians are reported, with each run's wall time, peak RSS and
+CPU seconds kept in bench-out/results.json. Prints a Markdown table (the README shows the latest
+one). Sizes: BENCH_LAYERS (default 2) layers at Qwen-7B widths, bf16, about 3.3 GB; 32 is the real
+Qwen-7B size (15.4 GB). BENCH_REPEATS (default 5). BENCH_ONLY=copy measures the copy table alone.
+The load-everything baseline is left out when the model is over half the machine's memory.
 """
 from __future__ import annotations
 
@@ -21,18 +23,24 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 OUT = Path(os.environ.get("BENCH_DIR", ROOT / "bench-out"))
 LAYERS = int(os.environ.get("BENCH_LAYERS", "2"))
-REPEATS = int(os.environ.get("BENCH_REPEATS", "3"))
+REPEATS = int(os.environ.get("BENCH_REPEATS", "5"))
+ONLY_COPY = os.environ.get("BENCH_ONLY") == "copy"
 PY = sys.executable
 
 
-def measured(cmd: list[str]) -> tuple[float, float]:
-    """(wall seconds, peak RSS MiB) of cmd, run as the only child of a fresh wrapper process."""
+def measured(cmd: list[str]) -> tuple[float, float, float]:
+    """(wall seconds, peak RSS MiB, CPU seconds) of cmd, run as the only child of a fresh wrapper."""
     t0 = time.perf_counter()
     result = subprocess.run([PY, str(ROOT / "tests" / "peak_rss.py"), *cmd], capture_output=True, text=True)
     wall = time.perf_counter() - t0
     if result.returncode:
         sys.exit(f"failed: {' '.join(cmd)}\n{result.stdout}\n{result.stderr}")
-    return wall, float(re.search(r"peak_rss_mib=([\d.]+)", result.stdout).group(1))
+    found = re.search(r"peak_rss_mib=([\d.]+) cpu_s=([\d.]+)", result.stdout)
+    return wall, float(found.group(1)), float(found.group(2))
+
+
+def memory_bytes() -> int:
+    return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
 
 
 def folder_bytes(path: Path) -> int:
@@ -42,6 +50,8 @@ def folder_bytes(path: Path) -> int:
 def bench_copy(src: Path) -> dict:
     runs: dict[str, list] = {"cp -r": [], "cp -r + sync": [], "qwen2llama convert --no-verify": [],
                              "qwen2llama convert --no-verify --no-checksums": [], "load-all baseline": []}
+    if folder_bytes(src) > memory_bytes() / 2:
+        del runs["load-all baseline"]  # it would measure swapping, if it finished at all
     names = list(runs)
     for rep in range(REPEATS):
         # alternate the contenders, and rotate their order so that none always runs first
@@ -65,8 +75,10 @@ def bench_copy(src: Path) -> dict:
     for name, values in runs.items():
         wall = statistics.median(v[0] for v in values)
         rows[name] = {"seconds": round(wall, 2), "gb_per_s": round(size / 1e9 / wall, 2),
+                      "min_s": round(min(v[0] for v in values), 2), "max_s": round(max(v[0] for v in values), 2),
+                      "cpu_seconds": round(statistics.median(v[2] for v in values), 2),
                       "peak_rss_mib": round(statistics.median(v[1] for v in values), 1),
-                      "runs": [[round(w, 2), r] for w, r in values]}
+                      "runs": [{"seconds": round(w, 2), "peak_rss_mib": r, "cpu_seconds": c} for w, r, c in values]}
     cp = rows["cp -r"]["seconds"]
     return {"source_bytes": size, "rows": rows,
             "ratio_convert_to_cp": round(rows["qwen2llama convert --no-verify"]["seconds"] / cp, 2),
@@ -88,7 +100,7 @@ def bench_bin(src_st: Path) -> dict:
     dst = OUT / "dst-bin"
     shutil.rmtree(dst, ignore_errors=True)
     os.sync()
-    wall, rss = measured([PY, "-m", "qwen2llama", "convert", str(src), str(dst), "--no-verify"])
+    wall, rss, _ = measured([PY, "-m", "qwen2llama", "convert", str(src), str(dst), "--no-verify"])
     shutil.rmtree(dst, ignore_errors=True)
     largest = max(p.stat().st_size for p in src.glob("*.bin"))
     return {"source_bytes": folder_bytes(src), "seconds": round(wall, 2), "peak_rss_mib": rss,
@@ -126,13 +138,51 @@ def bench_verify(src: Path) -> dict:
     subprocess.run([PY, "-m", "qwen2llama", "convert", str(src), str(dst), "--no-verify"], check=True,
                    capture_output=True)
     report = OUT / "verify-report.json"
-    wall, rss = measured([PY, "-m", "qwen2llama", "verify", str(src), str(dst), "--quick", "--report", str(report)])
+    wall, rss, _ = measured([PY, "-m", "qwen2llama", "verify", str(src), str(dst), "--quick", "--report", str(report)])
     data = json.loads(report.read_text())
     layers = data["checks"]["logits"]["layers"]
     per_layer = statistics.median(l["seconds_reference"] + l["seconds_llama"] for l in layers)
     return {"seconds": round(wall, 1), "peak_rss_mib": rss, "layers": len(layers),
             "seconds_per_layer_both_sides": round(per_layer, 3),
             "max_abs_logit_diff": data["checks"]["logits"]["max_abs_logit_diff"], "passed": data["passed"]}
+
+
+def bench_cpu_parts() -> dict:
+    """Where convert's CPU goes besides the copy: sha256 speed, and the tokenizer files job."""
+    import hashlib
+
+    block = os.urandom(1 << 20)
+    digest = hashlib.sha256()
+    t0 = time.perf_counter()
+    for _ in range(512):
+        digest.update(block)
+    sha_gbs = 512 * len(block) / 1e9 / (time.perf_counter() - t0)
+    from qwen2llama.synth import vocab_path
+
+    folder = OUT / "tokenizer-job"
+    shutil.rmtree(folder, ignore_errors=True)
+    folder.mkdir()
+    wall, _, cpu = measured([PY, "-m", "qwen2llama.tokenizer", str(vocab_path()), str(folder), "chat", "8192"])
+    shutil.rmtree(folder)
+    return {"sha256_gb_per_s_one_core": round(sha_gbs, 2), "tokenizer_job_seconds": round(wall, 2),
+            "tokenizer_job_cpu_seconds": round(cpu, 2)}
+
+
+def print_copy_table(copy: dict, cpu_parts: dict) -> None:
+    gb = copy["source_bytes"] / 1e9
+    print("| what | seconds (median) | min–max | GB/s | CPU s | peak RSS MiB |\n|---|---|---|---|---|---|")
+    for name, row in copy["rows"].items():
+        print(f"| {name} | {row['seconds']} | {row['min_s']}–{row['max_s']} | {row['gb_per_s']} | "
+              f"{row['cpu_seconds']} | {row['peak_rss_mib']} |")
+    cores = os.cpu_count() or 1
+    convert_cpu = copy["rows"]["qwen2llama convert --no-verify"]["cpu_seconds"]
+    print(f"\nconvert/cp = {copy['ratio_convert_to_cp']} (with sha256 of every file), "
+          f"{copy['ratio_convert_no_checksums_to_cp']} with --no-checksums; "
+          f"convert/(cp + sync) = {copy['ratio_convert_to_cp_sync']}")
+    print(f"CPU: convert used {convert_cpu} CPU-seconds, so on {cores} cores it cannot take less than "
+          f"{convert_cpu / cores:.2f} s; of that, sha256 of {gb:.2f} GB at "
+          f"{cpu_parts['sha256_gb_per_s_one_core']} GB/s per core is {gb / cpu_parts['sha256_gb_per_s_one_core']:.2f} s "
+          f"and the tokenizer files job {cpu_parts['tokenizer_job_cpu_seconds']} s")
 
 
 def main() -> None:
@@ -144,27 +194,28 @@ def main() -> None:
     if not (src / "config.json").exists():
         shutil.rmtree(src, ignore_errors=True)
         print(f"synthesizing {src} ...", flush=True)
-        synthesize(src, "qwen-7b", layers=LAYERS, shards=2)
+        synthesize(src, "qwen-7b", layers=LAYERS, shards=2 if LAYERS <= 8 else 8)
+    machine = f"{platform.machine()}, {os.cpu_count()} cores, {memory_bytes() / 2**30:.0f} GiB, " \
+              f"Python {platform.python_version()}"
     print("convert vs cp ...", flush=True)
     copy = bench_copy(src)
-    print(".bin input ...", flush=True)
-    binrow = bench_bin(src)
-    print("tokenizer ...", flush=True)
-    tok = bench_tokenizer()
-    print("verify ...", flush=True)
-    ver = bench_verify(src)
-    machine = f"{platform.machine()}, {os.cpu_count()} cores, Python {platform.python_version()}"
-    results = {"machine": machine, "layers": LAYERS, "repeats": REPEATS, "copy": copy, "bin": binrow, "tokenizer": tok,
-               "verify": ver}
-    (OUT / "results.json").write_text(json.dumps(results, indent=2) + "\n")
+    cpu_parts = bench_cpu_parts()
+    results = {"machine": machine, "layers": LAYERS, "repeats": REPEATS, "copy": copy, "cpu_parts": cpu_parts}
+    if not ONLY_COPY:
+        print(".bin input ...", flush=True)
+        results["bin"] = bench_bin(src)
+        print("tokenizer ...", flush=True)
+        results["tokenizer"] = bench_tokenizer()
+        print("verify ...", flush=True)
+        results["verify"] = bench_verify(src)
+    name = "results.json" if not ONLY_COPY else f"results-{LAYERS}l-copy.json"
+    (OUT / name).write_text(json.dumps(results, indent=2) + "\n")
     gb = copy["source_bytes"] / 1e9
-    print(f"\nQwen-7B widths, {LAYERS} layers, bf16, {gb:.2f} GB; {machine}; median of {REPEATS}\n")
-    print("| what | seconds | GB/s | peak RSS MiB |\n|---|---|---|---|")
-    for name, row in copy["rows"].items():
-        print(f"| {name} | {row['seconds']} | {row['gb_per_s']} | {row['peak_rss_mib']} |")
-    print(f"\nconvert/cp = {copy['ratio_convert_to_cp']} (with sha256 of every file), "
-          f"{copy['ratio_convert_no_checksums_to_cp']} with --no-checksums; "
-          f"convert/(cp + sync) = {copy['ratio_convert_to_cp_sync']}")
+    print(f"\nQwen-7B widths, {LAYERS} layers, bf16, {gb:.2f} GB; {machine}; {REPEATS} runs each\n")
+    print_copy_table(copy, cpu_parts)
+    if ONLY_COPY:
+        return
+    binrow, tok, ver = results["bin"], results["tokenizer"], results["verify"]
     print(f".bin input ({binrow['source_bytes'] / 1e9:.2f} GB, one file): convert --no-verify {binrow['seconds']} s, "
           f"peak RSS {binrow['peak_rss_mib']} MiB (largest tensor {binrow['largest_tensor_mib']} MiB)")
     print(f"tokenizer: ours {tok['ours_seconds']} s, {tok['ours_merges']} merges; transformers TikTokenConverter "

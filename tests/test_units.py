@@ -129,19 +129,29 @@ def test_long_prompt_budget():
     assert flops("tiny") < LONG_PROMPT_MAX_FLOPS < flops("qwen-1_8b") < flops("qwen-7b") < flops("qwen-72b")
 
 
-def test_copy_without_kernel_copy_gives_same_bytes(tmp_path, monkeypatch):
-    """Where copy_file_range is unavailable the writer reads and writes itself: same files."""
+def test_small_chunks_same_bytes_and_nan_position(tmp_path, monkeypatch):
+    """Tensors spanning many read chunks, several shards: the same files (and checksums) as with
+    the default chunk size, and a NaN deep in a tensor is reported at its element."""
+    from safetensors.torch import load_file, save_file
+
     from qwen2llama.convert import convert
     from qwen2llama.llama import writer
 
     src = synthesize(tmp_path / "s", "tiny")
-    convert(src, tmp_path / "kernel", shard_size="15MB")
-    monkeypatch.setattr(writer, "_KERNEL_COPY", [False])
-    convert(src, tmp_path / "plain", shard_size="15MB")
-    shards = sorted(p.name for p in (tmp_path / "kernel").glob("*.safetensors"))
+    convert(src, tmp_path / "default", shard_size="15MB")
+    monkeypatch.setattr(writer, "CHUNK", 1000)
+    monkeypatch.setattr(writer, "RELEASE", 5000)
+    convert(src, tmp_path / "small", shard_size="15MB")
+    shards = sorted(p.name for p in (tmp_path / "small").glob("*.safetensors"))
     assert len(shards) > 1
     for name in shards + ["conversion.json"]:
-        assert (tmp_path / "kernel" / name).read_bytes() == (tmp_path / "plain" / name).read_bytes()
+        assert (tmp_path / "small" / name).read_bytes() == (tmp_path / "default" / name).read_bytes()
+    tensors = load_file(src / "model.safetensors")
+    flat = tensors["transformer.wte.weight"].view(-1)
+    flat[flat.numel() - 7] = float("nan")
+    save_file(tensors, src / "model.safetensors")
+    with pytest.raises(InputError, match=f"element {flat.numel() - 7} of"):
+        convert(src, tmp_path / "out2")
 
 
 def test_version_and_help():

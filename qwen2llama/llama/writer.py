@@ -7,7 +7,6 @@ raw words, no float conversion) and hashed, so the manifest needs no second read
 from __future__ import annotations
 
 import hashlib
-import errno
 import json
 import os
 from collections import deque
@@ -22,7 +21,9 @@ from ..dtypes import ITEMSIZE
 from ..errors import InputError, OutputError
 from ..plan import OutputTensor
 
-CHUNK = 16 << 20
+CHUNK = 1 << 20  # bytes per read, write and worker task: small enough to stay in the CPU cache
+CAST_BLOCK = 16 << 20  # source bytes per conversion step when the dtype changes
+RELEASE = 64 << 20  # every this many bytes, start writeback and release source pages already read
 
 # Exponent-all-ones masks: a word matching its mask is NaN or +/-Inf.
 _NONFINITE = {"BF16": (np.uint16, 0x7F80), "F16": (np.uint16, 0x7C00), "F32": (np.uint32, 0x7F800000)}
@@ -68,14 +69,16 @@ def _write_all(fd: int, data, path: Path) -> None:
 
 class ShardWriter:
     """Writes one safetensors file; `write` returns the sha256 of everything written (None
-    with checksum=False: hashing costs more CPU than the copy itself).
+    with checksum=False).
 
-    Source ranges are copied inside the kernel (`copy_file_range`, as `cp` does; plain reads and
-    writes where it is unavailable). A worker thread reads the same range from the page cache,
-    checks it for NaN/Inf and hashes it meanwhile; tasks run in file order.
+    Source ranges are read in cache-sized chunks into a ring of buffers; a worker thread checks
+    each chunk for NaN/Inf and hashes it while the main thread writes it out, so every byte is
+    read once and written once, as in `cp`. Tasks run in file order. As the copy goes, writeback
+    of the output starts and source pages already read are released, so a model larger than the
+    page cache streams through it instead of forcing the kernel to reclaim under pressure.
     """
 
-    IN_FLIGHT = 4
+    IN_FLIGHT = 8
 
     def __init__(self, path: Path, progress: Progress | None = None, checksum: bool = True):
         self.path = path
@@ -83,11 +86,20 @@ class ShardWriter:
         self.hash = hashlib.sha256() if checksum else None
         self.worker = ThreadPoolExecutor(max_workers=1, thread_name_prefix="sha256")
         self.pending: deque[Future] = deque()
-        # more buffers than tasks can be outstanding, so a buffer is free when its turn comes
-        self.buffers = [bytearray(CHUNK) for _ in range(self.IN_FLIGHT + 2)]
+        # two more buffers than tasks can be outstanding: a buffer's last task is done when its turn comes
+        self.ring = [bytearray(CHUNK) for _ in range(self.IN_FLIGHT + 2)]
         self.turn = 0
         self.scratch = np.empty(CHUNK, dtype=np.uint8)  # used by the worker thread only
         self.fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644)
+        self.written = self.flushed = 0
+
+    def _wrote(self, n: int) -> None:
+        """Start writeback of what is written so far, so that the fsync before publishing finds
+        little left to do instead of waiting for the whole file."""
+        self.written += n
+        if self.written - self.flushed >= RELEASE:
+            _release(self.fd, self.flushed, self.written - self.flushed)
+            self.flushed = self.written
 
     def _submit(self, task, *args) -> None:
         self.pending.append(self.worker.submit(task, *args))
@@ -101,16 +113,14 @@ class ShardWriter:
     def _emit(self, data) -> None:
         """Write bytes we made (header, zeros, casts) and hash them on the worker."""
         _write_all(self.fd, data, self.path)
+        self._wrote(len(memoryview(data).cast("B")))
         self._submit(self._digest, data)
 
-    def _check_and_digest(self, src_fd: int, offset: int, n: int, buffer: bytearray, src, first: int) -> None:
-        view = memoryview(buffer)[:n]
-        if os.preadv(src_fd, [view], offset) != n:
-            raise InputError(f"tensor {src.name} is cut short", path=src.file, fix="download the file again")
-        bad = first_nonfinite(view, src.dtype, self.scratch)
+    def _check_and_digest(self, chunk: memoryview, src, first: int) -> None:
+        bad = first_nonfinite(chunk, src.dtype, self.scratch)
         if bad is not None:
             _report_nonfinite(src, first + bad)
-        self._digest(view)
+        self._digest(chunk)
 
     def write(self, tensors: list[OutputTensor]) -> str | None:
         try:
@@ -141,24 +151,26 @@ class ShardWriter:
 
     def _copy_rows(self, t: OutputTensor) -> None:
         src = t.source
-        offset, left = src.rows(t.row_start, t.row_stop)
-        first = 0
+        start, left = src.rows(t.row_start, t.row_stop)
+        offset, released, first = start, start, 0
         with open(src.file, "rb") as fh:
             src_fd = fh.fileno()
-            if os.fstat(src_fd).st_size < offset + left:
-                raise InputError(f"tensor {src.name} is cut short", path=src.file, fix="download the file again")
             while left:
-                n = min(left, CHUNK)
-                _copy_range(src_fd, self.fd, offset, n, self.path)
-                buffer = self.buffers[self.turn]
-                self.turn = (self.turn + 1) % len(self.buffers)
-                self._submit(self._check_and_digest, src_fd, offset, n, buffer, src, first)
-                first += n // ITEMSIZE[src.dtype]
-                offset += n
-                left -= n
-                self.progress(n)
-            while self.pending:  # the worker reads src_fd: finish before it closes
-                self.pending.popleft().result()
+                chunk = memoryview(self.ring[self.turn])[:min(left, CHUNK)]
+                self.turn = (self.turn + 1) % len(self.ring)
+                if os.preadv(src_fd, [chunk], offset) != len(chunk):
+                    raise InputError(f"tensor {src.name} is cut short", path=src.file,
+                                     fix="download the file again")
+                self._submit(self._check_and_digest, chunk, src, first)
+                _write_all(self.fd, chunk, self.path)
+                self._wrote(len(chunk))
+                first += len(chunk) // ITEMSIZE[src.dtype]
+                offset += len(chunk)
+                left -= len(chunk)
+                if offset - released >= RELEASE or not left:
+                    _release(src_fd, released, offset - released)
+                    released = offset
+                self.progress(len(chunk))
 
     def _cast_rows(self, t: OutputTensor) -> None:
         import torch
@@ -168,7 +180,7 @@ class ShardWriter:
 
         src = t.source
         row_bytes = max(1, src.nbytes // src.shape[0])
-        step = max(1, CHUNK // row_bytes)
+        step = max(1, CAST_BLOCK // row_bytes)
         target = torch_dtype(t.dtype)
         for start in range(t.row_start, t.row_stop, step):
             stop = min(start + step, t.row_stop)
@@ -187,31 +199,12 @@ class ShardWriter:
             self.progress(data.nbytes)
 
 
-_KERNEL_COPY = [hasattr(os, "copy_file_range")]
-
-
-def _copy_range(src_fd: int, dst_fd: int, offset: int, n: int, path: Path) -> None:
-    """Append n bytes of src_fd from offset to dst_fd: in the kernel where the system allows it."""
-    done = 0
-    if _KERNEL_COPY[0]:
-        try:
-            while done < n:
-                step = os.copy_file_range(src_fd, dst_fd, n - done, offset + done)
-                if step == 0:
-                    raise OutputError("the source ended early while copying", path=path, fix="check the source file")
-                done += step
-            return
-        except OSError as exc:
-            if exc.errno not in (errno.EXDEV, errno.ENOSYS, errno.EINVAL, errno.EOPNOTSUPP) or done:
-                raise OutputError(f"cannot write the output ({exc.strerror})", path=path,
-                                  fix="free disk space or choose another output folder") from None
-            _KERNEL_COPY[0] = False  # e.g. across file systems on old kernels: copy by hand from now on
-    while done < n:
-        chunk = os.pread(src_fd, min(n - done, CHUNK), offset + done)
-        if not chunk:
-            raise OutputError("the source ended early while copying", path=path, fix="check the source file")
-        _write_all(dst_fd, chunk, path)
-        done += len(chunk)
+def _release(fd: int, offset: int, n: int) -> None:
+    """POSIX_FADV_DONTNEED on Linux: starts writeback of dirty pages in the range (waiting for
+    nothing) and drops the clean ones. On the output that gets the bytes to disk early; on the
+    source it gives back pages we will not read again."""
+    if hasattr(os, "posix_fadvise"):
+        os.posix_fadvise(fd, offset, n, os.POSIX_FADV_DONTNEED)
 
 
 def _report_nonfinite(src, element: int) -> None:

@@ -55,16 +55,26 @@ def spell(token: bytes) -> str:
     return token.decode("latin-1").translate(_translation())
 
 
-def build_tokenizer(tokens: list[bytes]):
-    """A `tokenizers.Tokenizer` equivalent to Qwen's tiktoken encoder (NFC first, specials parsed)."""
+Spelled = tuple[dict[str, int], list[tuple[str, str]]]
+
+
+def _spelled(tokens: list[bytes]) -> Spelled:
+    """The vocabulary {spelling: id} and the spelled merges, each token spelled once."""
+    spelled = [spell(tok) for tok in tokens]
+    spelling = dict(zip(tokens, spelled))
+    merges, _ = recover_merges(tokens)
+    return dict(zip(spelled, range(len(spelled)))), [(spelling[a], spelling[b]) for a, b in merges]
+
+
+def build_tokenizer(tokens: list[bytes], spelled: Spelled | None = None):
+    """A `tokenizers.Tokenizer` equivalent to Qwen's tiktoken encoder (NFC first, specials parsed),
+    and its spelled merges."""
     from tokenizers import AddedToken, Regex, Tokenizer, decoders, normalizers, pre_tokenizers
     from tokenizers.models import BPE
 
-    merges, _ = recover_merges(tokens)
-    spelled = [spell(tok) for tok in tokens]
-    vocab = dict(zip(spelled, range(len(spelled))))
+    vocab, merges = spelled or _spelled(tokens)
     # ignore_merges: a pre-token that is itself a vocabulary entry maps straight to it, as in tiktoken.
-    model = BPE(vocab=vocab, merges=[(spell(a), spell(b)) for a, b in merges], ignore_merges=True,
+    model = BPE(vocab=vocab, merges=merges, ignore_merges=True,
                 fuse_unk=False, byte_fallback=False)
     tok = Tokenizer(model)
     tok.normalizer = normalizers.NFC()
@@ -88,13 +98,14 @@ def _dump(path: Path, obj) -> None:
 
 def write_tokenizer_files(tokens: list[bytes], out: Path, *, chat: bool, model_max_length: int) -> dict:
     """Write every tokenizer file into `out`; returns figures for the manifest."""
-    tok, merges = build_tokenizer(tokens)
+    vocab, merges = spelled = _spelled(tokens)
+    tok, _ = build_tokenizer(tokens, spelled)
     (out / "tokenizer.json").write_text(tok.to_str(pretty=False), encoding="utf-8")
-    vocab = {spell(t): rank for rank, t in enumerate(tokens)}  # id order, one line, as Hugging Face writes it
+    # id order, one line, as Hugging Face writes it
     (out / "vocab.json").write_text(json.dumps(vocab, ensure_ascii=False, separators=(",", ":")), encoding="utf-8")
     with open(out / "merges.txt", "w", encoding="utf-8") as fh:
         fh.write("#version: 0.2\n")
-        fh.writelines(f"{spell(a)} {spell(b)}\n" for a, b in merges)
+        fh.writelines(f"{a} {b}\n" for a, b in merges)
     eos = IM_END if chat else ENDOFTEXT
     _dump(out / "tokenizer_config.json", {
         "tokenizer_class": "Qwen2Tokenizer",

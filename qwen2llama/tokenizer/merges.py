@@ -9,11 +9,12 @@ from __future__ import annotations
 
 
 def _bpe_parts(token: bytes, ranks: dict[bytes, int], limit: int) -> list[bytes]:
-    """tiktoken's merge loop on `token` alone, using only ranks below `limit`."""
+    """tiktoken's merge loop on `token` alone, using only ranks below `limit`, stopped at two
+    parts (the only merge left then is the token itself)."""
     parts = [token[i:i + 1] for i in range(len(token))]
     get = ranks.get
     pair_ranks = [get(parts[i] + parts[i + 1], limit) for i in range(len(parts) - 1)]
-    while pair_ranks:
+    while len(parts) > 2:
         best_rank = min(pair_ranks)
         if best_rank >= limit:
             break
@@ -22,7 +23,7 @@ def _bpe_parts(token: bytes, ranks: dict[bytes, int], limit: int) -> list[bytes]
         del pair_ranks[i]
         if i > 0:
             pair_ranks[i - 1] = get(parts[i - 1] + parts[i], limit)
-        if i < len(parts) - 1:
+        if i < len(pair_ranks):
             pair_ranks[i] = get(parts[i] + parts[i + 1], limit)
     return parts
 

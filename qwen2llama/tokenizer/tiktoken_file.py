@@ -1,7 +1,6 @@
 """Read and validate `qwen.tiktoken`: one `base64(bytes) rank` line per regular token."""
 from __future__ import annotations
 
-import base64
 import binascii
 from pathlib import Path
 
@@ -27,7 +26,7 @@ def read_tiktoken(path: str | Path) -> list[bytes]:
         if len(fields) != 2 or not fields[1].isdigit():
             raise InputError(f"line {lineno}: expected 'base64 rank', got {line[:60]!r}", path=path, fix=FIX)
         try:
-            token = base64.b64decode(fields[0], validate=True)
+            token = binascii.a2b_base64(fields[0], strict_mode=True)
         except (binascii.Error, ValueError):
             raise InputError(f"line {lineno}: bad base64 {fields[0][:40]!r}", path=path, fix=FIX) from None
         rank = int(fields[1])

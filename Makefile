@@ -1,5 +1,6 @@
 # One command each: `make demo` sets up and converts the bundled demo checkpoint,
-# `make test` sets up and runs the test suite, `make bench` runs the benchmarks.
+# `make test` sets up and runs the test suite, `make bench` runs the benchmarks
+# (`make bench-7b`: the copy table at the real Qwen-7B size, 15.4 GB).
 PYTHON ?= python3
 VENV ?= .venv
 PY := $(VENV)/bin/python
@@ -7,7 +8,7 @@ PY := $(VENV)/bin/python
 TORCH ?= torch==2.13.0
 DEMO ?= demo-out
 
-.PHONY: setup test demo bench e2e clean
+.PHONY: setup test demo bench bench-7b e2e clean
 
 $(VENV)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -30,6 +31,9 @@ demo: setup
 
 bench: setup
 	$(PY) benchmarks/run.py
+
+bench-7b: setup
+	BENCH_LAYERS=32 BENCH_ONLY=copy BENCH_REPEATS=3 $(PY) benchmarks/run.py
 
 # Not in CI: builds llama-cpp-python from source (about 10 minutes on 2 cores).
 e2e: setup

@@ -116,7 +116,7 @@ from qwen2llama.tokens import PATTERN, SPECIAL_TOKENS
 t0 = time.perf_counter()
 from qwen2llama.tokenizer import read_tiktoken
 from qwen2llama.tokenizer.files import build_tokenizer
-ours, merges = build_tokenizer(read_tiktoken(vocab_path()))
+ours, (_, merges) = build_tokenizer(read_tiktoken(vocab_path()))
 t1 = time.perf_counter()
 from transformers.convert_slow_tokenizer import TikTokenConverter
 theirs = TikTokenConverter(vocab_file=str(vocab_path()), pattern=PATTERN, extra_special_tokens=SPECIAL_TOKENS).converted()

@@ -113,7 +113,7 @@ class ShardWriter:
     def _emit(self, data) -> None:
         """Write bytes we made (header, zeros, casts) and hash them on the worker."""
         _write_all(self.fd, data, self.path)
-        self._wrote(len(memoryview(data).cast("B")))
+        self._wrote(memoryview(data).nbytes)
         self._submit(self._digest, data)
 
     def _check_and_digest(self, chunk: memoryview, src, first: int) -> None:
@@ -151,8 +151,8 @@ class ShardWriter:
 
     def _copy_rows(self, t: OutputTensor) -> None:
         src = t.source
-        start, left = src.rows(t.row_start, t.row_stop)
-        offset, released, first = start, start, 0
+        offset, left = src.rows(t.row_start, t.row_stop)
+        released, first = offset, 0
         with open(src.file, "rb") as fh:
             src_fd = fh.fileno()
             while left:

@@ -66,13 +66,13 @@ def _spelled(tokens: list[bytes]) -> Spelled:
     return dict(zip(spelled, range(len(spelled)))), [(spelling[a], spelling[b]) for a, b in merges]
 
 
-def build_tokenizer(tokens: list[bytes], spelled: Spelled | None = None):
+def build_tokenizer(tokens: list[bytes]):
     """A `tokenizers.Tokenizer` equivalent to Qwen's tiktoken encoder (NFC first, specials parsed),
-    and its spelled merges."""
+    and the spelled vocabulary and merges it was built from."""
     from tokenizers import AddedToken, Regex, Tokenizer, decoders, normalizers, pre_tokenizers
     from tokenizers.models import BPE
 
-    vocab, merges = spelled or _spelled(tokens)
+    vocab, merges = _spelled(tokens)
     # ignore_merges: a pre-token that is itself a vocabulary entry maps straight to it, as in tiktoken.
     model = BPE(vocab=vocab, merges=merges, ignore_merges=True,
                 fuse_unk=False, byte_fallback=False)
@@ -84,7 +84,7 @@ def build_tokenizer(tokens: list[bytes], spelled: Spelled | None = None):
     ])
     tok.decoder = decoders.ByteLevel(add_prefix_space=False, trim_offsets=False, use_regex=False)
     tok.add_special_tokens([AddedToken(t, special=True, normalized=False) for t in SPECIAL_TOKENS])
-    return tok, merges
+    return tok, (vocab, merges)
 
 
 def _added_token(content: str) -> dict:
@@ -98,8 +98,7 @@ def _dump(path: Path, obj) -> None:
 
 def write_tokenizer_files(tokens: list[bytes], out: Path, *, chat: bool, model_max_length: int) -> dict:
     """Write every tokenizer file into `out`; returns figures for the manifest."""
-    vocab, merges = spelled = _spelled(tokens)
-    tok, _ = build_tokenizer(tokens, spelled)
+    tok, (vocab, merges) = build_tokenizer(tokens)
     (out / "tokenizer.json").write_text(tok.to_str(pretty=False), encoding="utf-8")
     # id order, one line, as Hugging Face writes it
     (out / "vocab.json").write_text(json.dumps(vocab, ensure_ascii=False, separators=(",", ":")), encoding="utf-8")

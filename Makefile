@@ -1,5 +1,6 @@
 # One command each: `make demo` sets up and converts the bundled demo checkpoint,
-# `make test` sets up and runs the test suite, `make bench` runs the benchmarks
+# `make test` sets up and runs the test suite (`make test-fast`: without the slow tests),
+# `make bench` runs the benchmarks
 # (`make bench-7b`: the copy table at the real Qwen-7B size, 15.4 GB).
 PYTHON ?= python3
 VENV ?= .venv
@@ -8,7 +9,7 @@ PY := $(VENV)/bin/python
 TORCH ?= torch==2.13.0
 DEMO ?= demo-out
 
-.PHONY: setup test demo bench bench-7b e2e clean
+.PHONY: setup test test-fast demo bench bench-7b e2e clean
 
 $(VENV)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -21,6 +22,10 @@ setup: $(VENV)/.installed
 
 test: setup
 	$(PY) -m pytest -q -p no:cacheprovider
+
+# The inner loop: everything but the tests marked slow (about a minute on 2 cores).
+test-fast: setup
+	$(PY) -m pytest -q -p no:cacheprovider -m "not slow"
 
 demo: setup
 	rm -rf $(DEMO)

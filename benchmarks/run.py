@@ -31,7 +31,7 @@ PY = sys.executable
 def measured(cmd: list[str]) -> tuple[float, float, float]:
     """(wall seconds, peak RSS MiB, CPU seconds) of cmd, run as the only child of a fresh wrapper."""
     t0 = time.perf_counter()
-    result = subprocess.run([PY, str(ROOT / "tests" / "peak_rss.py"), *cmd], capture_output=True, text=True)
+    result = subprocess.run([PY, str(ROOT / "benchmarks" / "peak_rss.py"), *cmd], capture_output=True, text=True)
     wall = time.perf_counter() - t0
     if result.returncode:
         sys.exit(f"failed: {' '.join(cmd)}\n{result.stdout}\n{result.stderr}")

@@ -1,72 +1,72 @@
-"""The one Qwen v1 -> LLaMA tensor table.
+"""The one Qwen v1 -> LLaMA mapping: modules and their output features, and the config.
 
-Every Qwen weight maps to one or more LLaMA weights. A `Part(k, n)` is the k-th of n equal
-row blocks along dim 0 (the output rows of an `nn.Linear`), so every LLaMA tensor is a
-contiguous byte range of its Qwen source. Both sides store `nn.Linear` weights as
-[out, in], so nothing is transposed. `{i}` is the layer index.
+Each Qwen module becomes one or more LLaMA modules; a `Split(k, n)` takes the k-th of n equal
+blocks of the module's output features (c_attn's q/k/v thirds). How a block of output features
+becomes tensor slices depends on how the weights are stored, and is the job of `formats/`: for
+dense weights it is a row range, hence a byte range. Both sides are `nn.Linear` ([out, in]) with
+the same "rotate half" RoPE, so nothing is transposed or permuted. `{i}` is the layer index.
 """
 from __future__ import annotations
 
 import re
 from dataclasses import dataclass
 
+from .dtypes import NAME_OF
+from .qwen.config import QwenConfig
+from .tokens import ENDOFTEXT_ID, IM_END_ID
+
 
 @dataclass(frozen=True)
-class Part:
-    """Rows [index * n/count, (index + 1) * n/count) of the source tensor."""
+class Split:
+    """LLaMA module `llama` takes output-feature block `index` of `count`. `zero_bias`: LLaMA
+    (with `attention_bias: true`) expects a bias here that Qwen lacks; it is written as zeros."""
 
+    llama: str
     index: int = 0
     count: int = 1
+    zero_bias: bool = False
 
 
-WHOLE = Part()
+@dataclass(frozen=True)
+class Module:
+    """A Qwen module. `features` are its sizes in terms of H (hidden), P (heads x kv_channels),
+    F (half the written intermediate size) and V (embedding rows): (out, in) for tables and
+    linears, (out,) for norms. `role` lets a format treat modules differently (GPTQ quantizes
+    the block linears only)."""
 
-# Qwen name -> [(LLaMA name, part)]. The order here is the order of the output files.
-TENSOR_MAP: dict[str, list[tuple[str, Part]]] = {
-    "transformer.wte.weight": [("model.embed_tokens.weight", WHOLE)],
-    "transformer.h.{i}.ln_1.weight": [("model.layers.{i}.input_layernorm.weight", WHOLE)],
-    "transformer.h.{i}.attn.c_attn.weight": [
-        ("model.layers.{i}.self_attn.q_proj.weight", Part(0, 3)),
-        ("model.layers.{i}.self_attn.k_proj.weight", Part(1, 3)),
-        ("model.layers.{i}.self_attn.v_proj.weight", Part(2, 3)),
-    ],
-    "transformer.h.{i}.attn.c_attn.bias": [
-        ("model.layers.{i}.self_attn.q_proj.bias", Part(0, 3)),
-        ("model.layers.{i}.self_attn.k_proj.bias", Part(1, 3)),
-        ("model.layers.{i}.self_attn.v_proj.bias", Part(2, 3)),
-    ],
-    "transformer.h.{i}.attn.c_proj.weight": [("model.layers.{i}.self_attn.o_proj.weight", WHOLE)],
-    "transformer.h.{i}.ln_2.weight": [("model.layers.{i}.post_attention_layernorm.weight", WHOLE)],
+    qwen: str
+    role: str  # "embedding" | "norm" | "linear" | "head"
+    features: tuple[str, ...]
+    into: tuple[Split, ...]
+    bias: bool = False
+
+    @property
+    def per_layer(self) -> bool:
+        return "{i}" in self.qwen
+
+
+L = "model.layers.{i}."
+# The output order is: BEFORE_LAYERS, then LAYER for each layer, then AFTER_LAYERS.
+BEFORE_LAYERS = (
+    Module("transformer.wte", "embedding", ("V", "H"), (Split("model.embed_tokens"),)),
+)
+LAYER = (
+    Module("transformer.h.{i}.ln_1", "norm", ("H",), (Split(L + "input_layernorm"),)),
+    Module("transformer.h.{i}.attn.c_attn", "linear", ("3P", "H"), (
+        Split(L + "self_attn.q_proj", 0, 3), Split(L + "self_attn.k_proj", 1, 3), Split(L + "self_attn.v_proj", 2, 3),
+    ), bias=True),
+    Module("transformer.h.{i}.attn.c_proj", "linear", ("H", "P"), (Split(L + "self_attn.o_proj", zero_bias=True),)),
+    Module("transformer.h.{i}.ln_2", "norm", ("H",), (Split(L + "post_attention_layernorm"),)),
     # w2 is the branch Qwen passes through SiLU: LLaMA's gate. w1 is the plain branch: up.
-    "transformer.h.{i}.mlp.w2.weight": [("model.layers.{i}.mlp.gate_proj.weight", WHOLE)],
-    "transformer.h.{i}.mlp.w1.weight": [("model.layers.{i}.mlp.up_proj.weight", WHOLE)],
-    "transformer.h.{i}.mlp.c_proj.weight": [("model.layers.{i}.mlp.down_proj.weight", WHOLE)],
-    "transformer.ln_f.weight": [("model.norm.weight", WHOLE)],
-    "lm_head.weight": [("lm_head.weight", WHOLE)],
-}
-
-# LLaMA tensors with no Qwen source: `attention_bias: true` gives o_proj a bias that Qwen lacks.
-# Written as zeros, with as many rows as the named Qwen tensor.
-ZERO_TENSORS: dict[str, str] = {
-    "model.layers.{i}.self_attn.o_proj.bias": "transformer.h.{i}.attn.c_proj.weight",
-}
-ZERO_AFTER = "model.layers.{i}.self_attn.o_proj.weight"  # where each zero tensor goes in the output order
-
-# Expected Qwen shapes, in terms of H (hidden), P (heads * kv_channels), F (half of the written
-# intermediate size) and V (embedding rows).
-QWEN_SHAPES: dict[str, tuple[str, ...]] = {
-    "transformer.wte.weight": ("V", "H"),
-    "transformer.h.{i}.ln_1.weight": ("H",),
-    "transformer.h.{i}.attn.c_attn.weight": ("3P", "H"),
-    "transformer.h.{i}.attn.c_attn.bias": ("3P",),
-    "transformer.h.{i}.attn.c_proj.weight": ("H", "P"),
-    "transformer.h.{i}.ln_2.weight": ("H",),
-    "transformer.h.{i}.mlp.w2.weight": ("F", "H"),
-    "transformer.h.{i}.mlp.w1.weight": ("F", "H"),
-    "transformer.h.{i}.mlp.c_proj.weight": ("H", "F"),
-    "transformer.ln_f.weight": ("H",),
-    "lm_head.weight": ("V", "H"),
-}
+    Module("transformer.h.{i}.mlp.w2", "linear", ("F", "H"), (Split(L + "mlp.gate_proj"),)),
+    Module("transformer.h.{i}.mlp.w1", "linear", ("F", "H"), (Split(L + "mlp.up_proj"),)),
+    Module("transformer.h.{i}.mlp.c_proj", "linear", ("H", "F"), (Split(L + "mlp.down_proj"),)),
+)
+AFTER_LAYERS = (
+    Module("transformer.ln_f", "norm", ("H",), (Split("model.norm"),)),
+    Module("lm_head", "head", ("V", "H"), (Split("lm_head"),)),
+)
+MODULES = BEFORE_LAYERS + LAYER + AFTER_LAYERS
 
 # Buffers some Qwen files carry that are not weights: recomputed by any runtime, never copied.
 DROPPED = [re.compile(p) for p in (
@@ -76,21 +76,60 @@ DROPPED = [re.compile(p) for p in (
 )]
 
 
-def _pattern(template: str) -> re.Pattern:
-    return re.compile("^" + re.escape(template).replace(r"\{i\}", r"(\d+)") + "$")
+def in_output_order(num_layers: int) -> list[tuple[Module, int | None]]:
+    """Every (module, layer) of a model, in the order of the output files."""
+    return ([(m, None) for m in BEFORE_LAYERS] + [(m, i) for i in range(num_layers) for m in LAYER]
+            + [(m, None) for m in AFTER_LAYERS])
 
 
-PATTERNS = [(_pattern(name), name) for name in TENSOR_MAP]
+def feature_sizes(cfg: QwenConfig) -> dict[str, int]:
+    p = cfg.projection_size
+    return {"H": cfg.hidden_size, "P": p, "3P": 3 * p, "F": cfg.mlp_width, "V": cfg.vocab_rows}
 
 
-def match(qwen_name: str) -> tuple[str, int | None] | None:
-    """(table key, layer index or None) for a Qwen tensor name, or None if the table lacks it."""
-    for pattern, key in PATTERNS:
-        m = pattern.match(qwen_name)
-        if m:
-            return key, int(m.group(1)) if m.groups() else None
-    return None
+def name_at(template: str, layer: int | None) -> str:
+    return template if layer is None else template.replace("{i}", str(layer))
 
 
 def is_dropped(qwen_name: str) -> bool:
     return any(p.search(qwen_name) for p in DROPPED)
+
+
+def llama_config(cfg: QwenConfig, dtype: str, chat: bool) -> dict:
+    """The LLaMA config.json for the converted network. Every value is explicit: LlamaConfig's
+    defaults (bos 1, eos 2, rope_theta 10000, no biases) are wrong for Qwen."""
+    name = NAME_OF[dtype]
+    return {
+        "architectures": ["LlamaForCausalLM"],
+        "model_type": "llama",
+        "hidden_size": cfg.hidden_size,
+        "intermediate_size": cfg.mlp_width,
+        "num_hidden_layers": cfg.num_layers,
+        "num_attention_heads": cfg.num_heads,
+        "num_key_value_heads": cfg.num_heads,
+        "head_dim": cfg.head_dim,
+        "hidden_act": "silu",
+        "rms_norm_eps": cfg.layer_norm_epsilon,
+        # transformers 5 turns rope_theta into rope_parameters itself; writing rope_parameters with
+        # rope_type "default" makes llama.cpp's converter warn about an unknown RoPE type.
+        "rope_theta": cfg.rotary_emb_base,
+        # Qwen's dynamic NTK and logn attention are identity up to seq_length and have no
+        # LLaMA equivalent beyond it, so the exact range is what we advertise.
+        "max_position_embeddings": cfg.seq_length,
+        "vocab_size": cfg.vocab_rows,
+        "attention_bias": True,
+        "attention_dropout": 0.0,
+        "mlp_bias": False,
+        "tie_word_embeddings": False,
+        "initializer_range": 0.02,
+        "pretraining_tp": 1,
+        "use_cache": True,
+        "bos_token_id": ENDOFTEXT_ID,
+        "eos_token_id": IM_END_ID if chat else ENDOFTEXT_ID,
+        "pad_token_id": ENDOFTEXT_ID,
+        "torch_dtype": name,
+        "dtype": name,
+        # The oldest transformers this config is written for (LLaMA with attention_bias and head_dim).
+        # Without the field, transformers 4.57.3+ warns about a "Mistral regex" on every local tokenizer.
+        "transformers_version": "4.45.0",
+    }

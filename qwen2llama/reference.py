@@ -13,7 +13,8 @@ import math
 
 import torch
 
-from .qwen.checkpoint import Checkpoint, read_ref
+from .qwen.checkpoint import Checkpoint
+from .storage import read_ref
 
 ATTN_SCORE_BYTES = 256 << 20  # attention score block budget: heads are processed in groups
 

@@ -16,6 +16,7 @@ from pathlib import Path
 from .dtypes import FLOAT_NAMES, ITEMSIZE
 from .errors import InputError, OutputError
 from .qwen.config import parse_config
+from .storage import header_bytes
 
 ASSETS = resources.files("qwen2llama") / "assets" / "qwen"
 CONFIGS = resources.files("qwen2llama") / "configs"
@@ -89,8 +90,6 @@ def _split_even(items: list, sizes: list[int], count: int) -> list[list]:
 def _write_safetensors(path: Path, entries, dtype_code: str, make) -> None:
     """Write tensors one at a time (memory: the largest tensor, not the shard)."""
     import torch
-
-    from .llama.writer import header_bytes
 
     with open(path, "wb") as fh:
         fh.write(header_bytes([(name, dtype_code, shape) for name, shape in entries]))

@@ -1,4 +1,5 @@
-"""Shared fixtures: tiny Qwen checkpoints in every input variant, made by `synth`, converted once."""
+"""Shared fixtures: tiny Qwen checkpoints in every input variant, made by `synth`, converted once,
+and readers for both sides that use the standard libraries (not ours)."""
 from __future__ import annotations
 
 import json
@@ -22,6 +23,16 @@ VARIANTS = {
 }
 
 
+def pytest_generate_tests(metafunc):
+    """A test that takes `variant` runs once per input variant."""
+    if "variant" in metafunc.fixturenames:
+        metafunc.parametrize("variant", list(VARIANTS))
+
+
+def shard_size_for(variant: str) -> str:
+    return "20MB" if "sharded" in variant else "5GB"
+
+
 @pytest.fixture(scope="session")
 def workdir(tmp_path_factory) -> Path:
     return tmp_path_factory.mktemp("q2l")
@@ -36,13 +47,12 @@ def sources(workdir) -> dict[str, Path]:
 def converted(sources, workdir) -> dict[str, Path]:
     out = {}
     for name, src in sources.items():
-        convert(src, workdir / f"out-{name}", shard_size="20MB" if "sharded" in name else "5GB")
+        convert(src, workdir / f"out-{name}", shard_size=shard_size_for(name))
         out[name] = workdir / f"out-{name}"
     return out
 
 
-def load_source_tensor(folder: Path, name: str) -> torch.Tensor:
-    """Read a tensor of a synthesized Qwen checkpoint with the standard libraries (not ours)."""
+def _source_tensor(folder: Path, name: str) -> torch.Tensor:
     from safetensors import safe_open
 
     for index_name in ("model.safetensors.index.json", "pytorch_model.bin.index.json"):
@@ -57,10 +67,22 @@ def load_source_tensor(folder: Path, name: str) -> torch.Tensor:
     return torch.load(folder / shard, weights_only=True, mmap=True)[name]
 
 
-def load_output_tensors(folder: Path) -> dict[str, torch.Tensor]:
+def _output_tensors(folder: Path) -> dict[str, torch.Tensor]:
     from safetensors.torch import load_file
 
     out = {}
     for path in sorted(folder.glob("*.safetensors")):
         out.update(load_file(path))
     return out
+
+
+@pytest.fixture(scope="session")
+def source_tensor():
+    """source_tensor(folder, name): a tensor of a Qwen checkpoint, read with safetensors / torch.load."""
+    return _source_tensor
+
+
+@pytest.fixture(scope="session")
+def output_tensors():
+    """output_tensors(folder): every tensor of a converted folder, read with safetensors."""
+    return _output_tensors

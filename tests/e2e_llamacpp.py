@@ -20,7 +20,7 @@ import llamacpp_source  # noqa: E402
 
 from qwen2llama.convert import convert  # noqa: E402
 from qwen2llama.synth import synthesize  # noqa: E402
-from qwen2llama.verify import load_prompts, qwen_chat_text  # noqa: E402
+from qwen2llama.verify.prompts import load_prompts, qwen_chat_text  # noqa: E402
 
 OUT = HERE.parent / "e2e-out"
 GGML_TYPE_F32 = 0

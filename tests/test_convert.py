@@ -12,7 +12,6 @@ from qwen2llama.convert import convert
 from qwen2llama.qwen.checkpoint import open_checkpoint
 from qwen2llama.reference import QwenReference
 
-from conftest import VARIANTS, load_output_tensors, load_source_tensor
 
 # The expected slices, stated from the spec (independently of qwen2llama.layout).
 def expected_slices(cfg_layers: int, proj: int):
@@ -36,13 +35,12 @@ def bits(t: torch.Tensor) -> torch.Tensor:
     return t.contiguous().view(torch.uint8)
 
 
-@pytest.mark.parametrize("variant", list(VARIANTS))
-def test_tensors_are_byte_identical_slices(variant, sources, converted):
+def test_tensors_are_byte_identical_slices(variant, sources, converted, source_tensor, output_tensors):
     cfg = open_checkpoint(sources[variant]).config
-    out = load_output_tensors(converted[variant])
+    out = output_tensors(converted[variant])
     seen = set()
     for llama_name, qwen_name, rows in expected_slices(cfg.num_layers, cfg.projection_size):
-        src = load_source_tensor(sources[variant], qwen_name)
+        src = source_tensor(sources[variant], qwen_name)
         if rows:
             src = src[rows[0]:rows[1]]
         assert out[llama_name].dtype == src.dtype, llama_name
@@ -55,7 +53,7 @@ def test_tensors_are_byte_identical_slices(variant, sources, converted):
     assert set(out) == seen  # nothing extra (buffers dropped)
 
 
-@pytest.mark.parametrize("variant", list(VARIANTS))
+@pytest.mark.slow
 def test_llama_logits_match_reference(variant, sources, converted):
     ref = QwenReference(open_checkpoint(sources[variant]))
     model = LlamaForCausalLM.from_pretrained(converted[variant], dtype=torch.float32).eval()
@@ -101,19 +99,19 @@ def test_config_values(sources, converted):
     assert manifest["source"]["config"]["rotary_emb_base"] == 1e6
 
 
-def test_sharded_output_has_index(converted):
+def test_sharded_output_has_index(converted, output_tensors):
     out = converted["st-sharded-bf16"]
     index = json.loads((out / "model.safetensors.index.json").read_text())
     shards = sorted(p.name for p in out.glob("*.safetensors"))
     assert len(shards) > 1 and shards == sorted(set(index["weight_map"].values()))
     assert all(name.startswith("model-0000") and "-of-" in name for name in shards)
-    tensors = load_output_tensors(out)
+    tensors = output_tensors(out)
     assert index["metadata"]["total_size"] == sum(t.numel() * t.element_size() for t in tensors.values())
     single = converted["st-single-bf16"]
     assert (single / "model.safetensors").exists() and not (single / "model.safetensors.index.json").exists()
 
 
-@pytest.mark.parametrize("variant", list(VARIANTS))
+@pytest.mark.slow
 def test_conversion_is_deterministic(variant, sources, converted, workdir):
     again = workdir / f"again-{variant}"
     convert(sources[variant], again, shard_size="20MB" if "sharded" in variant else "5GB")
@@ -124,11 +122,11 @@ def test_conversion_is_deterministic(variant, sources, converted, workdir):
         assert (first / name).read_bytes() == (again / name).read_bytes(), name
 
 
-def test_dtype_cast_float32_to_bfloat16(sources, workdir):
+def test_dtype_cast_float32_to_bfloat16(sources, workdir, source_tensor, output_tensors):
     out = workdir / "cast-bf16"
     convert(sources["st-single-fp32"], out, dtype="bfloat16")
-    tensors = load_output_tensors(out)
-    src = load_source_tensor(sources["st-single-fp32"], "transformer.h.0.mlp.w2.weight")
+    tensors = output_tensors(out)
+    src = source_tensor(sources["st-single-fp32"], "transformer.h.0.mlp.w2.weight")
     assert torch.equal(bits(tensors["model.layers.0.mlp.gate_proj.weight"]), bits(src.to(torch.bfloat16)))
     assert json.loads((out / "config.json").read_text())["torch_dtype"] == "bfloat16"
 

@@ -14,6 +14,8 @@ from qwen2llama.tokens import SPECIAL_IDS
 
 import llamacpp_source
 
+pytestmark = pytest.mark.slow
+
 
 
 @pytest.fixture(scope="module")

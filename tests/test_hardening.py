@@ -16,13 +16,31 @@ import pytest
 import torch
 from safetensors.torch import load_file, save_file
 
-from qwen2llama.publish import STAGING_TAG
+from qwen2llama.convert import convert
+from qwen2llama.errors import OutputError
+from qwen2llama.publish import OLD_TAG, STAGING_TAG
 from qwen2llama.synth import synthesize
+
+
+def default_signals(then=None):
+    """preexec_fn: SIGINT as the Unix default in the child. A shell started in the background
+    (`make test &`, nohup, some CI runners) starts its children with SIGINT ignored, and a child
+    keeps that; the tests must not depend on how they were started."""
+    def preexec():
+        signal.signal(signal.SIGINT, signal.SIG_DFL)
+        if then is not None:
+            then()
+    return preexec
 
 
 def run_cli(*args, preexec=None, timeout=300):
     return subprocess.run([sys.executable, "-m", "qwen2llama", *map(str, args)], capture_output=True, text=True,
-                          preexec_fn=preexec, timeout=timeout)
+                          preexec_fn=default_signals(preexec), timeout=timeout)
+
+
+def spawn_cli(*args, **kwargs):
+    return subprocess.Popen([sys.executable, "-m", "qwen2llama", *map(str, args)], preexec_fn=default_signals(),
+                            **kwargs)
 
 
 def assert_bad_input(result, *needles):
@@ -272,6 +290,7 @@ KILL_POINTS = {
 }
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("point", list(KILL_POINTS))
 @pytest.mark.parametrize("existing", [False, True])
 def test_sigkill_leaves_nothing_half_written(src, tmp_path, point, existing):
@@ -279,8 +298,8 @@ def test_sigkill_leaves_nothing_half_written(src, tmp_path, point, existing):
     if existing:
         out.mkdir()
         (out / "old.txt").write_text("previous model")
-    args = [sys.executable, "-m", "qwen2llama", "convert", str(src), str(out), "--quick"] + (["--force"] if existing else [])
-    proc = subprocess.Popen(args, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    args = ["convert", src, out, "--quick"] + (["--force"] if existing else [])
+    proc = spawn_cli(*args, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     staging = lambda: next(iter(tmp_path.glob(f".out{STAGING_TAG}*")), None)  # noqa: E731
     reached = _wait_for(lambda: KILL_POINTS[point](staging()), proc)
     proc.kill()
@@ -296,10 +315,16 @@ def test_sigkill_leaves_nothing_half_written(src, tmp_path, point, existing):
     assert not list(tmp_path.glob(".out.qwen2llama-*"))
 
 
-def test_sigint_stops_cleanly(src, tmp_path):
+@pytest.mark.parametrize("inherited", ["default", "ignored"])
+def test_sigint_stops_cleanly(src, tmp_path, inherited):
+    """Ctrl-C stops a conversion, also when the test process itself was started with SIGINT
+    ignored (as under `make test &`)."""
     out = tmp_path / "out"
-    proc = subprocess.Popen([sys.executable, "-m", "qwen2llama", "convert", str(src), str(out)],
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    previous = signal.signal(signal.SIGINT, signal.SIG_IGN if inherited == "ignored" else signal.default_int_handler)
+    try:
+        proc = spawn_cli("convert", src, out, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    finally:
+        signal.signal(signal.SIGINT, previous)
     staging = lambda: next(iter(tmp_path.glob(f".out{STAGING_TAG}*")), None)  # noqa: E731
     assert _wait_for(lambda: staging() is not None, proc)
     proc.send_signal(signal.SIGINT)
@@ -312,3 +337,108 @@ def test_sigint_stops_cleanly(src, tmp_path):
 def test_debug_flag_shows_traceback(tmp_path):
     result = run_cli("--debug", "convert", tmp_path / "nowhere", tmp_path / "out")
     assert result.returncode != 0 and "Traceback" in result.stderr
+
+
+def test_model_set_aside_by_a_killed_force_run_is_never_replaced_without_force(src, tmp_path):
+    """A --force run killed between its two renames leaves OUT absent and the user's model set
+    aside; a run without --force must put it back and refuse, not publish over it."""
+    out = tmp_path / "out"
+    aside = tmp_path / f".out{OLD_TAG}999999999"  # no such process
+    aside.mkdir()
+    (aside / "weights.txt").write_text("the user's model")
+    assert_bad_input(run_cli("convert", src, out, "--dry-run"), "already exists", "--force")
+    assert_bad_input(run_cli("convert", src, out, "--no-verify"), "already exists", "--force")
+    assert (out / "weights.txt").read_text() == "the user's model"
+    assert not aside.exists() and not (out / "config.json").exists()
+
+
+@pytest.mark.slow
+def test_second_run_to_the_same_output_loses_cleanly(src, tmp_path):
+    """Two conversions to one OUT at once: the second is refused with exit 2 while the first
+    writes, and OUT holds the first one's result."""
+    other = synthesize(tmp_path / "other", "tiny", seed=11)
+    out = tmp_path / "out"
+    first = spawn_cli("convert", src, out, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    staging = lambda: next(iter(tmp_path.glob(f".out{STAGING_TAG}*")), None)  # noqa: E731
+    assert _wait_for(lambda: staging() is not None, first)
+    second = run_cli("convert", other, out, "--no-verify")
+    assert_bad_input(second, "another qwen2llama run", "out")
+    _, stderr = first.communicate(timeout=300)
+    assert first.returncode == 0, stderr
+    assert json.loads((out / "conversion.json").read_text())["source"]["folder"] == str(src.resolve())
+    assert not list(tmp_path.glob(".out.qwen2llama-*"))
+
+
+@pytest.mark.parametrize("force", [False, True])
+def test_publish_never_replaces_a_folder_that_appeared_meanwhile(src, tmp_path, force):
+    """Another program creates OUT while the conversion writes: without --force it stays as it is
+    and the run fails; with --force it is replaced, as asked."""
+    out = tmp_path / "out"
+
+    def someone_else_writes(staging):
+        out.mkdir()
+        (out / "theirs.txt").write_text("not ours")
+
+    if force:
+        convert(src, out, force=True, before_publish=someone_else_writes)
+        assert (out / "conversion.json").exists() and not (out / "theirs.txt").exists()
+    else:
+        with pytest.raises(OutputError, match="appeared while this run was writing"):
+            convert(src, out, before_publish=someone_else_writes)
+        assert sorted(p.name for p in out.iterdir()) == ["theirs.txt"]
+    assert not list(tmp_path.glob(".out.qwen2llama-*"))
+
+
+@pytest.fixture(scope="module")
+def pair(tmp_path_factory):
+    """A source and its conversion, copied afresh by each test that damages one of them."""
+    root = tmp_path_factory.mktemp("pair")
+    src = synthesize(root / "src", "tiny")
+    convert(src, root / "out")
+    return src, root / "out"
+
+
+def _damaged(pair, tmp_path, side: str, name: str, content: str):
+    import shutil
+
+    src, out = (shutil.copytree(p, tmp_path / p.name) for p in pair)
+    target = src if side == "source" else out
+    if content is None:
+        (target / name).unlink()
+    else:
+        (target / name).write_text(content)
+    return src, out
+
+
+@pytest.mark.parametrize("name,content,needle", [
+    ("generation_config.json", "{not json", "generation_config.json is not valid JSON"),
+    ("generation_config.json", "[1, 2]", "generation_config.json is not a JSON object"),
+    ("conversion.json", json.dumps({"files": ["config.json"]}), "'files' is not an object"),
+    ("conversion.json", "{cut sh", "conversion.json is not valid JSON"),
+])
+@pytest.mark.slow
+def test_verify_reports_a_damaged_converted_folder_as_a_failed_check(pair, tmp_path, name, content, needle):
+    src, out = _damaged(pair, tmp_path, "output", name, content)
+    result = run_cli("verify", src, out, "--quick")
+    text = result.stdout + result.stderr
+    assert result.returncode == 1, text
+    assert "Traceback" not in text and needle in text and "NOT equivalent" in text
+
+
+@pytest.mark.parametrize("content,needle", [
+    ("{not json", "generation_config.json is not a valid JSON object"),
+    ("[1, 2]", "generation_config.json is not a valid JSON object"),
+])
+@pytest.mark.slow
+def test_verify_reports_a_damaged_source_as_bad_input(pair, tmp_path, content, needle):
+    src, out = _damaged(pair, tmp_path, "source", "generation_config.json", content)
+    assert_bad_input(run_cli("verify", src, out, "--quick"), needle, "generation_config.json")
+
+
+@pytest.mark.slow
+def test_verify_source_without_embedding_is_bad_input(pair, tmp_path):
+    import shutil
+
+    src, out = (shutil.copytree(p, tmp_path / p.name) for p in pair)
+    _edit_source(src, lambda t: t.pop("transformer.wte.weight"))
+    assert_bad_input(run_cli("verify", src, out, "--quick"), "missing tensors: transformer.wte.weight")

@@ -11,13 +11,12 @@ from safetensors.torch import load_file, save_file
 from typer.testing import CliRunner
 
 from qwen2llama.cli import app
-from qwen2llama.convert import sha256_file
+from qwen2llama.manifest import sha256_file
 from qwen2llama.verify import verify
 
-from conftest import VARIANTS
 
 
-@pytest.mark.parametrize("variant", list(VARIANTS))
+@pytest.mark.slow
 def test_honest_conversions_pass(variant, sources, converted):
     result = verify(sources[variant], converted[variant], quick=variant != "st-single-bf16")
     assert result["passed"], json.dumps(result["checks"], indent=1)[:3000]
@@ -27,6 +26,7 @@ def test_honest_conversions_pass(variant, sources, converted):
     assert all(g["identical"] for g in logits["greedy"])
 
 
+@pytest.mark.slow
 def test_narrowing_cast_passes_with_stated_tolerance(sources, tmp_path):
     from qwen2llama.convert import convert
 
@@ -124,6 +124,7 @@ DEFECTS = {
 }
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("defect", list(DEFECTS))
 def test_planted_defect_fails(defect, sources, converted, tmp_path):
     plant, must_fail = DEFECTS[defect]
@@ -163,3 +164,15 @@ def test_custom_prompt_file(sources, converted, tmp_path):
     bad = runner.invoke(app, ["verify", str(sources["st-single-bf16"]), str(converted["st-single-bf16"]),
                               "--prompts", str(prompts)])
     assert bad.exit_code == 2 and "prompt set is unreadable" in bad.output
+
+
+def test_long_prompt_budget(tmp_path):
+    from qwen2llama.qwen.config import parse_config
+    from qwen2llama.synth import load_preset
+    from qwen2llama.verify.logits import LONG_PROMPT_MAX_FLOPS, long_prompt_flops
+
+    def flops(preset):
+        cfg = parse_config(load_preset(preset), tmp_path / "config.json")
+        return long_prompt_flops(cfg, cfg.seq_length)
+
+    assert flops("tiny") < LONG_PROMPT_MAX_FLOPS < flops("qwen-1_8b") < flops("qwen-7b") < flops("qwen-72b")

@@ -10,20 +10,16 @@ from pathlib import Path
 import torch
 
 from ..errors import InputError
-from ..qwen.checkpoint import TensorRef, read_index, read_weight_files
+from ..storage import TensorRef, find_weights
 
 
 def read_output_tensors(folder: Path) -> dict[str, TensorRef]:
     """Every tensor of a converted folder, from the index (if any) and the shard headers."""
-    index = folder / "model.safetensors.index.json"
-    if index.is_file():
-        weight_map, shards = read_index(index)
-    elif (folder / "model.safetensors").is_file():
-        weight_map, shards = None, ["model.safetensors"]
-    else:
+    weights = find_weights(folder, formats=("safetensors",))
+    if weights is None:
         raise InputError("no model.safetensors or model.safetensors.index.json", path=folder,
                          fix="point at the folder that `qwen2llama convert` wrote")
-    return read_weight_files(folder, "safetensors", shards, weight_map, index if weight_map is not None else None)
+    return weights.tensors
 
 
 class LlamaSide:

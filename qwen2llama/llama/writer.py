@@ -7,19 +7,17 @@ raw words, no float conversion) and hashed, so the manifest needs no second read
 from __future__ import annotations
 
 import hashlib
-import json
 import os
 from collections import deque
 from collections.abc import Callable
 from concurrent.futures import Future, ThreadPoolExecutor
-from math import prod
 from pathlib import Path
 
 import numpy as np
 
-from ..dtypes import ITEMSIZE
+from ..dtypes import ITEMSIZE, torch_dtype
 from ..errors import InputError, OutputError
-from ..plan import OutputTensor
+from ..storage import OutputTensor, header_bytes, read_ref
 
 CHUNK = 1 << 20  # bytes per read, write and worker task: small enough to stay in the CPU cache
 CAST_BLOCK = 16 << 20  # source bytes per conversion step when the dtype changes
@@ -29,19 +27,6 @@ RELEASE = 64 << 20  # every this many bytes, start writeback and release source 
 _NONFINITE = {"BF16": (np.uint16, 0x7F80), "F16": (np.uint16, 0x7C00), "F32": (np.uint32, 0x7F800000)}
 
 Progress = Callable[[int], None]
-
-
-def header_bytes(entries) -> bytes:
-    """The safetensors header for (name, dtype, shape) entries laid out in this order, padded to 8 bytes."""
-    header: dict = {"__metadata__": {"format": "pt"}}
-    offset = 0
-    for name, dtype, shape in entries:
-        size = prod(shape) * ITEMSIZE[dtype]
-        header[name] = {"dtype": dtype, "shape": list(shape), "data_offsets": [offset, offset + size]}
-        offset += size
-    raw = json.dumps(header, separators=(",", ":")).encode()
-    raw += b" " * (-len(raw) % 8)
-    return len(raw).to_bytes(8, "little") + raw
 
 
 def first_nonfinite(buf, dtype: str, scratch: np.ndarray | None = None) -> int | None:
@@ -174,9 +159,6 @@ class ShardWriter:
 
     def _cast_rows(self, t: OutputTensor) -> None:
         import torch
-
-        from ..dtypes import torch_dtype
-        from ..qwen.checkpoint import read_ref
 
         src = t.source
         row_bytes = max(1, src.nbytes // src.shape[0])

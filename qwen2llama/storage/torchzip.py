@@ -19,6 +19,7 @@ from pathlib import Path
 
 from ..dtypes import ITEMSIZE, TORCH_STORAGE
 from ..errors import InputError
+from .refs import TensorRef
 
 MAX_PICKLE_BYTES = 64 << 20  # a state dict's pickle is metadata only: a few MB for 72B
 
@@ -93,8 +94,8 @@ def _member_data_offset(fh, info: zipfile.ZipInfo, path: Path) -> int:
     return info.header_offset + 30 + name_len + extra_len
 
 
-def read_torch_zip(path: Path) -> dict[str, tuple[str, tuple[int, ...], int, int]]:
-    """Map tensor name -> (dtype, shape, absolute byte offset, byte length) for a zip-format `.bin`."""
+def read_torch_zip(path: Path) -> dict[str, TensorRef]:
+    """Every tensor of a zip-format `.bin` as a byte range of the file."""
     if not zipfile.is_zipfile(path):
         raise InputError(
             "not a zip-format torch file (legacy torch.save format, or not a torch file at all)",
@@ -130,7 +131,7 @@ def read_torch_zip(path: Path) -> dict[str, tuple[str, tuple[int, ...], int, int
         if not isinstance(state, dict) or not all(isinstance(v, _TensorRecord) for v in state.values()):
             raise InputError("the torch file does not hold a flat state dict of tensors", path=path,
                              fix="save model.state_dict() itself, not a wrapper object")
-        out: dict[str, tuple[str, tuple[int, ...], int, int]] = {}
+        out: dict[str, TensorRef] = {}
         with open(path, "rb") as fh:
             offsets: dict[str, tuple[int, int]] = {}
             for name, rec in state.items():
@@ -161,5 +162,6 @@ def read_torch_zip(path: Path) -> dict[str, tuple[str, tuple[int, ...], int, int
                 if rec.storage_offset < 0 or (rec.storage_offset * itemsize + nbytes) > size:
                     raise InputError(f"tensor {name} runs past its storage", path=path,
                                      fix="download the file again")
-                out[str(name)] = (rec.storage.dtype, rec.shape, start + rec.storage_offset * itemsize, nbytes)
+                out[str(name)] = TensorRef(str(name), path, rec.storage.dtype, rec.shape,
+                                           start + rec.storage_offset * itemsize, nbytes)
         return out

@@ -1,0 +1,124 @@
+"""Everything the CLI shows a person: progress, errors, the plan, the verify summary. The
+library itself stays free of terminal code."""
+from __future__ import annotations
+
+import time
+
+from rich.console import Console
+from rich.markup import escape
+
+from ..dtypes import NAME_OF
+from ..progress import Progress
+
+
+class TerminalProgress(Progress):
+    """A rich bar on a terminal; plain lines every 10% in a log."""
+
+    def __init__(self, console: Console):
+        self.console = console
+        self.bar = None
+
+    def start(self, label, total, unit="B"):
+        self.label, self.total, self.unit = label, max(total, 1), unit
+        self.done, self.next_line, self.t0 = 0, 0.1, time.monotonic()
+        if self.console.is_terminal:
+            from rich.progress import BarColumn, DownloadColumn, MofNCompleteColumn, TimeRemainingColumn
+            from rich.progress import Progress as Bar
+
+            count = DownloadColumn() if unit == "B" else MofNCompleteColumn()
+            self.bar = Bar("[progress.description]{task.description}", BarColumn(), count, TimeRemainingColumn(),
+                           console=self.console, transient=True)
+            self.bar.start()
+            self.task = self.bar.add_task(label, total=self.total)
+
+    def _amount(self, n):
+        return f"{n / 1e9:.2f} GB" if self.unit == "B" else f"{n} {self.unit}"
+
+    def advance(self, n):
+        self.done += n
+        if self.bar is not None:
+            self.bar.update(self.task, completed=self.done)
+        elif self.done / self.total >= self.next_line:
+            self.console.print(f"{self.label}: {100 * self.done / self.total:.0f}% "
+                               f"({self._amount(self.done)} of {self._amount(self.total)})")
+            self.next_line = (int(10 * self.done / self.total) + 1) / 10
+
+    def finish(self):
+        if self.bar is not None:
+            self.bar.stop()
+            self.bar = None
+        secs = time.monotonic() - self.t0
+        rate = f" ({self.done / 1e9 / max(secs, 1e-9):.2f} GB/s)" if self.unit == "B" else ""
+        self.console.print(f"{self.label}: {self._amount(self.done)} in {secs:.1f} s{rate}")
+
+    def note(self, message):
+        self.console.print(f"{message}...")
+
+
+def error(console: Console, kind: str, message: str, path: str | None = None, fix: str | None = None) -> None:
+    """One short block: what went wrong, the file, what to do."""
+    console.print(f"[bold red]{kind}:[/] {escape(message)}")
+    if path:
+        console.print(f"  file: {escape(str(path))}")
+    if fix:
+        console.print(f"  fix:  {escape(fix)}")
+
+
+def plan(console: Console, prepared) -> None:
+    p, ckpt = prepared.plan, prepared.plan.checkpoint
+    c = ckpt.config
+    console.print(f"source:  {ckpt.folder} ({ckpt.format}, {len(ckpt.files)} file(s), "
+                  f"config generation {c.generation})")
+    console.print(f"model:   hidden {c.hidden_size}, {c.num_layers} layers, {c.num_heads} heads x {c.head_dim}, "
+                  f"MLP {c.mlp_width}, vocab rows {c.vocab_rows}, seq_length {c.seq_length}, "
+                  f"eps {c.layer_norm_epsilon}, rope base {c.rotary_emb_base:g}, dynamic NTK {c.use_dynamic_ntk}, "
+                  f"logn {c.use_logn_attn}")
+    console.print(f"kind:    {'chat' if prepared.chat else 'base'} ({prepared.chat_reason})")
+    copies = sum(t.is_byte_copy for t in p.tensors)
+    zeros = sum(t.source is None for t in p.tensors)
+    console.print(f"output:  {len(p.tensors)} tensors ({copies} byte copies, {len(p.tensors) - copies - zeros} cast "
+                  f"to {NAME_OF[p.dtype]}, {zeros} zero o_proj biases), {p.total_bytes / 1e9:.3f} GB "
+                  f"in {len(prepared.shards)} shard(s)")
+    if p.dropped:
+        console.print(f"dropped: {', '.join(p.dropped)} (buffers, not weights)")
+
+
+def plan_tensors(console: Console, prepared) -> None:
+    for shard, tensors in prepared.shards:
+        for t in tensors:
+            source = ("zeros" if t.source is None else
+                      f"{t.source.name}[{t.row_start}:{t.row_stop}] ({t.source.file.name})")
+            console.print(f"{shard}  {t.name}  {list(t.shape)} {t.dtype}  <- {source}")
+
+
+def _detail(name: str, c: dict) -> str:
+    if name == "tensors" and "identical" in c:
+        return f"{c['identical']}/{c['tensors']} tensors identical, {c['bytes_compared'] / 1e9:.3f} GB compared"
+    if name == "logits" and "max_abs_logit_diff" in c:
+        detail = (f"max |Δlogit| {c['max_abs_logit_diff']:.2e}, KL max {c['kl_max']:.1e}, "
+                  f"top-1 {c['top1_agreement']:.4f}, {len(c['prompts'])} prompts")
+        if isinstance(c.get("greedy"), list):
+            detail += f", greedy {sum(g['identical'] for g in c['greedy'])}/{len(c['greedy'])} identical"
+        return detail
+    if name == "tokenizer" and "samples" in c:
+        return f"{c['samples'] - c['mismatched_samples']}/{c['samples']} samples give tiktoken's ids"
+    if name == "config" and "compared" in c:
+        return f"{c['compared']} fields"
+    if name == "integrity":
+        return c.get("note") or f"{c.get('files', 0)} files hashed" + (
+            f", {len(c['not_hashed'])} without a recorded sha256 (--no-checksums)" if c.get("not_hashed") else "")
+    return ""
+
+
+def verify_summary(console: Console, result) -> None:
+    for name, c in result["checks"].items():
+        mark = {True: "[green]pass[/]", False: "[bold red]FAIL[/]", None: "[yellow]skip[/]"}[c["passed"]]
+        console.print(f"  {name:<10} {mark}  {_detail(name, c)}")
+        for failure in c.get("failures", [])[:5]:
+            console.print(f"      - {escape(failure)}")
+    beyond = result["checks"]["logits"].get("beyond_seq_length")
+    if beyond:
+        console.print(f"  info: past seq_length ({beyond['tokens']} tokens) max |Δlogit| "
+                      f"{beyond['max_abs_logit_diff_beyond']:.3g} (Qwen's dynamic NTK/logn; LLaMA has no equivalent)")
+    verdict = "[green]equivalent[/]" if result["passed"] else "[bold red]NOT equivalent[/]"
+    console.print(f"verify: {verdict} ({result['seconds']} s, peak RSS {result['peak_rss_mib']} MiB)")

@@ -1,0 +1,97 @@
+"""`conversion.json`: what was converted, from what and how, and the sha256 of every output file.
+
+`convert` writes it last, so its presence marks a complete folder; `verify` reads it back for
+the integrity check and the chat/base decision. Every JSON file of the output is written by
+`write_json` (sorted keys, fixed layout): the same input gives the same bytes.
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+from pathlib import Path
+
+from . import __version__
+from .dtypes import NAME_OF
+
+NAME = "conversion.json"
+
+
+class ManifestUnreadable(Exception):
+    """conversion.json exists but does not follow the schema; the message says how."""
+
+
+def write_json(path: Path, obj) -> None:
+    path.write_text(json.dumps(obj, indent=2, sort_keys=True, ensure_ascii=False) + "\n", encoding="utf-8")
+
+
+def sha256_file(path: Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as fh:
+        while chunk := fh.read(1 << 22):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+def _long_context(cfg) -> dict:
+    return {
+        "use_dynamic_ntk": cfg.use_dynamic_ntk,
+        "use_logn_attn": cfg.use_logn_attn,
+        "exact_up_to_tokens": cfg.seq_length,
+        "max_position_embeddings": cfg.seq_length,
+        "reason": ("max_position_embeddings is Qwen's seq_length: up to it Qwen's dynamic NTK and logn "
+                   "attention are the identity and the LLaMA model computes the same function; beyond it "
+                   "Qwen rescales RoPE and queries, which the LLaMA layout cannot express"
+                   if cfg.use_dynamic_ntk or cfg.use_logn_attn else
+                   "max_position_embeddings is Qwen's seq_length, the context the model was trained on"),
+    }
+
+
+def build(prepared, tokenizer: dict, digests: dict[str, str | None]) -> dict:
+    """The manifest of a conversion: `prepared` is convert's plan, `digests` every output file's sha256."""
+    plan = prepared.plan
+    ckpt, cfg = plan.checkpoint, plan.checkpoint.config
+    return {
+        "tool": {"name": "qwen2llama", "version": __version__},
+        "source": {
+            "folder": str(ckpt.folder.resolve()),
+            "format": ckpt.format,
+            "files": {p.name: p.stat().st_size for p in ckpt.files},
+            "config_generation": cfg.generation,
+            "config": cfg.to_dict(),
+        },
+        "target": {"dtype": NAME_OF[plan.dtype], "chat": prepared.chat, "chat_reason": prepared.chat_reason,
+                   "shards": len(prepared.shards), "total_bytes": plan.total_bytes},
+        "long_context": _long_context(cfg),
+        "dropped_tensors": plan.dropped,
+        "tokenizer": tokenizer,
+        "files": dict(sorted(digests.items())),
+    }
+
+
+def read(folder: Path) -> dict | None:
+    """The manifest of a converted folder; None when there is none."""
+    path = folder / NAME
+    if not path.is_file():
+        return None
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError) as exc:
+        raise ManifestUnreadable(f"{NAME} is not valid JSON ({exc})"[:200]) from None
+    if not isinstance(data, dict):
+        raise ManifestUnreadable(f"{NAME} is not a JSON object")
+    return data
+
+
+def recorded_files(manifest: dict) -> dict[str, str | None]:
+    """file name -> sha256 (None when converted with --no-checksums)."""
+    files = manifest.get("files")
+    if not isinstance(files, dict) or not all(isinstance(d, (str, type(None))) for d in files.values()):
+        raise ManifestUnreadable(f"{NAME}: 'files' is not an object of file name -> sha256")
+    return files
+
+
+def recorded_chat(manifest: dict | None) -> bool | None:
+    """Whether convert judged the model a chat model; None when not recorded."""
+    target = (manifest or {}).get("target")
+    chat = target.get("chat") if isinstance(target, dict) else None
+    return chat if isinstance(chat, bool) else None

@@ -1,0 +1,69 @@
+"""Where a stored tensor's bytes are (`TensorRef`), what to write from them (`OutputTensor`),
+and reading a row range of one into memory."""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from math import prod
+from pathlib import Path
+
+from ..dtypes import ITEMSIZE, torch_dtype
+from ..errors import InputError
+
+
+@dataclass(frozen=True)
+class TensorRef:
+    """One stored tensor: `nbytes` from absolute `offset` in `file`."""
+
+    name: str
+    file: Path
+    dtype: str
+    shape: tuple[int, ...]
+    offset: int
+    nbytes: int
+
+    def rows(self, start: int, stop: int) -> tuple[int, int]:
+        """(offset, length) of rows [start, stop) along dim 0: a contiguous byte range."""
+        row = self.nbytes // self.shape[0] if self.shape and self.shape[0] else 0
+        return self.offset + start * row, (stop - start) * row
+
+
+@dataclass(frozen=True)
+class OutputTensor:
+    """A tensor to write: rows [row_start, row_stop) of `source` in `dtype`, or zeros when
+    `source` is None."""
+
+    name: str
+    dtype: str
+    shape: tuple[int, ...]
+    source: TensorRef | None
+    row_start: int = 0
+    row_stop: int = 0
+
+    @property
+    def nbytes(self) -> int:
+        return prod(self.shape) * ITEMSIZE[self.dtype]
+
+    @property
+    def is_byte_copy(self) -> bool:
+        return self.source is not None and self.source.dtype == self.dtype
+
+
+def read_ref(ref: TensorRef, start: int | None = None, stop: int | None = None):
+    """Rows [start, stop) of a stored tensor (all of it by default) as a torch tensor."""
+    import torch
+
+    whole = start is None and stop is None
+    if ref.shape:
+        start, stop = start or 0, ref.shape[0] if stop is None else stop
+        offset, length = ref.rows(start, stop)
+        shape = ref.shape if whole else (stop - start, *ref.shape[1:])
+    else:
+        offset, length, shape = ref.offset, ref.nbytes, ref.shape
+    buf = bytearray(length)
+    with open(ref.file, "rb") as fh:
+        fh.seek(offset)
+        if fh.readinto(buf) != length:
+            raise InputError(f"tensor {ref.name} is cut short", path=ref.file, fix="download the file again")
+    if length == 0:
+        return torch.empty(shape, dtype=torch_dtype(ref.dtype))
+    return torch.frombuffer(buf, dtype=torch_dtype(ref.dtype)).reshape(shape)

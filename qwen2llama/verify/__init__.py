@@ -1,0 +1,93 @@
+"""`verify`: does the converted folder compute what the Qwen checkpoint computes?
+
+Five checks, one module each, each with its own verdict: integrity (manifest hashes), tensors
+(bit-exact slices), config (same network), tokenizer (tiktoken's ids, specials, chat template,
+stop tokens) and logits (an independent Qwen forward vs transformers' LLaMA layers). Problems
+with the source or the arguments are bad input (exit 2); problems with the converted folder are
+failed checks (exit 1). Rendering is the CLI's.
+"""
+from __future__ import annotations
+
+import json
+import resource
+import time
+from pathlib import Path
+
+from .. import manifest
+from ..errors import InputError
+from ..llama.reader import LlamaSide, read_output_tensors
+from ..plan import map_source
+from ..progress import NullProgress, Progress
+from ..qwen.checkpoint import Checkpoint, detect_chat, open_checkpoint
+from .config import check_config
+from .integrity import check_integrity
+from .logits import check_logits
+from .prompts import load_prompts, tiktoken_encoder
+from .report import CHECKS, VerifyResult
+from .tensors import check_tensors
+from .tokenizer import check_tokenizer
+
+__all__ = ["CHECKS", "VerifyResult", "verify"]
+
+
+def _read_config(dst: Path) -> dict:
+    if not dst.is_dir():
+        raise InputError("the converted folder does not exist", path=dst, fix="give the folder convert wrote")
+    path = dst / "config.json"
+    try:
+        raw = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        raw = None
+    if not isinstance(raw, dict):
+        raise InputError("no readable config.json in the converted folder", path=path, fix="convert again")
+    return raw
+
+
+def _same_model(ckpt: Checkpoint, dst_tensors: dict, dst: Path) -> None:
+    want = ckpt.tensors["transformer.wte.weight"].shape
+    emb = dst_tensors.get("model.embed_tokens.weight")
+    if emb is None or emb.shape != want:
+        raise InputError(f"SRC and DST are different models: embedding {list(emb.shape) if emb else None} vs "
+                         f"{list(want)}", path=dst, fix="verify a folder against the checkpoint it was converted from")
+
+
+def _is_chat(dst: Path, ckpt: Checkpoint) -> bool:
+    """As convert decided (conversion.json), else as the source says."""
+    try:
+        chat = manifest.recorded_chat(manifest.read(dst))
+    except manifest.ManifestUnreadable:
+        chat = None  # the integrity check reports it
+    return detect_chat(ckpt)[0] if chat is None else chat
+
+
+def verify(src: str | Path, dst: str | Path, *, quick: bool = False, prompts: Path | None = None,
+           greedy_tokens: int | None = None, long_prompt: bool | None = None, progress: Progress | None = None,
+           display: Path | None = None) -> VerifyResult:
+    """Run every check of `dst` against `src`; never raises for a failed check (see raise_if_failed)."""
+    progress = progress or NullProgress()
+    t0 = time.perf_counter()
+    src, dst = Path(src), Path(dst)
+    ckpt = open_checkpoint(src)
+    map_source(ckpt)  # a complete Qwen v1 model, or bad input
+    ckpt.generation_config()  # readable, or bad input
+    raw = _read_config(dst)
+    dst_tensors = read_output_tensors(dst)
+    _same_model(ckpt, dst_tensors, dst)
+    texts, chats = load_prompts(prompts, quick)
+    encode = tiktoken_encoder(ckpt.folder / "qwen.tiktoken")
+    checks: dict[str, dict] = {}
+    progress.note("checking file hashes")
+    checks["integrity"] = check_integrity(dst)
+    progress.note("comparing tensors")
+    checks["tensors"] = check_tensors(ckpt, dst_tensors)
+    side = LlamaSide(dst)
+    checks["config"] = check_config(ckpt.config, side.config, raw)
+    progress.note("comparing tokenizers")
+    checks["tokenizer"] = check_tokenizer(dst, encode, texts, chats, _is_chat(dst, ckpt))
+    checks["logits"] = check_logits(ckpt, side, encode, texts, chats, quick=quick,
+                                    lossy=bool(checks["tensors"].get("lossy_cast")), greedy_tokens=greedy_tokens,
+                                    progress=progress, long_prompt=long_prompt)
+    return VerifyResult(
+        passed=all(c["passed"] is not False for c in checks.values()), source=str(src), output=str(display or dst),
+        quick=quick, seconds=round(time.perf_counter() - t0, 2),
+        peak_rss_mib=round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1), checks=checks)

@@ -1,0 +1,41 @@
+"""Check 3, config: the LLaMA config, as transformers reads it, describes the Qwen network.
+Written independently of `layout.llama_config`, so a wrong value there shows up here."""
+from __future__ import annotations
+
+from ..qwen.config import QwenConfig
+from ..tokens import ENDOFTEXT_ID, IM_END_ID
+from .report import check
+
+
+def check_config(q: QwenConfig, c, raw: dict) -> dict:
+    """`c` is transformers' LlamaConfig of the folder, `raw` its config.json as written."""
+    rope = getattr(c, "rope_parameters", None) or {}
+    theta = rope.get("rope_theta", getattr(c, "rope_theta", None))
+    expect = {
+        "model_type": (raw.get("model_type"), "llama"),
+        "hidden_size": (c.hidden_size, q.hidden_size),
+        "intermediate_size": (c.intermediate_size, q.intermediate_size_written // 2),
+        "num_hidden_layers": (c.num_hidden_layers, q.num_layers),
+        "num_attention_heads": (c.num_attention_heads, q.num_heads),
+        "num_key_value_heads": (c.num_key_value_heads, q.num_heads),
+        "head_dim": (getattr(c, "head_dim", c.hidden_size // c.num_attention_heads), q.head_dim),
+        "rms_norm_eps": (c.rms_norm_eps, q.layer_norm_epsilon),
+        "rope_theta (as transformers reads it)": (theta, q.rotary_emb_base),
+        "rope_type": (rope.get("rope_type", "default"), "default"),
+        "vocab_size": (c.vocab_size, q.vocab_rows),
+        "attention_bias": (c.attention_bias, True),
+        "mlp_bias": (getattr(c, "mlp_bias", False), False),
+        "tie_word_embeddings": (raw.get("tie_word_embeddings", True), False),
+        "hidden_act": (c.hidden_act, "silu"),
+        "bos_token_id": (raw.get("bos_token_id"), ENDOFTEXT_ID),
+        "pad_token_id": (raw.get("pad_token_id"), ENDOFTEXT_ID),
+    }
+    if "rope_theta" in raw:
+        expect["rope_theta (as written)"] = (raw["rope_theta"], q.rotary_emb_base)
+    failures = [f"{k}: {got!r}, expected {want!r}" for k, (got, want) in expect.items() if got != want]
+    eos = raw.get("eos_token_id")
+    eos_ids = eos if isinstance(eos, list) else [eos]
+    if not eos_ids or any(e not in (ENDOFTEXT_ID, IM_END_ID) for e in eos_ids):
+        failures.append(f"eos_token_id: {eos!r}, expected Qwen's {ENDOFTEXT_ID} and/or {IM_END_ID}")
+    return check(not failures, compared=len(expect) + 1, failures=failures,
+                 max_position_embeddings=raw.get("max_position_embeddings"), qwen_seq_length=q.seq_length)

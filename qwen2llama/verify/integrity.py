@@ -1,0 +1,29 @@
+"""Check 1, integrity: every file's sha256 against conversion.json; files it does not list fail."""
+from __future__ import annotations
+
+from pathlib import Path
+
+from .. import manifest
+from .report import check
+
+
+def check_integrity(dst: Path) -> dict:
+    try:
+        record = manifest.read(dst)
+        if record is None:
+            return check(None, note=f"no {manifest.NAME}: not written by qwen2llama, hashes not checked")
+        files = manifest.recorded_files(record)
+    except manifest.ManifestUnreadable as exc:
+        return check(False, failures=[str(exc)])
+    failures, unhashed = [], []
+    for name, digest in sorted(files.items()):
+        path = dst / name
+        if not path.is_file():
+            failures.append(f"{name}: missing")
+        elif digest is None:
+            unhashed.append(name)  # converted with --no-checksums
+        elif manifest.sha256_file(path) != digest:
+            failures.append(f"{name}: sha256 differs from the manifest")
+    extra = sorted(p.name for p in dst.iterdir() if p.name not in files and p.name != manifest.NAME)
+    failures += [f"{name}: not in the manifest" for name in extra]
+    return check(not failures, files=len(files) - len(unhashed), not_hashed=unhashed, failures=failures)

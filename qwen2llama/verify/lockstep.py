@@ -1,0 +1,77 @@
+"""Both models side by side, one layer at a time, each on its own hidden states: memory is about
+one layer of each, whatever the model size. Also greedy continuation and the run past seq_length."""
+from __future__ import annotations
+
+import time
+
+import torch
+
+from .stats import head_stats
+
+
+class LayerRejected(Exception):
+    """transformers' decoder layer would not load the converted weights of `layer`."""
+
+    def __init__(self, layer: int, exc: Exception):
+        self.layer, self.exc = layer, exc
+
+
+def lockstep(ref, side, ref_seqs, llama_seqs, progress, layer_log: list | None = None):
+    """(reference hidden states, llama hidden states, sequence lengths) after the final norms."""
+    lens = [len(s) for s in ref_seqs]
+    hr = ref.embed([x for s in ref_seqs for x in s])
+    hl = side.embed([x for s in llama_seqs for x in s])
+    for i in range(ref.cfg.num_layers):
+        t0 = time.perf_counter()
+        w = ref.layer_weights(i)
+        hr = torch.cat([ref.block(w, x) for x in hr.split(lens)])
+        del w
+        t1 = time.perf_counter()
+        try:
+            layer = side.layer(i)
+        except (RuntimeError, KeyError) as exc:
+            raise LayerRejected(i, exc) from None
+        hl = torch.cat([side.run_layer(layer, x) for x in hl.split(lens)])
+        del layer
+        t2 = time.perf_counter()
+        if layer_log is not None:
+            layer_log.append({"layer": i, "max_abs_hidden_diff": (hr - hl).abs().max().item(),
+                              "max_abs_hidden": hr.abs().max().item(),
+                              "seconds_reference": round(t1 - t0, 4), "seconds_llama": round(t2 - t1, 4)})
+        progress.advance(1)
+    return ref.final_norm(hr), side.final_norm(hl), lens
+
+
+def greedy(ref, side, seqs, n: int, progress) -> list[dict]:
+    """Each side continues each prompt with its own argmax, n tokens."""
+    ref_seqs, llama_seqs = [list(s) for s in seqs], [list(s) for s in seqs]
+    progress.start(f"logits: greedy ({n} tokens)", n * ref.cfg.num_layers, "layers")
+    for _ in range(n):
+        hr, hl, lens = lockstep(ref, side, ref_seqs, llama_seqs, progress)
+        ends = torch.tensor(lens).cumsum(0) - 1
+        stats = head_stats(ref, side, hr[ends], hl[ends])
+        for s, t in zip(ref_seqs, stats.arg_r.tolist()):
+            s.append(t)
+        for s, t in zip(llama_seqs, stats.arg_l.tolist()):
+            s.append(t)
+    progress.finish()
+    return [{"tokens": n, "reference": r[len(p):], "llama": l[len(p):], "identical": r == l}
+            for p, r, l in zip(seqs, ref_seqs, llama_seqs)]
+
+
+def beyond_seq_length(ref, side, seqs, progress) -> dict:
+    """Information only: past seq_length Qwen rescales RoPE (dynamic NTK) and queries (logn)."""
+    cfg = ref.cfg
+    filler = [x for s in seqs for x in s]
+    length = cfg.seq_length + max(16, cfg.seq_length // 8)
+    ids = (filler * (length // len(filler) + 1))[:length]
+    progress.start("logits: beyond seq_length", cfg.num_layers, "layers")
+    hr, hl, _ = lockstep(ref, side, [ids], [ids], progress)
+    progress.finish()
+    stats = head_stats(ref, side, hr, hl)
+    inside, outside = slice(0, cfg.seq_length), slice(cfg.seq_length, length)
+    return {"tokens": length, "note": "Qwen's dynamic NTK / logn attention act past seq_length; the LLaMA layout "
+            "has no equivalent, so divergence there is expected and not a failure",
+            "max_abs_logit_diff_within": stats.max_diff[inside].max().item(),
+            "max_abs_logit_diff_beyond": stats.max_diff[outside].max().item(),
+            "top1_agreement_beyond": (stats.arg_r[outside] == stats.arg_l[outside]).float().mean().item()}

@@ -1,0 +1,29 @@
+"""The verify report: one verdict per check, and the whole result.
+
+Schema (README "Report schema"): {"passed", "source", "output", "quick", "seconds",
+"peak_rss_mib", "checks": {name: {"passed": true|false|null, ..., "failures": [...]}}}.
+A check's `passed` is null when it was skipped; the result fails if any check is false.
+"""
+from __future__ import annotations
+
+from ..errors import VerificationFailed
+
+CHECKS = ("integrity", "tensors", "config", "tokenizer", "logits")
+MAX_FAILURES = 50  # failure lines kept per check
+
+
+def check(passed: bool | None, **details) -> dict:
+    """One check's verdict with its details."""
+    if "failures" in details:
+        details["failures"] = details["failures"][:MAX_FAILURES]
+    return {"passed": passed, **details}
+
+
+class VerifyResult(dict):
+    def failed_checks(self) -> list[str]:
+        return [name for name, c in self["checks"].items() if c["passed"] is False]
+
+    def raise_if_failed(self) -> None:
+        if not self["passed"]:
+            raise VerificationFailed(f"verify failed: {', '.join(self.failed_checks())}", path=self["output"],
+                                     fix="see the report; reconvert with the current qwen2llama")

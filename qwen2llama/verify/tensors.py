@@ -1,0 +1,87 @@
+"""Check 2, tensors: every output tensor equals its planned source slice bit for bit (or the
+source cast to the output dtype); nothing missing or extra; zero companions all zeros."""
+from __future__ import annotations
+
+import numpy as np
+import torch
+
+from ..dtypes import NAME_OF, torch_dtype
+from ..plan import build_plan
+from ..qwen.checkpoint import Checkpoint
+from ..storage import OutputTensor, TensorRef, read_ref
+from .report import check
+
+CHUNK = 16 << 20
+WIDENING = {("BF16", "F32"), ("F16", "F32")}  # casts that keep every value exactly
+
+
+def _byte_chunks(ref: TensorRef, offset: int, length: int):
+    with open(ref.file, "rb") as fh:
+        fh.seek(offset)
+        while length:
+            k = min(length, CHUNK)
+            yield fh.read(k)
+            length -= k
+
+
+def _same_bytes(want: OutputTensor, got: TensorRef) -> bool:
+    offset, length = want.source.rows(want.row_start, want.row_stop)
+    if length != got.nbytes:
+        return False
+    return all(a == b for a, b in zip(_byte_chunks(want.source, offset, length),
+                                      _byte_chunks(got, got.offset, got.nbytes)))
+
+
+def _all_zero(ref: TensorRef) -> bool:
+    return not any(np.frombuffer(c, dtype=np.uint8).any() for c in _byte_chunks(ref, ref.offset, ref.nbytes))
+
+
+def _same_cast(want: OutputTensor, got: TensorRef) -> bool:
+    src = want.source
+    step = max(1, CHUNK // max(1, src.nbytes // src.shape[0]))
+    for start in range(want.row_start, want.row_stop, step):
+        stop = min(start + step, want.row_stop)
+        a = read_ref(src, start, stop).to(torch_dtype(want.dtype))
+        b = read_ref(got, start - want.row_start, stop - want.row_start)
+        if not torch.equal(a.contiguous().view(torch.uint8), b.contiguous().view(torch.uint8)):
+            return False
+    return True
+
+
+def _compare(want: OutputTensor, got: TensorRef) -> str | None:
+    """None when equal, else what differs."""
+    if want.source is None:
+        return None if _all_zero(got) else f"{want.name}: must be all zeros (Qwen has no bias there)"
+    if want.is_byte_copy:
+        return None if _same_bytes(want, got) else \
+            f"{want.name}: bytes differ from {want.source.name}[{want.row_start}:{want.row_stop}]"
+    return None if _same_cast(want, got) else \
+        f"{want.name}: differs from {want.source.name} cast to {NAME_OF[want.dtype]}"
+
+
+def check_tensors(ckpt: Checkpoint, dst_tensors: dict[str, TensorRef]) -> dict:
+    dtypes = {r.dtype for r in dst_tensors.values()}
+    if len(dtypes) != 1 or next(iter(dtypes)) not in NAME_OF:
+        return check(False, failures=[f"output dtypes {sorted(dtypes)}: expected one floating-point type"])
+    plan = build_plan(ckpt, NAME_OF[next(iter(dtypes))])
+    expected = {t.name: t for t in plan.tensors}
+    failures = [f"missing: {n}" for n in sorted(set(expected) - set(dst_tensors))]
+    failures += [f"extra: {n}" for n in sorted(set(dst_tensors) - set(expected))]
+    compared = identical = 0
+    lossy = False
+    for name, want in expected.items():
+        got = dst_tensors.get(name)
+        if got is None:
+            continue
+        if got.shape != want.shape:
+            failures.append(f"{name}: shape {list(got.shape)}, expected {list(want.shape)}")
+            continue
+        compared += got.nbytes
+        if want.source is not None and not want.is_byte_copy:
+            lossy |= (want.source.dtype, want.dtype) not in WIDENING
+        problem = _compare(want, got)
+        if problem:
+            failures.append(problem)
+        identical += problem is None
+    return check(not failures, tensors=len(expected), identical=identical, bytes_compared=compared,
+                 output_dtype=NAME_OF[plan.dtype], lossy_cast=lossy, failures=failures)

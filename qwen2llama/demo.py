@@ -43,7 +43,8 @@ def main(src: str, dst: str) -> int:
     console.print(table)
     rel = TOL_EXACT["max_abs_logit_diff_rel"]
     console.print(f"worst max |Δlogit| {worst:.2e}; {len(PROMPTS) - failed}/{len(PROMPTS)} prompts pass verify's rule "
-                  f"(max |Δlogit| <= {rel:g} x max(1, max |logit|), greedy identical); random weights, so the text itself is noise")
+                  f"(max |Δlogit| <= {rel:g} x max(1, max |logit|), greedy identical); "
+                  "random weights, so the text itself is noise")
     return 1 if failed else 0
 
 

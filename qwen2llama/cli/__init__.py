@@ -94,7 +94,8 @@ def main(ctx: typer.Context,
 
 @command
 def inspect(src: Src, shard_size: ShardSizeOpt = "5GB", dtype: DtypeOpt = None, kind: KindOpt = "auto",
-            tensors: Annotated[bool, typer.Option("--tensors", help="List every output tensor and its source.")] = False):
+            tensors: Annotated[bool, typer.Option(
+                "--tensors", help="List every output tensor and its source.")] = False):
     """Show what was detected and the conversion plan, without writing anything."""
     from ..convert import Options, prepare
 
@@ -123,7 +124,8 @@ def convert(src: Src, dst: Dst, shard_size: ShardSizeOpt = "5GB", dtype: DtypeOp
                 "--verify/--no-verify", help="Check the result before publishing it.")] = True,
             checksums: Annotated[bool, typer.Option(
                 "--checksums/--no-checksums",
-                help="Record each weight file's sha256 in conversion.json (costs about as much CPU as the copy).")] = True,
+                help="Record each weight file's sha256 in conversion.json "
+                     "(costs about as much CPU as the copy).")] = True,
             quick: QuickOpt = False, report: ReportOpt = None,
             dry_run: Annotated[bool, typer.Option(
                 "--dry-run", help="Check everything and print the plan; write nothing.")] = False):
@@ -158,7 +160,8 @@ def verify(src: Src, dst: Converted, report: ReportOpt = None, prompts: PromptsO
 
 @command
 def tokenizer(src: Annotated[Path, typer.Argument(help="qwen.tiktoken, or a folder holding it.")], dst: Dst,
-              kind: Annotated[str, typer.Option("--kind", help="chat | base: which eos the tokenizer declares.")] = "chat",
+              kind: Annotated[str, typer.Option(
+                  "--kind", help="chat | base: which eos the tokenizer declares.")] = "chat",
               model_max_length: Annotated[int, typer.Option(help="Context length to declare.")] = 8192,
               force: ForceOpt = False):
     """Write only the Hugging Face tokenizer files for a qwen.tiktoken."""

@@ -37,7 +37,8 @@ class HeadStats:
         scale_r = torch.exp((self.m_r - new_mr).double())
         self.s_r = self.s_r * scale_r + er.sum(-1)
         self.t = self.t * scale_r + (er * (zr - zl).double()).sum(-1)
-        self.s_l = self.s_l * torch.exp((self.m_l - new_ml).double()) + torch.exp((zl - new_ml[:, None]).double()).sum(-1)
+        el = torch.exp((zl - new_ml[:, None]).double())
+        self.s_l = self.s_l * torch.exp((self.m_l - new_ml).double()) + el.sum(-1)
         self.m_r, self.m_l = new_mr, new_ml
         top2 = zr.topk(min(2, zr.shape[-1]), dim=-1).values
         block_second = top2[:, 1] if top2.shape[-1] > 1 else torch.full_like(top2[:, 0], -math.inf)

@@ -12,7 +12,6 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from . import manifest
-from .errors import InputError
 from .layout import llama_config
 from .llama.config import generation_config
 from .llama.shards import parse_size, plan_shards, shard_names
@@ -20,8 +19,10 @@ from .llama.writer import ShardWriter
 from .plan import ConversionPlan, build_plan
 from .progress import NullProgress, Progress
 from .publish import check_target, fsync_path, staged_folder
-from .qwen.checkpoint import detect_chat, open_checkpoint
+from .qwen.checkpoint import Checkpoint, detect_chat
+from .sources import open_source
 from .storage import OutputTensor
+from .tokenizer import cache as tokenizer_cache
 from .tokenizer import read_tiktoken
 from .tokenizer.job import TokenizerJob
 
@@ -35,6 +36,7 @@ class Options:
     kind: str = "auto"  # auto | chat | base
     force: bool = False  # replace an existing output, once the new one is complete
     checksums: bool = True  # record each file's sha256 in conversion.json
+    base: str | None = None  # folder or hub id supplying files the source lacks (a Trainer checkpoint)
 
 
 @dataclass
@@ -50,17 +52,15 @@ class Prepared:
     out: Path | None  # None: planned only (inspect)
 
 
-def prepare(src: str | Path, options: Options = Options(), out: str | Path | None = None) -> Prepared:
-    """Check the source, the options, the vocabulary and (when given) the output location; plan the output."""
-    ckpt = open_checkpoint(src)
+def prepare(src: str | Path | Checkpoint, options: Options = Options(), out: str | Path | None = None) -> Prepared:
+    """Check the source, the options, the vocabulary and (when given) the output location; plan the output.
+    `src` is a folder, a hub id, or a checkpoint already opened with `sources.open_source`."""
+    ckpt = src if isinstance(src, Checkpoint) else open_source(src, options.base)
     plan = build_plan(ckpt, options.dtype)
     groups = plan_shards([t.nbytes for t in plan.tensors], parse_size(options.shard_size))
     shards = [(name, [plan.tensors[i] for i in g]) for name, g in zip(shard_names(len(groups)), groups)]
     chat, reason = detect_chat(ckpt, options.kind)
-    vocab = ckpt.folder / "qwen.tiktoken"
-    if not vocab.is_file():
-        raise InputError("no qwen.tiktoken in the checkpoint folder", path=vocab,
-                         fix="copy qwen.tiktoken from the model's release into the folder")
+    vocab = ckpt.vocab
     read_tiktoken(vocab)  # every line valid, before anything is written
     if out is not None:
         out = Path(os.path.abspath(out))
@@ -73,7 +73,9 @@ def _write_files(prepared: Prepared, folder: Path, progress: Progress) -> dict:
     plan, ckpt = prepared.plan, prepared.plan.checkpoint
     cfg = ckpt.config
     digests: dict[str, str | None] = {}
-    tokenizer_job = TokenizerJob(prepared.vocab, folder, prepared.chat, cfg.seq_length)
+    cache_key = tokenizer_cache.key(prepared.vocab, prepared.chat, cfg.seq_length)
+    cached = tokenizer_cache.lookup(cache_key)
+    tokenizer_job = None if cached else TokenizerJob(prepared.vocab, folder, prepared.chat, cfg.seq_length)
     try:
         progress.start("weights", plan.total_bytes)
         for name, tensors in prepared.shards:
@@ -81,9 +83,15 @@ def _write_files(prepared: Prepared, folder: Path, progress: Progress) -> dict:
             digests[name] = writer.write(tensors)
         progress.finish()
     except BaseException:
-        tokenizer_job.cancel()
+        if tokenizer_job is not None:
+            tokenizer_job.cancel()
         raise
-    tokenizer_stats = tokenizer_job.result()
+    if cached:
+        tokenizer_cache.copy_into(cached[0], folder)
+        tokenizer_stats = cached[1]
+    else:
+        tokenizer_stats = tokenizer_job.result()
+        tokenizer_cache.store(cache_key, folder, tokenizer_stats)
     if len(prepared.shards) > 1:
         index = {"metadata": {"total_size": plan.total_bytes},
                  "weight_map": dict(sorted((t.name, n) for n, ts in prepared.shards for t in ts))}
@@ -91,8 +99,8 @@ def _write_files(prepared: Prepared, folder: Path, progress: Progress) -> dict:
     manifest.write_json(folder / "config.json", llama_config(cfg, plan.dtype, prepared.chat))
     manifest.write_json(folder / "generation_config.json", generation_config(prepared.chat, ckpt.generation_config()))
     for name in COPIED_FILES:
-        if (ckpt.folder / name).is_file():
-            shutil.copyfile(ckpt.folder / name, folder / name)
+        if name in ckpt.companions:
+            shutil.copyfile(ckpt.companions[name], folder / name)
     for path in sorted(folder.iterdir()):
         if path.name not in digests:
             digests[path.name] = manifest.sha256_file(path)

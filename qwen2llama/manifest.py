@@ -58,6 +58,8 @@ def build(prepared, tokenizer: dict, digests: dict[str, str | None]) -> dict:
             "files": {p.name: p.stat().st_size for p in ckpt.files},
             "config_generation": cfg.generation,
             "config": cfg.to_dict(),
+            "companions": {name: str(path) for name, path in sorted(ckpt.companions.items())},
+            "notes": list(ckpt.notes),
         },
         "target": {"dtype": NAME_OF[plan.dtype], "chat": prepared.chat, "chat_reason": prepared.chat_reason,
                    "shards": len(prepared.shards), "total_bytes": plan.total_bytes},

@@ -33,6 +33,23 @@ def shard_size_for(variant: str) -> str:
     return "20MB" if "sharded" in variant else "5GB"
 
 
+@pytest.fixture(scope="session", autouse=True)
+def tokenizer_cache(tmp_path_factory):
+    """One tokenizer cache for the session (the CLI children inherit it), never the user's."""
+    import os
+
+    from qwen2llama.tokenizer import cache
+
+    folder = tmp_path_factory.mktemp("tokenizer-cache")
+    previous = os.environ.get(cache.ENV)
+    os.environ[cache.ENV] = str(folder)
+    yield folder
+    if previous is None:
+        del os.environ[cache.ENV]
+    else:
+        os.environ[cache.ENV] = previous
+
+
 @pytest.fixture(scope="session")
 def workdir(tmp_path_factory) -> Path:
     return tmp_path_factory.mktemp("q2l")

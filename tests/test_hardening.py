@@ -418,11 +418,15 @@ def _damaged(pair, tmp_path, side: str, name: str, content: str):
 ])
 @pytest.mark.slow
 def test_verify_reports_a_damaged_converted_folder_as_a_failed_check(pair, tmp_path, name, content, needle):
+    from typer.testing import CliRunner
+
+    from qwen2llama.cli import app
+
     src, out = _damaged(pair, tmp_path, "output", name, content)
-    result = run_cli("verify", src, out, "--quick")
-    text = result.stdout + result.stderr
-    assert result.returncode == 1, text
-    assert "Traceback" not in text and needle in text and "NOT equivalent" in text
+    result = CliRunner().invoke(app, ["verify", str(src), str(out), "--quick"])
+    assert result.exception is None or isinstance(result.exception, SystemExit), result.exception  # no traceback
+    assert result.exit_code == 1, result.output
+    assert "Traceback" not in result.output and needle in result.output and "NOT equivalent" in result.output
 
 
 @pytest.mark.parametrize("content,needle", [

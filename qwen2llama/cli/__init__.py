@@ -28,7 +28,8 @@ err = Console(stderr=True, highlight=False, soft_wrap=True)
 out = Console(highlight=False, soft_wrap=True)
 
 # Arguments and options shared by several commands.
-Src = Annotated[Path, typer.Argument(help="Qwen v1 checkpoint folder (config.json, weights, qwen.tiktoken).")]
+Src = Annotated[str, typer.Argument(
+    help="Qwen v1 checkpoint: a folder (config.json, weights, qwen.tiktoken) or a hub id owner/name[@revision].")]
 Dst = Annotated[Path, typer.Argument(help="Output folder; created atomically, must not exist unless --force.")]
 Converted = Annotated[Path, typer.Argument(help="The converted LLaMA folder.")]
 DtypeOpt = Annotated[Optional[str], typer.Option(
@@ -39,6 +40,9 @@ ForceOpt = Annotated[bool, typer.Option("--force", help="Replace DST, once the n
 QuickOpt = Annotated[bool, typer.Option("--quick", help="Short prompt set, no long-context probe.")]
 ReportOpt = Annotated[Optional[Path], typer.Option("--report", help="Write the full verify report (JSON) here.")]
 PromptsOpt = Annotated[Optional[Path], typer.Option("--prompts", help="Prompt set (JSON) instead of the bundled one.")]
+BaseOpt = Annotated[Optional[str], typer.Option(
+    "--base", help="Folder or hub id supplying files SRC lacks (qwen.tiktoken, generation_config.json, "
+                   "LICENSE), e.g. for a Trainer checkpoint.")]
 LongPromptOpt = Annotated[Optional[bool], typer.Option(
     "--long-prompt/--no-long-prompt",
     help="Include the seq_length-token prompt (default: when it costs minutes, not hours).")]
@@ -94,22 +98,23 @@ def main(ctx: typer.Context,
 
 @command
 def inspect(src: Src, shard_size: ShardSizeOpt = "5GB", dtype: DtypeOpt = None, kind: KindOpt = "auto",
+            base: BaseOpt = None,
             tensors: Annotated[bool, typer.Option(
                 "--tensors", help="List every output tensor and its source.")] = False):
     """Show what was detected and the conversion plan, without writing anything."""
     from ..convert import Options, prepare
 
-    prepared = prepare(src, Options(shard_size, dtype, kind))
+    prepared = prepare(src, Options(shard_size, dtype, kind, base=base))
     render.plan(out, prepared)
     if tensors:
         render.plan_tensors(out, prepared)
 
 
-def _verify_and_report(src, dst, *, report, quick, prompts=None, long_prompt=None, display=None):
+def _verify_and_report(src, dst, *, report, quick, prompts=None, long_prompt=None, display=None, base=None):
     from ..verify import verify as run_verify
 
     result = run_verify(src, dst, quick=quick, prompts=prompts, long_prompt=long_prompt,
-                        progress=render.TerminalProgress(err), display=display)
+                        progress=render.TerminalProgress(err), display=display, base=base)
     render.verify_summary(out, result)
     if report is not None:
         Path(report).write_text(json.dumps(result, indent=2, sort_keys=True) + "\n")
@@ -119,7 +124,7 @@ def _verify_and_report(src, dst, *, report, quick, prompts=None, long_prompt=Non
 
 @command
 def convert(src: Src, dst: Dst, shard_size: ShardSizeOpt = "5GB", dtype: DtypeOpt = None, kind: KindOpt = "auto",
-            force: ForceOpt = False,
+            base: BaseOpt = None, force: ForceOpt = False,
             verify: Annotated[bool, typer.Option(
                 "--verify/--no-verify", help="Check the result before publishing it.")] = True,
             checksums: Annotated[bool, typer.Option(
@@ -135,7 +140,7 @@ def convert(src: Src, dst: Dst, shard_size: ShardSizeOpt = "5GB", dtype: DtypeOp
     """
     from ..convert import Options, prepare, write
 
-    prepared = prepare(src, Options(shard_size, dtype, kind, force, checksums), dst)
+    prepared = prepare(src, Options(shard_size, dtype, kind, force, checksums, base), dst)
     render.plan(out, prepared)
     if dry_run:
         out.print("dry run: the checkpoint, the vocabulary and the output location are usable; nothing written")
@@ -143,19 +148,20 @@ def convert(src: Src, dst: Dst, shard_size: ShardSizeOpt = "5GB", dtype: DtypeOp
     before = None
     if verify:
         def before(staging):
-            _verify_and_report(src, staging, report=report, quick=quick, display=dst)
+            _verify_and_report(prepared.plan.checkpoint, staging, report=report, quick=quick, display=dst)
     write(prepared, progress=render.TerminalProgress(err), before_publish=before)
     out.print(f"[green]wrote[/] {dst}")
 
 
 @command
 def verify(src: Src, dst: Converted, report: ReportOpt = None, prompts: PromptsOpt = None, quick: QuickOpt = False,
-           long_prompt: LongPromptOpt = None):
+           long_prompt: LongPromptOpt = None, base: BaseOpt = None):
     """Check that DST computes what SRC computes: tensors, config, tokenizer, logits.
 
     Exit 0: equivalent. 1: a check failed. 2: bad input.
     """
-    _verify_and_report(src, dst, report=report, quick=quick, prompts=prompts, long_prompt=long_prompt, display=dst)
+    _verify_and_report(src, dst, report=report, quick=quick, prompts=prompts, long_prompt=long_prompt, display=dst,
+                       base=base)
 
 
 @command

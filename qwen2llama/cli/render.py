@@ -81,6 +81,8 @@ def plan(console: Console, prepared) -> None:
                   f"in {len(prepared.shards)} shard(s)")
     if p.dropped:
         console.print(f"dropped: {', '.join(p.dropped)} (buffers, not weights)")
+    for note in ckpt.notes:
+        console.print(f"note:    {note}")
 
 
 def plan_tensors(console: Console, prepared) -> None:

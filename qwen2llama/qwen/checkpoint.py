@@ -1,15 +1,20 @@
 """A Qwen v1 checkpoint folder: its normalised config, every tensor's location (metadata only),
-and its generation settings, including whether it is a chat model."""
+the files beside the weights that a conversion reads, and whether it is a chat model."""
 from __future__ import annotations
 
 import json
 import os
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 from ..errors import InputError
 from ..storage import TensorRef, find_weights, read_ref
 from .config import QwenConfig, load_config
+
+
+# Files a conversion reads besides the weights and config.json. A Trainer checkpoint often
+# lacks them; `sources` can take them from a base model or the bundled vocabulary.
+COMPANIONS = ("generation_config.json", "qwen.tiktoken", "LICENSE", "NOTICE")
 
 
 @dataclass
@@ -19,6 +24,12 @@ class Checkpoint:
     format: str  # "safetensors" or "bin"
     files: list[Path]
     tensors: dict[str, TensorRef]
+    companions: dict[str, Path] = field(default_factory=dict)  # name -> where it was found
+    notes: list[str] = field(default_factory=list)  # what was taken from elsewhere, and why
+
+    @property
+    def vocab(self) -> Path | None:
+        return self.companions.get("qwen.tiktoken")
 
     def read_tensor(self, name: str):
         """One whole tensor as a torch tensor (the reference forward reads a layer at a time)."""
@@ -26,8 +37,8 @@ class Checkpoint:
 
     def generation_config(self) -> dict | None:
         """The source's generation_config.json, None when absent; unusable is bad input."""
-        path = self.folder / "generation_config.json"
-        if not path.is_file():
+        path = self.companions.get("generation_config.json")
+        if path is None:
             return None
         try:
             data = json.loads(path.read_text(encoding="utf-8"))
@@ -69,4 +80,5 @@ def open_checkpoint(folder: str | Path) -> Checkpoint:
             f"no weights found (looked for model.safetensors[.index.json] and pytorch_model.bin[.index.json]; "
             f"the folder holds: {', '.join(present) or 'nothing'})",
             path=folder, fix="download the weight files into this folder")
-    return Checkpoint(folder, config, weights.format, weights.files, weights.tensors)
+    companions = {name: folder / name for name in COMPANIONS if (folder / name).is_file()}
+    return Checkpoint(folder, config, weights.format, weights.files, weights.tensors, companions)

@@ -18,7 +18,8 @@ from ..errors import InputError
 from ..llama.reader import LlamaSide, read_output_tensors
 from ..plan import map_source
 from ..progress import NullProgress, Progress
-from ..qwen.checkpoint import Checkpoint, detect_chat, open_checkpoint
+from ..qwen.checkpoint import Checkpoint, detect_chat
+from ..sources import open_source
 from .config import check_config
 from .integrity import check_integrity
 from .logits import check_logits
@@ -60,21 +61,22 @@ def _is_chat(dst: Path, ckpt: Checkpoint) -> bool:
     return detect_chat(ckpt)[0] if chat is None else chat
 
 
-def verify(src: str | Path, dst: str | Path, *, quick: bool = False, prompts: Path | None = None,
+def verify(src: str | Path | Checkpoint, dst: str | Path, *, quick: bool = False, prompts: Path | None = None,
            greedy_tokens: int | None = None, long_prompt: bool | None = None, progress: Progress | None = None,
-           display: Path | None = None) -> VerifyResult:
-    """Run every check of `dst` against `src`; never raises for a failed check (see raise_if_failed)."""
+           display: Path | None = None, base: str | Path | None = None) -> VerifyResult:
+    """Run every check of `dst` against `src` (a folder, a hub id, or an opened checkpoint); never
+    raises for a failed check (see raise_if_failed)."""
     progress = progress or NullProgress()
     t0 = time.perf_counter()
-    src, dst = Path(src), Path(dst)
-    ckpt = open_checkpoint(src)
+    ckpt = src if isinstance(src, Checkpoint) else open_source(src, base)
+    dst = Path(dst)
     map_source(ckpt)  # a complete Qwen v1 model, or bad input
     ckpt.generation_config()  # readable, or bad input
     raw = _read_config(dst)
     dst_tensors = read_output_tensors(dst)
     _same_model(ckpt, dst_tensors, dst)
     texts, chats = load_prompts(prompts, quick)
-    encode = tiktoken_encoder(ckpt.folder / "qwen.tiktoken")
+    encode = tiktoken_encoder(ckpt.vocab)
     checks: dict[str, dict] = {}
     progress.note("checking file hashes")
     checks["integrity"] = check_integrity(dst)
@@ -88,6 +90,7 @@ def verify(src: str | Path, dst: str | Path, *, quick: bool = False, prompts: Pa
                                     lossy=bool(checks["tensors"].get("lossy_cast")), greedy_tokens=greedy_tokens,
                                     progress=progress, long_prompt=long_prompt)
     return VerifyResult(
-        passed=all(c["passed"] is not False for c in checks.values()), source=str(src), output=str(display or dst),
+        passed=all(c["passed"] is not False for c in checks.values()), source=str(ckpt.folder),
+        output=str(display or dst),
         quick=quick, seconds=round(time.perf_counter() - t0, 2),
         peak_rss_mib=round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1), checks=checks)

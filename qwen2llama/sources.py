@@ -1,0 +1,72 @@
+"""Where a SRC comes from: a folder, a hub id (`owner/name[@revision]`) through huggingface_hub's
+cache, or a Trainer checkpoint whose missing files come from `--base` or the bundled vocabulary.
+
+Only the files a conversion reads are fetched from the hub (never the `*.py` remote code), and
+nothing but those files is ever opened.
+"""
+from __future__ import annotations
+
+import re
+from pathlib import Path
+
+from .errors import InputError
+from .qwen.checkpoint import COMPANIONS, Checkpoint, open_checkpoint
+from .tokens import VOCAB_SIZE
+
+WEIGHT_PATTERNS = ["*.safetensors", "model.safetensors.index.json", "pytorch_model*.bin", "pytorch_model.bin.index.json"]
+COMPANION_PATTERNS = ["config.json", "generation_config.json", "qwen.tiktoken", "LICENSE*", "NOTICE*"]
+HUB_ID = re.compile(r"^[A-Za-z0-9][\w.-]*/[\w.-]+(@[\w./-]+)?$")
+
+
+def bundled_vocab() -> Path:
+    from importlib import resources
+
+    return Path(str(resources.files("qwen2llama") / "assets" / "qwen" / "qwen.tiktoken"))
+
+
+def locate(spec: str | Path, *, weights: bool = True) -> Path:
+    """The local folder for a SRC: the folder itself, or the hub snapshot (downloaded if needed)."""
+    path = Path(spec)
+    if path.exists() or not HUB_ID.match(str(spec)):
+        if not path.exists():
+            raise InputError(f"{spec!s} is not a folder, nor a hub id (owner/name[@revision])", path=path,
+                             fix="give the checkpoint folder, or a Hugging Face model id such as Qwen/Qwen-7B-Chat")
+        return path
+    repo, _, revision = str(spec).partition("@")
+    from huggingface_hub import snapshot_download
+
+    try:
+        folder = snapshot_download(repo, revision=revision or None,
+                                   allow_patterns=COMPANION_PATTERNS + (WEIGHT_PATTERNS if weights else []))
+    except Exception as exc:  # offline without a cached copy, unknown repo or revision, no access
+        raise InputError(f"{spec} is not a folder here, and the Hugging Face hub could not provide it "
+                         f"({type(exc).__name__}: {exc})"[:500], path=path,
+                         fix="check the id and revision, log in (huggingface-cli login) for gated models, "
+                             "or unset HF_HUB_OFFLINE to download") from None
+    return Path(folder)
+
+
+def open_source(spec: str | Path, base: str | Path | None = None) -> Checkpoint:
+    """The checkpoint at SRC, with every file a conversion reads: its own, else `base`'s, else (for
+    the vocabulary, when it is safe) the bundled Qwen v1 one. Each substitution is noted."""
+    ckpt = open_checkpoint(locate(spec))
+    missing = [name for name in COMPANIONS if name not in ckpt.companions]
+    if base is not None and missing:
+        base_folder = locate(base, weights=False)
+        for name in missing:
+            if (base_folder / name).is_file():
+                ckpt.companions[name] = base_folder / name
+                ckpt.notes.append(f"{name} taken from --base {base}")
+    if ckpt.vocab is None:
+        if ckpt.config.vocab_rows < VOCAB_SIZE:
+            raise InputError(f"no qwen.tiktoken, and the embedding has {ckpt.config.vocab_rows} rows, fewer than "
+                             f"Qwen v1's {VOCAB_SIZE} tokens: the bundled vocabulary cannot be assumed",
+                             path=ckpt.folder / "qwen.tiktoken",
+                             fix="copy the model's qwen.tiktoken into the folder, or pass --base with its release")
+        ckpt.companions["qwen.tiktoken"] = bundled_vocab()
+        ckpt.notes.append("no qwen.tiktoken: used the bundled Qwen v1 vocabulary (every Qwen v1 release ships "
+                          "the same file)")
+    if "generation_config.json" not in ckpt.companions:
+        ckpt.notes.append("no generation_config.json: Qwen's stop tokens are written; chat or base as stated "
+                          "(--kind overrides)")
+    return ckpt

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import os
 import shutil
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 from . import manifest
@@ -62,10 +62,15 @@ def prepare(src: str | Path | Checkpoint, options: Options = Options(), out: str
     chat, reason = detect_chat(ckpt, options.kind)
     vocab = ckpt.vocab
     read_tiktoken(vocab)  # every line valid, before anything is written
-    if out is not None:
-        out = Path(os.path.abspath(out))
-        check_target(out, force=options.force, protect=[ckpt.folder])
-    return Prepared(plan, shards, chat, reason, vocab, options, out)
+    prepared = Prepared(plan, shards, chat, reason, vocab, options, None)
+    return prepared if out is None else aim(prepared, out, force=options.force)
+
+
+def aim(prepared: Prepared, out: str | Path, *, force: bool = False) -> Prepared:
+    """The same plan, to be written to `out` (checked: see publish.check_target)."""
+    out = Path(os.path.abspath(out))
+    check_target(out, force=force, protect=[prepared.plan.checkpoint.folder])
+    return replace(prepared, out=out, options=replace(prepared.options, force=force))
 
 
 def _write_files(prepared: Prepared, folder: Path, progress: Progress) -> dict:

@@ -66,8 +66,33 @@ def build(prepared, tokenizer: dict, digests: dict[str, str | None]) -> dict:
         "long_context": _long_context(cfg),
         "dropped_tensors": plan.dropped,
         "tokenizer": tokenizer,
+        "fingerprint": fingerprint(prepared),
         "files": dict(sorted(digests.items())),
     }
+
+
+def fingerprint(prepared) -> str:
+    """What a conversion was made from and how: the tool version, the resolved options, and every
+    source file by name, size and modification time (the weights) or sha256 (the small files). Equal
+    fingerprints mean a rerun would write the same files; batch skips such jobs."""
+    ckpt, plan = prepared.plan.checkpoint, prepared.plan
+    small = {name: sha256_file(path) for name, path in ckpt.companions.items()}
+    small["config.json"] = sha256_file(ckpt.folder / "config.json")
+    weights = {p.name: [p.stat().st_size, p.stat().st_mtime_ns] for p in ckpt.files}
+    what = {"tool": __version__, "dtype": plan.dtype, "chat": prepared.chat, "checksums": prepared.options.checksums,
+            "shards": [[name, len(tensors)] for name, tensors in prepared.shards], "weights": weights, "files": small}
+    return hashlib.sha256(json.dumps(what, sort_keys=True).encode()).hexdigest()
+
+
+def record_verification(folder: Path, result) -> None:
+    """Add verify's verdict to a folder's conversion.json (not itself hashed), so that a later
+    batch run knows the folder was verified."""
+    record = read(folder)
+    checks = result["checks"]
+    record["verify"] = {"passed": result["passed"], "quick": result["quick"],
+                        "checks": {name: c["passed"] for name, c in checks.items()},
+                        "max_abs_logit_diff": checks["logits"].get("max_abs_logit_diff")}
+    write_json(folder / NAME, record)
 
 
 def read(folder: Path) -> dict | None:

@@ -97,11 +97,26 @@ def _write_safetensors(path: Path, entries, dtype_code: str, make) -> None:
             fh.write(make(name, shape).contiguous().view(torch.uint8).numpy().tobytes())
 
 
+def _trainer_files(out: Path, seed: int) -> None:
+    """What the Hugging Face Trainer writes beside the weights of `checkpoint-N/` (and what it does
+    not: no qwen.tiktoken, generation_config.json, LICENSE or NOTICE)."""
+    import torch
+
+    for name in ("qwen.tiktoken", "LICENSE", "NOTICE", "generation_config.json", "tokenizer_config.json"):
+        (out / name).unlink()
+    torch.save({"state": {0: {"exp_avg": torch.zeros(4)}}, "param_groups": [{"lr": 1e-5}]}, out / "optimizer.pt")
+    torch.save({"last_epoch": seed}, out / "scheduler.pt")
+    torch.save({"python": seed, "cpu": torch.zeros(2, dtype=torch.uint8)}, out / "rng_state.pth")
+    torch.save({"learning_rate": 1e-5}, out / "training_args.bin")
+    (out / "trainer_state.json").write_text(json.dumps({"global_step": seed, "log_history": []}) + "\n")
+
+
 def synthesize(out: str | Path, preset: str = "tiny", *, layers: int | None = None, fmt: str = "safetensors",
                shards: int = 1, dtype: str = "bfloat16", seed: int = 0, chat: bool | None = None,
-               buffers: bool = False, progress=None) -> Path:
+               buffers: bool = False, trainer: bool = False, progress=None) -> Path:
     """Write a Qwen-format checkpoint folder; returns its path. `buffers` adds the non-weight
-    buffers (rotary inv_freq) some releases carry, which the converter must drop."""
+    buffers (rotary inv_freq) some releases carry, which the converter must drop; `trainer`
+    makes it look like a Trainer's checkpoint-N/ folder (see `_trainer_files`)."""
     import torch
 
     out = Path(out)
@@ -161,4 +176,6 @@ def synthesize(out: str | Path, preset: str = "tiny", *, layers: int | None = No
         total = sum(prod(s) for _, s in entries) * ITEMSIZE[FLOAT_NAMES[dtype]]
         index = {"metadata": {"total_size": total}, "weight_map": dict(sorted(weight_map.items()))}
         (out / f"{stem}.{ext}.index.json").write_text(json.dumps(index, indent=2) + "\n")
+    if trainer:
+        _trainer_files(out, seed)
     return out

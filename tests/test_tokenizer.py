@@ -169,3 +169,33 @@ def test_tokenizer_command_writes_files(tmp_path):
     assert result.exit_code == 0, result.output
     assert "151387 merges" in result.output
     assert json.loads((tmp_path / "tok" / "tokenizer_config.json").read_text())["eos_token"] == "<|endoftext|>"
+
+
+def test_tokenizer_cache_gives_the_same_files(tmp_path, monkeypatch):
+    """A warm cache skips the build and writes the same bytes; a damaged entry is rebuilt; `off`
+    builds every time."""
+    import qwen2llama.convert as convert_mod
+    from qwen2llama.synth import synthesize
+    from qwen2llama.tokenizer import cache
+
+    src = synthesize(tmp_path / "s", "tiny")
+    monkeypatch.setenv(cache.ENV, str(tmp_path / "cache"))
+    convert_mod.convert(src, tmp_path / "cold")
+    (entry,) = (tmp_path / "cache").iterdir()
+    real_job = convert_mod.TokenizerJob
+
+    class NoBuild:
+        def __init__(self, *args):
+            raise AssertionError("the tokenizer was built although the cache holds it")
+
+    monkeypatch.setattr(convert_mod, "TokenizerJob", NoBuild)
+    convert_mod.convert(src, tmp_path / "warm")
+    monkeypatch.setattr(convert_mod, "TokenizerJob", real_job)
+    (entry / "merges.txt").write_text("#version: 0.2\n")
+    convert_mod.convert(src, tmp_path / "damaged")
+    monkeypatch.setenv(cache.ENV, "off")
+    convert_mod.convert(src, tmp_path / "off")
+    for name in sorted(p.name for p in (tmp_path / "cold").iterdir()):
+        data = (tmp_path / "cold" / name).read_bytes()
+        assert all((tmp_path / other / name).read_bytes() == data for other in ("warm", "damaged", "off")), name
+    assert (entry / "merges.txt").read_bytes() == (tmp_path / "cold" / "merges.txt").read_bytes()

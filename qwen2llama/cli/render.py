@@ -124,3 +124,45 @@ def verify_summary(console: Console, result) -> None:
                       f"{beyond['max_abs_logit_diff_beyond']:.3g} (Qwen's dynamic NTK/logn; LLaMA has no equivalent)")
     verdict = "[green]equivalent[/]" if result["passed"] else "[bold red]NOT equivalent[/]"
     console.print(f"verify: {verdict} ({result['seconds']} s, peak RSS {result['peak_rss_mib']} MiB)")
+
+
+class JobLines(Progress):
+    """Progress of one batch job as plain lines, prefixed with its name (jobs run side by side)."""
+
+    def __init__(self, console: Console, name: str):
+        self.console, self.name = console, name
+
+    def start(self, label, total, unit="B"):
+        self.label, self.total, self.done, self.next = label, max(total, 1), 0, 0.25
+
+    def advance(self, n):
+        self.done += n
+        if self.done / self.total >= self.next:
+            self.console.print(f"[{escape(self.name)}] {self.label}: {100 * self.done / self.total:.0f}%")
+            self.next = (int(4 * self.done / self.total) + 1) / 4
+
+    def note(self, message):
+        self.console.print(f"[{escape(self.name)}] {message}...")
+
+
+def job_done(console: Console, r) -> None:
+    mark = "[green]ok[/]" if not r.exit_code else "[bold red]FAIL[/]"
+    logit = "" if r.max_abs_logit_diff is None else f", max |Δlogit| {r.max_abs_logit_diff:.2e}"
+    console.print(f"{mark} {escape(r.name)}: {r.status} ({r.seconds:.1f} s{logit})")
+    for line in r.notes:
+        console.print(f"     note: {escape(line)}")
+    for line in r.failures[:5]:
+        console.print(f"     - {escape(line)}")
+
+
+def batch_table(console: Console, results) -> None:
+    from rich.table import Table
+
+    table = Table(title="qwen2llama batch")
+    for col in ("job", "source", "verdict", "max |Δlogit|", "seconds", "GB"):
+        table.add_column(col, overflow="fold")
+    for r in results:
+        verdict = r.status if not r.exit_code else f"[bold red]{r.status}[/]"
+        logit = "" if r.max_abs_logit_diff is None else f"{r.max_abs_logit_diff:.2e}"
+        table.add_row(escape(r.name), escape(r.src), verdict, logit, f"{r.seconds:.1f}", f"{r.gigabytes:.2f}")
+    console.print(table)

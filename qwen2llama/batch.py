@@ -1,0 +1,253 @@
+"""Batch jobs: many checkpoints converted and verified in one command, resumable and shardable.
+
+A job is (source, output folder, options). A job whose output holds a conversion.json with the
+same fingerprint (see `manifest.fingerprint`) and a passed verify is up to date and skipped; any
+other job is (re)done into a staging folder and published only when complete and verified, so a
+failing or interrupted rerun never loses what an earlier run published. Jobs run in threads
+(`jobs`), one verify at a time; one job's failure never stops the others.
+"""
+from __future__ import annotations
+
+import glob
+import json
+import os
+import re
+import threading
+import time
+import tomllib
+import traceback
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field, fields
+from pathlib import Path
+
+from . import manifest
+from .convert import Options, aim, prepare, write
+from .errors import InputError, OutputError, Qwen2LlamaError, VerificationFailed
+from .sources import HUB_ID, open_source
+
+JOB_KEYS = {"src", "out"} | {f.name for f in fields(Options)} - {"force"}
+
+
+@dataclass
+class Job:
+    name: str
+    src: str
+    out: Path
+    options: Options = Options()
+
+    @property
+    def report(self) -> Path:
+        """The job's verify report, beside its output folder (kept also when verify fails)."""
+        return self.out.parent / f"{self.out.name}.verify.json"
+
+
+@dataclass
+class JobResult:
+    name: str
+    src: str
+    out: str
+    status: str  # passed | converted (--no-verify) | up to date | failed | bad input | error
+    seconds: float = 0.0
+    gigabytes: float = 0.0
+    max_abs_logit_diff: float | None = None
+    failures: list[str] = field(default_factory=list)
+    notes: list[str] = field(default_factory=list)
+
+    @property
+    def exit_code(self) -> int:
+        return {"passed": 0, "converted": 0, "up to date": 0, "failed": 1}.get(self.status, 2)
+
+
+def output_name(spec: str) -> str:
+    """The naming rule under --out-root: a folder keeps its name, a Trainer `checkpoint-N` folder gets
+    its run folder's name in front (`run1--checkpoint-500`), a hub id becomes `owner--name[@rev]`."""
+    path = Path(spec)
+    if not path.exists() and HUB_ID.match(spec):
+        repo, _, rev = spec.partition("@")
+        return repo.replace("/", "--") + (f"@{rev.replace('/', '-')}" if rev else "")
+    path = path.resolve()
+    return f"{path.parent.name}--{path.name}" if path.name.startswith("checkpoint-") else path.name
+
+
+def expand(specs: list[str]) -> list[str]:
+    """SRC arguments with globs expanded (sorted); a glob that matches nothing is bad input."""
+    out = []
+    for spec in specs:
+        if any(c in spec for c in "*?["):
+            found = sorted(glob.glob(spec))
+            if not found:
+                raise InputError(f"{spec} matches nothing", fix="check the pattern (quote it so the shell leaves it)")
+            out += found
+        else:
+            out.append(spec)
+    return out
+
+
+def _options(table: dict, where: str, defaults: Options) -> Options:
+    unknown = set(table) - JOB_KEYS
+    if unknown:
+        raise InputError(f"{where}: unknown key(s) {', '.join(sorted(unknown))}", fix=f"use {', '.join(sorted(JOB_KEYS))}")
+    values = {k: v for k, v in table.items() if k not in ("src", "out")}
+    return Options(**{**{f.name: getattr(defaults, f.name) for f in fields(Options)}, **values})
+
+
+def jobs_from_file(path: Path, out_root: Path | None, defaults: Options) -> list[Job]:
+    """A TOML jobs file: optional `out_root` and `[defaults]`, then `[[jobs]]` with `src` and optional
+    `out`, `dtype`, `kind`, `shard_size`, `base`, `checksums`."""
+    try:
+        data = tomllib.loads(Path(path).read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, tomllib.TOMLDecodeError) as exc:
+        raise InputError(f"cannot read the jobs file ({exc})", path=path, fix="fix the TOML") from None
+    root = out_root or (Path(data["out_root"]) if "out_root" in data else None)
+    defaults = _options(data.get("defaults", {}), f"{path} [defaults]", defaults)
+    jobs = []
+    for k, table in enumerate(data.get("jobs", [])):
+        if not isinstance(table, dict) or not isinstance(table.get("src"), str):
+            raise InputError(f"jobs[{k}] has no src", path=path, fix='each [[jobs]] needs src = "..."')
+        jobs.append(_job(table["src"], table.get("out"), root, _options(table, f"{path} jobs[{k}]", defaults)))
+    if not jobs:
+        raise InputError("the jobs file lists no [[jobs]]", path=path, fix='add [[jobs]] tables with src = "..."')
+    return jobs
+
+
+def _job(src: str, out: str | None, out_root: Path | None, options: Options) -> Job:
+    if out is None and out_root is None:
+        raise InputError(f"no output folder for {src}", fix="pass --out-root, or give out = ... in the jobs file")
+    target = Path(out) if out is not None else out_root / output_name(src)
+    return Job(target.name, src, target, options)
+
+
+def jobs_from_args(specs: list[str], out_root: Path | None, options: Options) -> list[Job]:
+    return [_job(spec, None, out_root, options) for spec in expand(specs)]
+
+
+def check_unique(jobs: list[Job]) -> None:
+    seen: dict[Path, str] = {}
+    for job in jobs:
+        key = Path(os.path.abspath(job.out))
+        if key in seen:
+            raise InputError(f"{seen[key]} and {job.src} would both be written to {job.out}",
+                             fix="give each job its own out in a jobs file")
+        seen[key] = job.src
+
+
+def shard_from_env(env=os.environ) -> tuple[int, int] | None:
+    """(index, count) from a Slurm array job or a Kubernetes Indexed Job, if this is one."""
+    if "SLURM_ARRAY_TASK_ID" in env:
+        task, low = int(env["SLURM_ARRAY_TASK_ID"]), int(env.get("SLURM_ARRAY_TASK_MIN", 0))
+        step = int(env.get("SLURM_ARRAY_TASK_STEP", 1))
+        count = int(env.get("SLURM_ARRAY_TASK_COUNT") or (int(env["SLURM_ARRAY_TASK_MAX"]) - low) // step + 1)
+        return (task - low) // step, count
+    if "JOB_COMPLETION_INDEX" in env:
+        if "QWEN2LLAMA_SHARD_COUNT" not in env:
+            raise InputError("JOB_COMPLETION_INDEX is set but not QWEN2LLAMA_SHARD_COUNT",
+                             fix="set QWEN2LLAMA_SHARD_COUNT to the Job's completions (see examples/)")
+        return int(env["JOB_COMPLETION_INDEX"]), int(env["QWEN2LLAMA_SHARD_COUNT"])
+    return None
+
+
+def parse_shard(text: str) -> tuple[int, int]:
+    m = re.fullmatch(r"(\d+)/(\d+)", text.strip())
+    if not m or not int(m.group(1)) < int(m.group(2)):
+        raise InputError(f"--shard {text!r}: expected I/N with 0 <= I < N", fix="e.g. --shard 0/4")
+    return int(m.group(1)), int(m.group(2))
+
+
+def take_shard(jobs: list[Job], index: int, count: int) -> list[Job]:
+    """Every count-th job by output path, starting at index: N shards cover each job exactly once."""
+    if not 0 <= index < count:
+        raise InputError(f"shard {index} of {count} does not exist", fix="0 <= index < count")
+    ordered = sorted(jobs, key=lambda j: str(os.path.abspath(j.out)))
+    return ordered[index::count]
+
+
+def _state(out: Path, fingerprint: str, need_verify: bool) -> tuple[str, dict | None]:
+    """'absent', 'up to date', 'outdated' (ours, but another source, options or tool version, or not
+    verified), or 'foreign' (a folder qwen2llama did not write)."""
+    if not out.exists():
+        return "absent", None
+    try:
+        record = manifest.read(out)
+    except manifest.ManifestUnreadable:
+        return "outdated", None
+    if record is None:
+        return "foreign", None
+    verified = isinstance(record.get("verify"), dict) and record["verify"].get("passed") is True
+    if record.get("fingerprint") != fingerprint or (need_verify and not verified):
+        return "outdated", record
+    return "up to date", record
+
+
+def run_job(job: Job, *, verify: bool, quick: bool, force: bool, verify_lock: threading.Lock, progress) -> JobResult:
+    """Convert and verify one job; every outcome becomes a JobResult, nothing is raised."""
+    from .verify import verify as run_verify
+
+    t0 = time.perf_counter()
+    result = JobResult(job.name, job.src, str(job.out), "bad input")
+    verdict: dict = {}
+    try:
+        ckpt = open_source(job.src, job.options.base)
+        result.notes = list(ckpt.notes)
+        prepared = prepare(ckpt, job.options)
+        result.gigabytes = round(prepared.plan.total_bytes / 1e9, 3)
+        state, record = _state(job.out, manifest.fingerprint(prepared), verify)
+        if state == "up to date" and not force:
+            result.status = "up to date"
+            result.max_abs_logit_diff = (record.get("verify") or {}).get("max_abs_logit_diff")
+            return result
+        if state == "foreign" and not force:
+            raise OutputError("the output folder exists and was not written by qwen2llama", path=job.out,
+                              fix="choose another output folder, or pass --force to replace it")
+
+        def before_publish(staging: Path) -> None:
+            if not verify:
+                return
+            with verify_lock:  # one verify at a time: it is the memory-hungry step
+                outcome = run_verify(ckpt, staging, quick=quick, progress=progress, display=job.out)
+            verdict.update(outcome)
+            job.report.write_text(json.dumps(outcome, indent=2, sort_keys=True) + "\n")
+            manifest.record_verification(staging, outcome)
+            outcome.raise_if_failed()
+
+        job.out.parent.mkdir(parents=True, exist_ok=True)
+        write(aim(prepared, job.out, force=state != "absent"), progress=progress, before_publish=before_publish)
+        result.status = "passed" if verify else "converted"
+    except VerificationFailed:
+        result.status = "failed"
+        result.failures = [f"{name}: {line}" for name, c in verdict["checks"].items() for line in c.get("failures", [])]
+    except Qwen2LlamaError as exc:
+        result.failures = str(exc).splitlines()
+    except Exception as exc:  # a bug, not bad input: keep the other jobs going, say what happened
+        result.status = "error"
+        result.failures = [f"{type(exc).__name__}: {exc}", *traceback.format_exc(limit=-4).splitlines()[-8:]]
+    finally:
+        result.seconds = round(time.perf_counter() - t0, 2)
+    if verdict:
+        result.max_abs_logit_diff = verdict["checks"]["logits"].get("max_abs_logit_diff")
+    return result
+
+
+def run_jobs(jobs: list[Job], *, workers: int = 1, verify: bool = True, quick: bool = False, force: bool = False,
+             progress_for=None, on_done=None) -> list[JobResult]:
+    """Run every job, `workers` at a time; results in job order. `progress_for(job)` gives a job
+    its progress reporter; `on_done(result)` is called as each job ends."""
+    from .progress import NullProgress
+
+    check_unique(jobs)
+    lock = threading.Lock()
+
+    def one(job: Job) -> JobResult:
+        result = run_job(job, verify=verify, quick=quick, force=force, verify_lock=lock,
+                         progress=progress_for(job) if progress_for else NullProgress())
+        if on_done is not None:
+            on_done(result)
+        return result
+
+    with ThreadPoolExecutor(max_workers=max(1, workers), thread_name_prefix="job") as pool:
+        return list(pool.map(one, jobs))
+
+
+def exit_code(results: list[JobResult]) -> int:
+    """0 when every job passed (or was up to date), 1 when a verify failed, 2 when an input was bad."""
+    codes = {r.exit_code for r in results}
+    return 2 if 2 in codes else 1 if 1 in codes else 0

@@ -28,10 +28,11 @@ ONLY_COPY = os.environ.get("BENCH_ONLY") == "copy"
 PY = sys.executable
 
 
-def measured(cmd: list[str]) -> tuple[float, float, float]:
+def measured(cmd: list[str], env: dict | None = None) -> tuple[float, float, float]:
     """(wall seconds, peak RSS MiB, CPU seconds) of cmd, run as the only child of a fresh wrapper."""
     t0 = time.perf_counter()
-    result = subprocess.run([PY, str(ROOT / "benchmarks" / "peak_rss.py"), *cmd], capture_output=True, text=True)
+    result = subprocess.run([PY, str(ROOT / "benchmarks" / "peak_rss.py"), *cmd], capture_output=True, text=True,
+                            env={**os.environ, **(env or {})})
     wall = time.perf_counter() - t0
     if result.returncode:
         sys.exit(f"failed: {' '.join(cmd)}\n{result.stdout}\n{result.stderr}")
@@ -47,9 +48,16 @@ def folder_bytes(path: Path) -> int:
     return sum(p.stat().st_size for p in path.rglob("*") if p.is_file())
 
 
+CACHE_OFF = "qwen2llama convert --no-verify, tokenizer cache off"
+
+
 def bench_copy(src: Path) -> dict:
+    """convert (BLAKE3 digests, warm tokenizer cache: the default) against cp, and the same with
+    sha256, without digests, and with the tokenizer built every time."""
     runs: dict[str, list] = {"cp -r": [], "cp -r + sync": [], "qwen2llama convert --no-verify": [],
-                             "qwen2llama convert --no-verify --no-checksums": [], "load-all baseline": []}
+                             "qwen2llama convert --no-verify --hash sha256": [],
+                             "qwen2llama convert --no-verify --no-checksums": [], CACHE_OFF: [],
+                             "load-all baseline": []}
     if folder_bytes(src) > memory_bytes() / 2:
         del runs["load-all baseline"]  # it would measure swapping, if it finished at all
     names = list(runs)
@@ -61,13 +69,13 @@ def bench_copy(src: Path) -> dict:
             if name.startswith("cp"):
                 cmd = ["bash", "-c", f"cp -r {src} {dst}" + (f" && sync {dst}/*" if "sync" in name else "")]
             elif name.startswith("qwen2llama"):
-                cmd = [PY, "-m", "qwen2llama", "convert", str(src), str(dst), *name.split()[2:]]
+                cmd = [PY, "-m", "qwen2llama", "convert", str(src), str(dst), *name.split(",")[0].split()[2:]]
             else:
                 cmd = [PY, str(ROOT / "benchmarks" / "baseline_load_all.py"), str(src), str(dst)]
             os.sync()  # start each run with no dirty pages from the last one, the source in the page cache
             subprocess.run(["cat", *map(str, src.glob("*.safetensors"))], stdout=subprocess.DEVNULL, check=True)
             time.sleep(1)
-            runs[name].append(measured(cmd))
+            runs[name].append(measured(cmd, {"QWEN2LLAMA_TOKENIZER_CACHE": "off"} if name == CACHE_OFF else None))
             shutil.rmtree(dst, ignore_errors=True)
             os.sync()
     size = folder_bytes(src)
@@ -77,11 +85,14 @@ def bench_copy(src: Path) -> dict:
         rows[name] = {"seconds": round(wall, 2), "gb_per_s": round(size / 1e9 / wall, 2),
                       "min_s": round(min(v[0] for v in values), 2), "max_s": round(max(v[0] for v in values), 2),
                       "cpu_seconds": round(statistics.median(v[2] for v in values), 2),
+                      "cpu_seconds_per_gb": round(statistics.median(v[2] for v in values) / (size / 1e9), 2),
                       "peak_rss_mib": round(statistics.median(v[1] for v in values), 1),
                       "runs": [{"seconds": round(w, 2), "peak_rss_mib": r, "cpu_seconds": c} for w, r, c in values]}
     cp = rows["cp -r"]["seconds"]
     return {"source_bytes": size, "rows": rows,
             "ratio_convert_to_cp": round(rows["qwen2llama convert --no-verify"]["seconds"] / cp, 2),
+            "ratio_convert_sha256_to_cp": round(
+                rows["qwen2llama convert --no-verify --hash sha256"]["seconds"] / cp, 2),
             "ratio_convert_no_checksums_to_cp": round(
                 rows["qwen2llama convert --no-verify --no-checksums"]["seconds"] / cp, 2),
             "ratio_convert_to_cp_sync": round(rows["qwen2llama convert --no-verify"]["seconds"]
@@ -147,16 +158,20 @@ def bench_verify(src: Path) -> dict:
             "max_abs_logit_diff": data["checks"]["logits"]["max_abs_logit_diff"], "passed": data["passed"]}
 
 
-def bench_cpu_parts() -> dict:
-    """Where convert's CPU goes besides the copy: sha256 speed, and the tokenizer files job."""
-    import hashlib
+def hash_speed(algorithm: str) -> float:
+    """GB/s of one core for one of the digest algorithms convert offers."""
+    from qwen2llama.manifest import new_hash
 
     block = os.urandom(1 << 20)
-    digest = hashlib.sha256()
+    digest = new_hash(algorithm)
     t0 = time.perf_counter()
     for _ in range(512):
         digest.update(block)
-    sha_gbs = 512 * len(block) / 1e9 / (time.perf_counter() - t0)
+    return 512 * len(block) / 1e9 / (time.perf_counter() - t0)
+
+
+def bench_cpu_parts() -> dict:
+    """Where convert's CPU goes besides the copy: digest speed, and the tokenizer files job."""
     from qwen2llama.synth import vocab_path
 
     folder = OUT / "tokenizer-job"
@@ -164,25 +179,29 @@ def bench_cpu_parts() -> dict:
     folder.mkdir()
     wall, _, cpu = measured([PY, "-m", "qwen2llama.tokenizer", str(vocab_path()), str(folder), "chat", "8192"])
     shutil.rmtree(folder)
-    return {"sha256_gb_per_s_one_core": round(sha_gbs, 2), "tokenizer_job_seconds": round(wall, 2),
+    return {"sha256_gb_per_s_one_core": round(hash_speed("sha256"), 2),
+            "blake3_gb_per_s_one_core": round(hash_speed("blake3"), 2), "tokenizer_job_seconds": round(wall, 2),
             "tokenizer_job_cpu_seconds": round(cpu, 2)}
 
 
 def print_copy_table(copy: dict, cpu_parts: dict) -> None:
     gb = copy["source_bytes"] / 1e9
-    print("| what | seconds (median) | min–max | GB/s | CPU s | peak RSS MiB |\n|---|---|---|---|---|---|")
+    print("| what | seconds (median) | min–max | GB/s | CPU s | CPU s per GB | peak RSS MiB |\n"
+          "|---|---|---|---|---|---|---|")
     for name, row in copy["rows"].items():
         print(f"| {name} | {row['seconds']} | {row['min_s']}–{row['max_s']} | {row['gb_per_s']} | "
-              f"{row['cpu_seconds']} | {row['peak_rss_mib']} |")
+              f"{row['cpu_seconds']} | {row['cpu_seconds_per_gb']} | {row['peak_rss_mib']} |")
     cores = os.cpu_count() or 1
     convert_cpu = copy["rows"]["qwen2llama convert --no-verify"]["cpu_seconds"]
-    print(f"\nconvert/cp = {copy['ratio_convert_to_cp']} (with sha256 of every file), "
+    print(f"\nconvert/cp = {copy['ratio_convert_to_cp']} (BLAKE3 of every file, tokenizer from the cache), "
+          f"{copy['ratio_convert_sha256_to_cp']} with --hash sha256, "
           f"{copy['ratio_convert_no_checksums_to_cp']} with --no-checksums; "
           f"convert/(cp + sync) = {copy['ratio_convert_to_cp_sync']}")
+    b3, sha = cpu_parts["blake3_gb_per_s_one_core"], cpu_parts["sha256_gb_per_s_one_core"]
     print(f"CPU: convert used {convert_cpu} CPU-seconds, so on {cores} cores it cannot take less than "
-          f"{convert_cpu / cores:.2f} s; of that, sha256 of {gb:.2f} GB at "
-          f"{cpu_parts['sha256_gb_per_s_one_core']} GB/s per core is {gb / cpu_parts['sha256_gb_per_s_one_core']:.2f} s "
-          f"and the tokenizer files job {cpu_parts['tokenizer_job_cpu_seconds']} s")
+          f"{convert_cpu / cores:.2f} s. Digests of {gb:.2f} GB: BLAKE3 at {b3} GB/s per core {gb / b3:.2f} s, "
+          f"sha256 at {sha} GB/s {gb / sha:.2f} s; the tokenizer files job when not cached "
+          f"{cpu_parts['tokenizer_job_cpu_seconds']} s")
 
 
 def main() -> None:
@@ -190,6 +209,7 @@ def main() -> None:
     from qwen2llama.synth import synthesize
 
     OUT.mkdir(exist_ok=True)
+    os.environ["QWEN2LLAMA_TOKENIZER_CACHE"] = str(OUT / "tokenizer-cache")  # warm after the first convert
     src = OUT / f"qwen-7b-{LAYERS}l"
     if not (src / "config.json").exists():
         shutil.rmtree(src, ignore_errors=True)

@@ -93,7 +93,7 @@ def _options(table: dict, where: str, defaults: Options) -> Options:
 
 def jobs_from_file(path: Path, out_root: Path | None, defaults: Options) -> list[Job]:
     """A TOML jobs file: optional `out_root` and `[defaults]`, then `[[jobs]]` with `src` and optional
-    `out`, `dtype`, `kind`, `shard_size`, `base`, `checksums`."""
+    `out`, `dtype`, `kind`, `shard_size`, `base`, `checksums`, `hash`."""
     try:
         data = tomllib.loads(Path(path).read_text(encoding="utf-8"))
     except (OSError, UnicodeDecodeError, tomllib.TOMLDecodeError) as exc:
@@ -180,8 +180,6 @@ def _state(out: Path, fingerprint: str, need_verify: bool) -> tuple[str, dict | 
 
 def run_job(job: Job, *, verify: bool, quick: bool, force: bool, verify_lock: threading.Lock, progress) -> JobResult:
     """Convert and verify one job; every outcome becomes a JobResult, nothing is raised."""
-    from .verify import verify as run_verify
-
     t0 = time.perf_counter()
     result = JobResult(job.name, job.src, str(job.out), "bad input")
     verdict: dict = {}
@@ -202,6 +200,8 @@ def run_job(job: Job, *, verify: bool, quick: bool, force: bool, verify_lock: th
         def before_publish(staging: Path) -> None:
             if not verify:
                 return
+            from .verify import verify as run_verify  # torch and transformers: only when verifying
+
             with verify_lock:  # one verify at a time: it is the memory-hungry step
                 outcome = run_verify(ckpt, staging, quick=quick, progress=progress, display=job.out)
             verdict.update(outcome)

@@ -17,6 +17,7 @@ from .llama.config import generation_config
 from .llama.shards import parse_size, plan_shards, shard_names
 from .llama.writer import ShardWriter
 from .plan import ConversionPlan, build_plan
+from .errors import InputError
 from .progress import NullProgress, Progress
 from .publish import check_target, fsync_path, staged_folder
 from .qwen.checkpoint import Checkpoint, detect_chat
@@ -35,8 +36,9 @@ class Options:
     dtype: str | None = None  # None: keep the source's
     kind: str = "auto"  # auto | chat | base
     force: bool = False  # replace an existing output, once the new one is complete
-    checksums: bool = True  # record each file's sha256 in conversion.json
+    checksums: bool = True  # record each file's digest in conversion.json
     base: str | None = None  # folder or hub id supplying files the source lacks (a Trainer checkpoint)
+    hash: str = "blake3"  # the digest algorithm: blake3 or sha256 (see manifest.HASHES)
 
 
 @dataclass
@@ -55,6 +57,8 @@ class Prepared:
 def prepare(src: str | Path | Checkpoint, options: Options = Options(), out: str | Path | None = None) -> Prepared:
     """Check the source, the options, the vocabulary and (when given) the output location; plan the output.
     `src` is a folder, a hub id, or a checkpoint already opened with `sources.open_source`."""
+    if options.hash not in manifest.HASHES:
+        raise InputError(f"unknown --hash {options.hash!r}", fix=f"use one of {', '.join(manifest.HASHES)}")
     ckpt = src if isinstance(src, Checkpoint) else open_source(src, options.base)
     plan = build_plan(ckpt, options.dtype)
     groups = plan_shards([t.nbytes for t in plan.tensors], parse_size(options.shard_size))
@@ -84,7 +88,8 @@ def _write_files(prepared: Prepared, folder: Path, progress: Progress) -> dict:
     try:
         progress.start("weights", plan.total_bytes)
         for name, tensors in prepared.shards:
-            writer = ShardWriter(folder / name, progress.advance, checksum=prepared.options.checksums)
+            writer = ShardWriter(folder / name, progress.advance,
+                                 hash=prepared.options.hash if prepared.options.checksums else None)
             digests[name] = writer.write(tensors)
         progress.finish()
     except BaseException:
@@ -108,7 +113,7 @@ def _write_files(prepared: Prepared, folder: Path, progress: Progress) -> dict:
             shutil.copyfile(ckpt.companions[name], folder / name)
     for path in sorted(folder.iterdir()):
         if path.name not in digests:
-            digests[path.name] = manifest.sha256_file(path)
+            digests[path.name] = manifest.hash_file(path, prepared.options.hash)
         fsync_path(path)
     record = manifest.build(prepared, tokenizer_stats, digests)
     manifest.write_json(folder / manifest.NAME, record)

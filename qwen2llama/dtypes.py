@@ -6,6 +6,7 @@ ITEMSIZE = {"F64": 8, "F32": 4, "F16": 2, "BF16": 2, "I64": 8, "I32": 4, "I16": 
 # The floating-point types a weight may have, by their CLI / config.json names.
 FLOAT_NAMES = {"float32": "F32", "float16": "F16", "bfloat16": "BF16"}
 NAME_OF = {code: name for name, code in FLOAT_NAMES.items()}
+WIDENING = {("BF16", "F32"), ("F16", "F32")}  # casts that keep every value exactly
 
 # torch storage classes that the restricted .bin reader accepts, and what they hold.
 TORCH_STORAGE = {

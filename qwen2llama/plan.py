@@ -10,7 +10,7 @@ import re
 from dataclasses import dataclass, field
 
 from . import layout
-from .dtypes import FLOAT_NAMES, NAME_OF
+from .dtypes import FLOAT_NAMES, NAME_OF, WIDENING
 from .errors import InputError
 from .formats import dense
 from .qwen.checkpoint import Checkpoint
@@ -29,6 +29,12 @@ class ConversionPlan:
     @property
     def total_bytes(self) -> int:
         return sum(t.nbytes for t in self.tensors)
+
+    @property
+    def lossy(self) -> bool:
+        """Whether a cast changes values (a narrowing --dtype)."""
+        return any(t.source is not None and t.source.dtype != t.dtype and (t.source.dtype, t.dtype) not in WIDENING
+                   for t in self.tensors)
 
 
 @dataclass

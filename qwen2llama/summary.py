@@ -6,7 +6,7 @@ from __future__ import annotations
 import json
 import os
 import xml.etree.ElementTree as ET
-from dataclasses import asdict, fields
+from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 
 from . import __version__
@@ -45,26 +45,82 @@ def _logit(r: JobResult) -> str:
     return "" if r.max_abs_logit_diff is None else f"{r.max_abs_logit_diff:.2e}"
 
 
-def to_junit(results: list[JobResult], suite: str = "qwen2llama batch") -> str:
-    failures = sum(r.exit_code == 1 for r in results)
-    errors = sum(r.exit_code == 2 for r in results)
-    total = f"{sum(r.seconds for r in results):.2f}"
-    root = ET.Element("testsuites", name="qwen2llama", tests=str(len(results)), failures=str(failures),
-                      errors=str(errors), time=total)
-    ts = ET.SubElement(root, "testsuite", name=suite, tests=str(len(results)), failures=str(failures),
-                       errors=str(errors), skipped="0", time=total)
-    for r in results:
-        case = ET.SubElement(ts, "testcase", classname="qwen2llama.batch", name=r.name, time=f"{r.seconds:.2f}")
-        props = ET.SubElement(case, "properties")
-        for key, value in (("source", r.src), ("output", r.out), ("status", r.status),
-                           ("max_abs_logit_diff", _logit(r)), ("gigabytes", str(r.gigabytes))):
-            ET.SubElement(props, "property", name=key, value=value)
-        if r.exit_code:
-            tag = "failure" if r.exit_code == 1 else "error"
-            node = ET.SubElement(case, tag, message=f"{r.status}: {(r.failures or [''])[0]}"[:300], type=r.status)
-            node.text = "\n".join(r.failures)
+@dataclass
+class Case:
+    """One JUnit test case: outcome passed, failed (a check found a difference), error (bad input)
+    or skipped."""
+
+    name: str
+    classname: str
+    seconds: float
+    outcome: str
+    lines: list[str] = field(default_factory=list)
+    properties: dict[str, str] = field(default_factory=dict)
+
+
+def junit(suite: str, cases: list[Case]) -> str:
+    count = {o: sum(c.outcome == o for c in cases) for o in ("failed", "error", "skipped")}
+    total = f"{sum(c.seconds for c in cases):.2f}"
+    attrs = dict(tests=str(len(cases)), failures=str(count["failed"]), errors=str(count["error"]), time=total)
+    root = ET.Element("testsuites", name="qwen2llama", **attrs)
+    ts = ET.SubElement(root, "testsuite", name=suite, skipped=str(count["skipped"]), **attrs)
+    for c in cases:
+        case = ET.SubElement(ts, "testcase", classname=c.classname, name=c.name, time=f"{c.seconds:.2f}")
+        if c.properties:
+            props = ET.SubElement(case, "properties")
+            for key, value in c.properties.items():
+                ET.SubElement(props, "property", name=key, value=str(value))
+        if c.outcome != "passed":
+            tag = {"failed": "failure", "error": "error", "skipped": "skipped"}[c.outcome]
+            node = ET.SubElement(case, tag, message=(c.lines or [c.outcome])[0][:300])
+            if tag != "skipped":
+                node.set("type", c.outcome)
+                node.text = "\n".join(c.lines)
     ET.indent(root)
     return '<?xml version="1.0" encoding="utf-8"?>\n' + ET.tostring(root, encoding="unicode") + "\n"
+
+
+def to_junit(results: list[JobResult]) -> str:
+    """A test case per batch job; a failed verify is a failure, bad input an error."""
+    outcome = {0: "passed", 1: "failed", 2: "error"}
+    return junit("qwen2llama batch", [
+        Case(r.name, "qwen2llama.batch", r.seconds, outcome[r.exit_code], [f"{r.status}: {line}" for line in r.failures],
+             {"source": r.src, "output": r.out, "status": r.status, "max_abs_logit_diff": _logit(r),
+              "gigabytes": r.gigabytes}) for r in results])
+
+
+def verify_junit(result: dict) -> str:
+    """A test case per check, and per prompt for the logits; failure text = the report's lines."""
+    cases = []
+    outcome = {True: "passed", False: "failed", None: "skipped"}
+    for name, c in result["checks"].items():
+        lines = c.get("failures") or ([c["note"]] if c.get("note") else [])
+        cases.append(Case(name, "qwen2llama.verify", 0.0, outcome[c["passed"]], lines,
+                          {"against": c["against"]} if c.get("against") else {}))
+    for row in result["checks"]["logits"].get("prompts", []):
+        mine = [f for f in result["checks"]["logits"]["failures"] if f.startswith(f"{row['prompt']!r}:")]
+        cases.append(Case(f"logits: {row['prompt']}", "qwen2llama.verify.logits", 0.0,
+                          "failed" if mine else "passed", mine,
+                          {"tokens": row["tokens"], "max_abs_logit_diff": f"{row['max_abs_logit_diff']:.3g}"}))
+    return junit(f"qwen2llama verify {result['output']}", cases)
+
+
+def verify_markdown(result: dict) -> str:
+    """Verdict per check, max |Δlogit|, KL, top-1, and where the models part."""
+    logits = result["checks"]["logits"]
+    mark = {True: "pass", False: "**FAIL**", None: "skipped"}
+    lines = [f"### qwen2llama verify `{result['output']}`: "
+             f"{'equivalent' if result['passed'] else '**NOT equivalent**'}", "",
+             "| check | verdict | detail |", "|---|---|---|"]
+    for name, c in result["checks"].items():
+        detail = "; ".join(c.get("failures", [])[:3]) or c.get("note", "") or c.get("against", "")
+        lines.append(f"| {name} | {mark[c['passed']]} | {detail} |")
+    kl = logits.get("kl_max")
+    parting = next((f for f in logits.get("failures", []) if f.startswith("the models part")), "none")
+    lines += ["", f"max \\|Δlogit\\| {logits.get('max_abs_logit_diff', float('nan')):.3g}, "
+              f"KL max {'n/a (golden file)' if kl is None else f'{kl:.3g}'}, "
+              f"top-1 {logits.get('top1_agreement', float('nan')):.4f}; first diverging layer: {parting}"]
+    return "\n".join(lines) + "\n"
 
 
 def to_markdown(results: list[JobResult], title: str = "qwen2llama batch") -> str:

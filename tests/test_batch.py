@@ -87,6 +87,7 @@ def test_trainer_run_folder_converts_verifies_and_resumes(run_folder, tmp_path):
     assert [j["status"] for j in json.loads((tmp_path / "s3.json").read_text())["jobs"]].count("up to date") == 3
 
 
+@pytest.mark.slow
 def test_failing_rerun_keeps_what_was_published(tmp_path):
     """The source of a published job changes and breaks: the rerun reports it and the earlier
     output stays as it was."""
@@ -282,3 +283,15 @@ def test_junit_and_github_summary(tmp_path, monkeypatch):
     CliRunner().invoke(app, ["batch", "--summarize", str(tmp_path / "s.json")])
     text = step.read_text()
     assert "1/3 jobs passed" in text and "| a | `runs/a` | passed | 3.10e-06 |" in text and "**failed**" in text
+
+
+def test_shipped_examples_are_valid():
+    """The jobs file parses into the jobs it describes; the Slurm script is valid bash."""
+    root = Path(__file__).resolve().parent.parent / "examples"
+    jobs = batch.jobs_from_file(root / "jobs.toml", None, Options())
+    assert [j.name for j in jobs] == ["Qwen--Qwen-1_8B-Chat", "Qwen--Qwen-7B", "Qwen--Qwen-7B-Chat",
+                                      "Qwen--Qwen-14B-Chat", "Qwen--Qwen-72B-Chat", "sft-v2-3000"]
+    assert jobs[-1].options.base == "Qwen/Qwen-7B-Chat" and jobs[4].options.dtype == "bfloat16"
+    assert subprocess.run(["bash", "-n", str(root / "slurm-array.sh")]).returncode == 0
+    manifest = (root / "kubernetes-indexed-job.yaml").read_text()
+    assert "completionMode: Indexed" in manifest and "QWEN2LLAMA_SHARD_COUNT" in manifest

@@ -171,6 +171,7 @@ def test_tokenizer_command_writes_files(tmp_path):
     assert json.loads((tmp_path / "tok" / "tokenizer_config.json").read_text())["eos_token"] == "<|endoftext|>"
 
 
+@pytest.mark.slow
 def test_tokenizer_cache_gives_the_same_files(tmp_path, monkeypatch):
     """A warm cache skips the build and writes the same bytes; a damaged entry is rebuilt; `off`
     builds every time."""

@@ -6,13 +6,12 @@ import re
 import shutil
 
 import pytest
-import torch
-from safetensors.torch import load_file, save_file
 from typer.testing import CliRunner
 
 from qwen2llama.cli import app
-from qwen2llama.manifest import sha256_file
 from qwen2llama.verify import verify
+
+from defects import DEFECTS, rehash
 
 
 
@@ -56,74 +55,6 @@ def test_cli_exit_codes_and_report(sources, converted, tmp_path):
     assert missing.exit_code == 2 and "Traceback" not in missing.output
 
 
-def _rehash(folder):
-    """Make the manifest agree with edited files: a converter bug would write consistent hashes."""
-    manifest = json.loads((folder / "conversion.json").read_text())
-    manifest["files"] = {name: sha256_file(folder / name) for name in manifest["files"]}
-    (folder / "conversion.json").write_text(json.dumps(manifest))
-
-
-def _edit_weights(folder, fn):
-    path = folder / "model.safetensors"
-    tensors = load_file(path)
-    fn(tensors)
-    save_file(tensors, path, metadata={"format": "pt"})
-
-
-def _edit_json(folder, name, fn):
-    data = json.loads((folder / name).read_text())
-    fn(data)
-    (folder / name).write_text(json.dumps(data))
-
-
-def _swap(t, a, b):
-    t[a], t[b] = t[b].clone(), t[a].clone()
-
-
-def _zero(t, name):
-    t[name] = torch.zeros_like(t[name])
-
-
-def _bump_row(t, name, row):
-    t[name][row] += 1.0
-
-
-def _regroup_digits(tok):
-    for pre in tok["pre_tokenizer"]["pretokenizers"]:
-        if pre["type"] == "Split":
-            pre["pattern"]["Regex"] = pre["pattern"]["Regex"].replace(r"|\p{N}|", r"|\p{N}{1,3}|")
-
-
-def _drop_special(folder):
-    _edit_json(folder, "tokenizer.json", lambda t: t.__setitem__(
-        "added_tokens", [a for a in t["added_tokens"] if a["content"] != "<|extra_5|>"]))
-    _edit_json(folder, "tokenizer_config.json", lambda c: c["added_tokens_decoder"].pop("151651"))
-
-
-L0 = "model.layers.0."
-DEFECTS = {
-    "gate/up swapped": (lambda f: _edit_weights(f, lambda t: _swap(t, L0 + "mlp.gate_proj.weight", L0 + "mlp.up_proj.weight")),
-                        {"tensors", "logits"}),
-    "q bias zeroed": (lambda f: _edit_weights(f, lambda t: _zero(t, L0 + "self_attn.q_proj.bias")), {"tensors", "logits"}),
-    "q and k swapped": (lambda f: _edit_weights(f, lambda t: _swap(t, L0 + "self_attn.q_proj.weight", L0 + "self_attn.k_proj.weight")),
-                        {"tensors", "logits"}),
-    "non-zero o_proj bias": (lambda f: _edit_weights(f, lambda t: t[L0 + "self_attn.o_proj.bias"].fill_(0.05)),
-                             {"tensors", "logits"}),
-    "lm_head row changed": (lambda f: _edit_weights(f, lambda t: _bump_row(t, "lm_head.weight", 1350)), {"tensors", "logits"}),
-    "embedding row changed": (lambda f: _edit_weights(f, lambda t: _bump_row(t, "model.embed_tokens.weight", 785)),
-                              {"tensors", "logits"}),
-    "wrong rope_theta": (lambda f: _edit_json(f, "config.json", lambda c: c.__setitem__("rope_theta", 1e6)),
-                         {"config", "logits"}),
-    "wrong rms_norm_eps": (lambda f: _edit_json(f, "config.json", lambda c: c.__setitem__("rms_norm_eps", 1e-2)),
-                           {"config", "logits"}),
-    "digits grouped by three": (lambda f: _edit_json(f, "tokenizer.json", _regroup_digits), {"tokenizer"}),
-    "special token missing": (_drop_special, {"tokenizer"}),
-    "eos left at LLaMA's default": (lambda f: (_edit_json(f, "config.json", lambda c: c.__setitem__("eos_token_id", 2)),
-                                               _edit_json(f, "generation_config.json", lambda c: c.__setitem__("eos_token_id", 2))),
-                                    {"config", "tokenizer"}),
-}
-
-
 @pytest.mark.slow
 @pytest.mark.parametrize("defect", list(DEFECTS))
 def test_planted_defect_fails(defect, sources, converted, tmp_path):
@@ -131,7 +62,7 @@ def test_planted_defect_fails(defect, sources, converted, tmp_path):
     folder = tmp_path / "planted"
     shutil.copytree(converted["st-single-bf16"], folder)
     plant(folder)
-    _rehash(folder)
+    rehash(folder)
     result = verify(sources["st-single-bf16"], folder, quick=True)
     failed = {name for name, c in result["checks"].items() if c["passed"] is False}
     assert not result["passed"]
@@ -176,3 +107,28 @@ def test_long_prompt_budget(tmp_path):
         return long_prompt_flops(cfg, cfg.seq_length)
 
     assert flops("tiny") < LONG_PROMPT_MAX_FLOPS < flops("qwen-1_8b") < flops("qwen-7b") < flops("qwen-72b")
+
+
+@pytest.mark.parametrize("algorithm", ["blake3", "sha256"])
+def test_manifest_digests_are_the_named_algorithm(sources, tmp_path, algorithm):
+    """conversion.json names its hash and every digest is that hash of the file (computed here with
+    the libraries themselves); integrity checks with the named algorithm and catches a change."""
+    import hashlib
+
+    import blake3
+
+    from qwen2llama.convert import convert
+    from qwen2llama.verify.integrity import check_integrity
+
+    out = tmp_path / "out"
+    convert(sources["st-single-bf16"], out, hash=algorithm)
+    record = json.loads((out / "conversion.json").read_text())
+    assert record["hash"] == algorithm
+    make = {"blake3": blake3.blake3, "sha256": hashlib.sha256}[algorithm]
+    assert record["files"] == {p.name: make(p.read_bytes()).hexdigest()
+                               for p in sorted(out.iterdir()) if p.name != "conversion.json"}
+    assert check_integrity(out)["passed"] is True
+    with open(out / "vocab.json", "a") as fh:
+        fh.write(" ")
+    failed = check_integrity(out)
+    assert failed["passed"] is False and failed["failures"] == [f"vocab.json: {algorithm} differs from the manifest"]

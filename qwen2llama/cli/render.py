@@ -97,7 +97,9 @@ def _detail(name: str, c: dict) -> str:
     if name == "tensors" and "identical" in c:
         return f"{c['identical']}/{c['tensors']} tensors identical, {c['bytes_compared'] / 1e9:.3f} GB compared"
     if name == "logits" and "max_abs_logit_diff" in c:
-        detail = (f"max |Δlogit| {c['max_abs_logit_diff']:.2e}, KL max {c['kl_max']:.1e}, "
+        spread = (f"KL max {c['kl_max']:.1e}" if c.get("kl_max") is not None else
+                  f"max |Δlogsumexp| {c.get('max_abs_lse_diff', float('nan')):.2e}")
+        detail = (f"max |Δlogit| {c['max_abs_logit_diff']:.2e}, {spread}, "
                   f"top-1 {c['top1_agreement']:.4f}, {len(c['prompts'])} prompts")
         if isinstance(c.get("greedy"), list):
             detail += f", greedy {sum(g['identical'] for g in c['greedy'])}/{len(c['greedy'])} identical"
@@ -106,9 +108,11 @@ def _detail(name: str, c: dict) -> str:
         return f"{c['samples'] - c['mismatched_samples']}/{c['samples']} samples give tiktoken's ids"
     if name == "config" and "compared" in c:
         return f"{c['compared']} fields"
+    if name == "tensors" and c.get("note"):
+        return c["note"]
     if name == "integrity":
-        return c.get("note") or f"{c.get('files', 0)} files hashed" + (
-            f", {len(c['not_hashed'])} without a recorded sha256 (--no-checksums)" if c.get("not_hashed") else "")
+        return c.get("note") or f"{c.get('files', 0)} files hashed ({c.get('hash')})" + (
+            f", {len(c['not_hashed'])} without a recorded digest (--no-checksums)" if c.get("not_hashed") else "")
     return ""
 
 
@@ -118,6 +122,8 @@ def verify_summary(console: Console, result) -> None:
         console.print(f"  {name:<10} {mark}  {_detail(name, c)}")
         for failure in c.get("failures", [])[:5]:
             console.print(f"      - {escape(failure)}")
+        if c.get("fix"):
+            console.print(f"      fix: {escape(c['fix'])}")
     beyond = result["checks"]["logits"].get("beyond_seq_length")
     if beyond:
         console.print(f"  info: past seq_length ({beyond['tokens']} tokens) max |Δlogit| "

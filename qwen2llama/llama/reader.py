@@ -1,7 +1,8 @@
-"""The converted folder as transformers sees it: config, safetensors shards, decoder layers.
+"""A LLaMA folder as transformers sees it: config, weight shards, decoder layers.
 
 The LLaMA side of `verify` runs transformers' own `LlamaDecoderLayer`, `LlamaRMSNorm` and
-rotary embedding on weights read with the `safetensors` library, one layer at a time.
+rotary embedding on the folder's weights, one layer at a time. Folders from other converters
+are read too: safetensors or `.bin` shards (through the restricted reader, never unpickled).
 """
 from __future__ import annotations
 
@@ -10,15 +11,15 @@ from pathlib import Path
 import torch
 
 from ..errors import InputError
-from ..storage import TensorRef, find_weights
+from ..storage import TensorRef, find_weights, read_ref
 
 
 def read_output_tensors(folder: Path) -> dict[str, TensorRef]:
-    """Every tensor of a converted folder, from the index (if any) and the shard headers."""
-    weights = find_weights(folder, formats=("safetensors",))
+    """Every tensor of a LLaMA folder, from the index (if any) and the shard headers."""
+    weights = find_weights(folder)
     if weights is None:
-        raise InputError("no model.safetensors or model.safetensors.index.json", path=folder,
-                         fix="point at the folder that `qwen2llama convert` wrote")
+        raise InputError("no weights (model.safetensors[.index.json] or pytorch_model.bin[.index.json])",
+                         path=folder, fix="point at the converted LLaMA folder")
     return weights.tensors
 
 
@@ -40,13 +41,8 @@ class LlamaSide:
         self.rotary = LlamaRotaryEmbedding(self.config)
 
     def tensor(self, name: str, start: int | None = None, stop: int | None = None) -> torch.Tensor:
-        from safetensors import safe_open
-
-        ref = self.tensors[name]
-        with safe_open(str(ref.file), framework="pt") as fh:
-            if start is None:
-                return fh.get_tensor(name).float()
-            return fh.get_slice(name)[start:stop].float()
+        """Rows [start, stop) of a tensor (all of it by default), in float32."""
+        return read_ref(self.tensors[name], start, stop).float()
 
     def embed(self, ids: list[int]) -> torch.Tensor:
         rows = {i: self.tensor("model.embed_tokens.weight", i, i + 1)[0] for i in set(ids)}

@@ -6,7 +6,6 @@ raw words, no float conversion) and hashed, so the manifest needs no second read
 """
 from __future__ import annotations
 
-import hashlib
 import os
 from collections import deque
 from collections.abc import Callable
@@ -17,6 +16,7 @@ import numpy as np
 
 from ..dtypes import ITEMSIZE, torch_dtype
 from ..errors import InputError, OutputError
+from ..manifest import new_hash
 from ..storage import OutputTensor, header_bytes, read_ref
 
 CHUNK = 1 << 20  # bytes per read, write and worker task: small enough to stay in the CPU cache
@@ -53,8 +53,8 @@ def _write_all(fd: int, data, path: Path) -> None:
 
 
 class ShardWriter:
-    """Writes one safetensors file; `write` returns the sha256 of everything written (None
-    with checksum=False).
+    """Writes one safetensors file; `write` returns the digest (`hash`: blake3 or sha256) of
+    everything written (None with hash=None).
 
     Source ranges are read in cache-sized chunks into a ring of buffers; a worker thread checks
     each chunk for NaN/Inf and hashes it while the main thread writes it out, so every byte is
@@ -65,11 +65,11 @@ class ShardWriter:
 
     IN_FLIGHT = 8
 
-    def __init__(self, path: Path, progress: Progress | None = None, checksum: bool = True):
+    def __init__(self, path: Path, progress: Progress | None = None, hash: str | None = "blake3"):
         self.path = path
         self.progress = progress or (lambda n: None)
-        self.hash = hashlib.sha256() if checksum else None
-        self.worker = ThreadPoolExecutor(max_workers=1, thread_name_prefix="sha256")
+        self.hash = new_hash(hash) if hash else None
+        self.worker = ThreadPoolExecutor(max_workers=1, thread_name_prefix="digest")
         self.pending: deque[Future] = deque()
         # two more buffers than tasks can be outstanding: a buffer's last task is done when its turn comes
         self.ring = [bytearray(CHUNK) for _ in range(self.IN_FLIGHT + 2)]

@@ -5,11 +5,12 @@ The regular tokens keep their tiktoken ranks as ids; the 208 special tokens foll
 """
 from __future__ import annotations
 
+import hashlib
 import json
 from functools import cache
 from pathlib import Path
 
-from ..tokens import DEFAULT_SYSTEM, ENDOFTEXT, IM_END, IM_START, PATTERN, SPECIAL_IDS, SPECIAL_TOKENS
+from ..tokens import DEFAULT_SYSTEM, ENDOFTEXT, IM_END, IM_START, N_REGULAR, PATTERN, SPECIAL_IDS, SPECIAL_TOKENS
 from .merges import recover_merges
 
 # Qwen v1's chat helper (make_context): a system turn always, default text with its full stop.
@@ -129,3 +130,24 @@ def write_tokenizer_files(tokens: list[bytes], out: Path, *, chat: bool, model_m
         "pad_token": ENDOFTEXT,
     })
     return {"regular_tokens": len(tokens), "special_tokens": len(SPECIAL_TOKENS), "merges": len(merges)}
+
+
+def vocab_digest(tokens: list[bytes]) -> str:
+    """sha256 of the regular tokens' bytes in id order, each length-prefixed: the same for a
+    qwen.tiktoken and for the vocab.json written from it (golden files use it)."""
+    h = hashlib.sha256()
+    for token in tokens:
+        h.update(len(token).to_bytes(4, "little"))
+        h.update(token)
+    return h.hexdigest()
+
+
+def tokens_from_vocab_json(path: Path) -> list[bytes] | None:
+    """The regular tokens of a byte-level vocab.json in id order, or None when it is not one."""
+    try:
+        vocab = json.loads(path.read_text(encoding="utf-8"))
+        inverse = {ch: b for b, ch in enumerate(byte_alphabet())}
+        by_id = {i: bytes(inverse[ch] for ch in spelled) for spelled, i in vocab.items() if i < N_REGULAR}
+        return [by_id[i] for i in range(len(by_id))]
+    except (OSError, ValueError, KeyError, TypeError, AttributeError):
+        return None

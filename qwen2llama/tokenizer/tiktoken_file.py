@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import binascii
+from functools import lru_cache
 from pathlib import Path
 
 from ..errors import InputError
@@ -11,8 +12,19 @@ FIX = "use the unmodified qwen.tiktoken that came with the checkpoint"
 
 def read_tiktoken(path: str | Path) -> list[bytes]:
     """Token bytes indexed by rank. Ranks must be exactly 0..N-1, tokens distinct, and every
-    single byte present (byte-level BPE must be able to spell any input)."""
+    single byte present (byte-level BPE must be able to spell any input). Parsed once per file
+    version in a process (a batch of one base, verify after convert)."""
     path = Path(path)
+    try:
+        stat = path.stat()
+    except OSError as exc:
+        raise InputError(f"cannot read the vocabulary ({exc.strerror})", path=path, fix=FIX) from None
+    return list(_parsed(str(path), stat.st_size, stat.st_mtime_ns))
+
+
+@lru_cache(maxsize=4)
+def _parsed(name: str, size: int, mtime_ns: int) -> tuple[bytes, ...]:
+    path = Path(name)
     try:
         data = path.read_bytes()
     except OSError as exc:
@@ -47,4 +59,4 @@ def read_tiktoken(path: str | Path) -> list[bytes]:
     missing = [b for b in range(256) if bytes([b]) not in seen]
     if missing:
         raise InputError(f"single-byte tokens missing for bytes {missing[:8]}", path=path, fix=FIX)
-    return [by_rank[r] for r in range(len(by_rank))]
+    return tuple(by_rank[r] for r in range(len(by_rank)))

@@ -24,11 +24,11 @@ from .config import check_config
 from .integrity import check_integrity
 from .logits import check_logits
 from .prompts import load_prompts, tiktoken_encoder
-from .report import CHECKS, VerifyResult
+from .report import CHECKS, VerifyResult, check, with_fixes
 from .tensors import check_tensors
 from .tokenizer import check_tokenizer
 
-__all__ = ["CHECKS", "VerifyResult", "verify"]
+__all__ = ["CHECKS", "VerifyResult", "verify", "verify_golden"]
 
 
 def _read_config(dst: Path) -> dict:
@@ -42,6 +42,14 @@ def _read_config(dst: Path) -> dict:
     if not isinstance(raw, dict):
         raise InputError("no readable config.json in the converted folder", path=path, fix="convert again")
     return raw
+
+
+def _result(checks: dict, source: str, output, quick: bool, t0: float) -> VerifyResult:
+    with_fixes(checks)
+    return VerifyResult(
+        passed=all(c["passed"] is not False for c in checks.values()), source=source, output=str(output),
+        quick=quick, seconds=round(time.perf_counter() - t0, 2),
+        peak_rss_mib=round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1), checks=checks)
 
 
 def _same_model(ckpt: Checkpoint, dst_tensors: dict, dst: Path) -> None:
@@ -89,8 +97,32 @@ def verify(src: str | Path | Checkpoint, dst: str | Path, *, quick: bool = False
     checks["logits"] = check_logits(ckpt, side, encode, texts, chats, quick=quick,
                                     lossy=bool(checks["tensors"].get("lossy_cast")), greedy_tokens=greedy_tokens,
                                     progress=progress, long_prompt=long_prompt)
-    return VerifyResult(
-        passed=all(c["passed"] is not False for c in checks.values()), source=str(ckpt.folder),
-        output=str(display or dst),
-        quick=quick, seconds=round(time.perf_counter() - t0, 2),
-        peak_rss_mib=round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1), checks=checks)
+    return _result(checks, str(ckpt.folder), display or dst, quick, t0)
+
+
+def verify_golden(dst: str | Path, golden_file: str | Path, *, progress: Progress | None = None,
+                  display: Path | None = None) -> VerifyResult:
+    """Every check that needs no source, against a golden file (see verify/golden.py)."""
+    from . import golden as golden_mod
+    from .replay import check_integrity_golden, check_logits_golden, check_same_model
+
+    progress = progress or NullProgress()
+    t0 = time.perf_counter()
+    dst = Path(dst)
+    golden = golden_mod.read(golden_file)
+    raw = _read_config(dst)
+    check_same_model(golden, read_output_tensors(dst), dst)
+    against = {"against": str(golden.path)}
+    checks: dict[str, dict] = {}
+    progress.note("checking file hashes")
+    checks["integrity"] = check_integrity_golden(golden, dst) or {**check_integrity(dst), **against}
+    checks["tensors"] = check(None, note="against a golden file: the source tensors are not at hand; the file "
+                              "digests and the logits stand in", **against)
+    side = LlamaSide(dst)
+    checks["config"] = {**check_config(golden.config, side.config, raw), **against}
+    progress.note("comparing tokenizers")
+    prompt_set = golden.meta["prompt_set"]
+    checks["tokenizer"] = {**check_tokenizer(dst, golden.encode, prompt_set["texts"], prompt_set["chats"],
+                                             golden.meta["chat"]), **against}
+    checks["logits"] = check_logits_golden(golden, side, progress)
+    return _result(checks, f"golden file {golden.path}", display or dst, bool(prompt_set["quick"]), t0)

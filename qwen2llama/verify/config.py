@@ -33,6 +33,8 @@ def check_config(q: QwenConfig, c, raw: dict) -> dict:
     if "rope_theta" in raw:
         expect["rope_theta (as written)"] = (raw["rope_theta"], q.rotary_emb_base)
     failures = [f"{k}: {got!r}, expected {want!r}" for k, (got, want) in expect.items() if got != want]
+    if "rope_theta" not in raw and "rope_parameters" not in raw and theta != q.rotary_emb_base:
+        failures.append("config.json has no rope_theta, so LLaMA's default 10000 applies")
     eos = raw.get("eos_token_id")
     eos_ids = eos if isinstance(eos, list) else [eos]
     if not eos_ids or any(e not in (ENDOFTEXT_ID, IM_END_ID) for e in eos_ids):

@@ -1,4 +1,5 @@
-"""Check 1, integrity: every file's sha256 against conversion.json; files it does not list fail."""
+"""Check 1, integrity: every file's digest (the algorithm conversion.json names) against
+conversion.json; files it does not list fail."""
 from __future__ import annotations
 
 from pathlib import Path
@@ -12,7 +13,7 @@ def check_integrity(dst: Path) -> dict:
         record = manifest.read(dst)
         if record is None:
             return check(None, note=f"no {manifest.NAME}: not written by qwen2llama, hashes not checked")
-        files = manifest.recorded_files(record)
+        algorithm, files = manifest.recorded_files(record)
     except manifest.ManifestUnreadable as exc:
         return check(False, failures=[str(exc)])
     failures, unhashed = [], []
@@ -22,8 +23,9 @@ def check_integrity(dst: Path) -> dict:
             failures.append(f"{name}: missing")
         elif digest is None:
             unhashed.append(name)  # converted with --no-checksums
-        elif manifest.sha256_file(path) != digest:
-            failures.append(f"{name}: sha256 differs from the manifest")
+        elif manifest.hash_file(path, algorithm) != digest:
+            failures.append(f"{name}: {algorithm} differs from the manifest")
     extra = sorted(p.name for p in dst.iterdir() if p.name not in files and p.name != manifest.NAME)
     failures += [f"{name}: not in the manifest" for name in extra]
-    return check(not failures, files=len(files) - len(unhashed), not_hashed=unhashed, failures=failures)
+    return check(not failures, hash=algorithm, files=len(files) - len(unhashed), not_hashed=unhashed,
+                 failures=failures)

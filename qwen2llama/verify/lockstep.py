@@ -16,23 +16,48 @@ class LayerRejected(Exception):
         self.layer, self.exc = layer, exc
 
 
+def reference_layers(ref):
+    """The Qwen blocks in order, each as a function of one sequence's hidden states."""
+    for i in range(ref.cfg.num_layers):
+        w = ref.layer_weights(i)
+        yield lambda x, w=w: ref.block(w, x)
+        del w  # one layer's weights in memory at a time
+
+
+def llama_layers(side):
+    """transformers' decoder layers in order, each as a function of one sequence's hidden states."""
+    for i in range(side.config.num_hidden_layers):
+        try:
+            layer = side.layer(i)
+        except (RuntimeError, KeyError) as exc:
+            raise LayerRejected(i, exc) from None
+        yield lambda x, layer=layer: side.run_layer(layer, x)
+        del layer
+
+
+def _apply(step, h: torch.Tensor, lens: list[int]) -> torch.Tensor:
+    return torch.cat([step(x) for x in h.split(lens)])
+
+
+def forward(h: torch.Tensor, layers, lens: list[int], progress) -> torch.Tensor:
+    """One model alone over every layer (golden files record the reference, replay the LLaMA side)."""
+    for step in layers:
+        h = _apply(step, h, lens)
+        progress.advance(1)
+    return h
+
+
 def lockstep(ref, side, ref_seqs, llama_seqs, progress, layer_log: list | None = None):
     """(reference hidden states, llama hidden states, sequence lengths) after the final norms."""
     lens = [len(s) for s in ref_seqs]
     hr = ref.embed([x for s in ref_seqs for x in s])
     hl = side.embed([x for s in llama_seqs for x in s])
+    ref_steps, llama_steps = reference_layers(ref), llama_layers(side)
     for i in range(ref.cfg.num_layers):
         t0 = time.perf_counter()
-        w = ref.layer_weights(i)
-        hr = torch.cat([ref.block(w, x) for x in hr.split(lens)])
-        del w
+        hr = _apply(next(ref_steps), hr, lens)
         t1 = time.perf_counter()
-        try:
-            layer = side.layer(i)
-        except (RuntimeError, KeyError) as exc:
-            raise LayerRejected(i, exc) from None
-        hl = torch.cat([side.run_layer(layer, x) for x in hl.split(lens)])
-        del layer
+        hl = _apply(next(llama_steps), hl, lens)
         t2 = time.perf_counter()
         if layer_log is not None:
             layer_log.append({"layer": i, "max_abs_hidden_diff": (hr - hl).abs().max().item(),

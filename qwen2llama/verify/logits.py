@@ -113,8 +113,8 @@ def check_logits(ckpt, side, encode, texts, chats, *, quick: bool, lossy: bool, 
             result["passed"] = False
             result["failures"].append(f"greedy continuations differ on {differing} prompt(s)")
     else:
-        result["greedy"] = (f"skipped: the model ({model_bytes / 1e9:.1f} GB) would be re-read per "
-                            f"token; pass greedy_tokens to force")
+        result["greedy"] = (f"skipped: the model ({model_bytes / 1e9:.1f} GB) would be re-read per token; "
+                            "pass --greedy-tokens N to force" if greedy_tokens is None else "--greedy-tokens 0")
     if long_prompt and (cfg.use_dynamic_ntk or cfg.use_logn_attn):
         result["beyond_seq_length"] = beyond_seq_length(ref, side, seqs, progress)
     return result

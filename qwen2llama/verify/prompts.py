@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import unicodedata
+from functools import lru_cache
 from importlib import resources
 from pathlib import Path
 
@@ -48,11 +49,17 @@ def qwen_chat_text(messages: list[dict]) -> str:
 
 def tiktoken_encoder(vocab: Path):
     """tiktoken configured as Qwen's own tokenizer: NFC first, its regex, its specials parsed."""
-    import tiktoken
-
     from ..tokenizer import read_tiktoken
 
-    tokens = read_tiktoken(vocab)
-    enc = tiktoken.Encoding("qwen", pat_str=PATTERN, mergeable_ranks={t: r for r, t in enumerate(tokens)},
-                            special_tokens=SPECIAL_IDS)
+    tokens = read_tiktoken(vocab)  # validated, and parsed once per file version
+    stat = Path(vocab).stat()
+    enc = _encoding(str(vocab), stat.st_size, stat.st_mtime_ns, tuple(tokens))
     return lambda text: enc.encode(unicodedata.normalize("NFC", text), allowed_special="all")
+
+
+@lru_cache(maxsize=4)
+def _encoding(name: str, size: int, mtime_ns: int, tokens: tuple[bytes, ...]):
+    import tiktoken
+
+    return tiktoken.Encoding("qwen", pat_str=PATTERN, mergeable_ranks={t: r for r, t in enumerate(tokens)},
+                             special_tokens=SPECIAL_IDS)

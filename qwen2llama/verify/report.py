@@ -12,11 +12,30 @@ CHECKS = ("integrity", "tensors", "config", "tokenizer", "logits")
 MAX_FAILURES = 50  # failure lines kept per check
 
 
+# What to do when a check fails, shown under its failures.
+FIXES = {
+    "integrity": "the folder changed after conversion: convert again, or restore the files",
+    "tensors": "convert again with qwen2llama; the listed tensors are not the source's slices",
+    "config": "convert again with qwen2llama (it writes every value explicitly), or set the listed fields as expected",
+    "tokenizer": "write the tokenizer with `qwen2llama tokenizer qwen.tiktoken DST --kind chat|base` "
+                 "(or convert again)",
+    "logits": "convert again with qwen2llama; the report's layers show where the models part",
+}
+
+
 def check(passed: bool | None, **details) -> dict:
     """One check's verdict with its details."""
     if "failures" in details:
         details["failures"] = details["failures"][:MAX_FAILURES]
     return {"passed": passed, **details}
+
+
+def with_fixes(checks: dict[str, dict]) -> dict[str, dict]:
+    """Each failed check gets its fix line."""
+    for name, c in checks.items():
+        if c["passed"] is False and name in FIXES:
+            c.setdefault("fix", FIXES[name])
+    return checks
 
 
 class VerifyResult(dict):

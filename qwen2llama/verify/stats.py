@@ -68,3 +68,52 @@ def head_stats(ref, side, hr: torch.Tensor, hl: torch.Tensor) -> HeadStats:
         wl = side.tensor("lm_head.weight", start, stop)
         stats.add(hr @ wr.T, hl @ wl.T, start)
     return stats
+
+
+class SideStats:
+    """One model's logits over vocabulary blocks: logsumexp, the top-k (ids and values), and the
+    values at the fixed ids `gather` (sorted). Golden files record these for the reference and
+    verify computes them for the LLaMA side."""
+
+    def __init__(self, n: int, k: int, gather: torch.Tensor):
+        self.k, self.gather = k, gather
+        self.m = torch.full((n,), -math.inf)
+        self.s = torch.zeros(n, dtype=torch.float64)
+        self.top_values = torch.empty(n, 0)
+        self.top_ids = torch.empty(n, 0, dtype=torch.long)
+        self.gathered = torch.empty(n, len(gather))
+
+    def add(self, z: torch.Tensor, offset: int) -> None:
+        new_m = torch.maximum(self.m, z.amax(-1))
+        self.s = self.s * torch.exp((self.m - new_m).double()) + torch.exp((z - new_m[:, None]).double()).sum(-1)
+        self.m = new_m
+        values, ids = z.topk(min(self.k, z.shape[-1]), dim=-1)
+        values = torch.cat([self.top_values, values], -1)
+        ids = torch.cat([self.top_ids, ids + offset], -1)
+        keep = values.topk(min(self.k, values.shape[-1]), dim=-1)
+        self.top_values, self.top_ids = keep.values, ids.gather(-1, keep.indices)
+        inside = (self.gather >= offset) & (self.gather < offset + z.shape[-1])
+        self.gathered[:, inside] = z[:, self.gather[inside] - offset]
+
+    def lse(self) -> torch.Tensor:
+        return self.m.double() + self.s.log()
+
+
+def side_stats(blocks, h: torch.Tensor, k: int, gather: torch.Tensor) -> SideStats:
+    """Stream `h @ w.T` over (offset, weight block) pairs into a SideStats."""
+    stats = SideStats(h.shape[0], k, gather)
+    for offset, w in blocks:
+        stats.add(h @ w.T, offset)
+    return stats
+
+
+def reference_head_blocks(ref):
+    head = ref.head_ref()
+    for start in range(0, head.shape[0], HEAD_BLOCK_ROWS):
+        yield start, read_ref(head, start, min(head.shape[0], start + HEAD_BLOCK_ROWS)).float()
+
+
+def llama_head_blocks(side):
+    rows = side.tensors["lm_head.weight"].shape[0]
+    for start in range(0, rows, HEAD_BLOCK_ROWS):
+        yield start, side.tensor("lm_head.weight", start, min(rows, start + HEAD_BLOCK_ROWS))

@@ -5,14 +5,13 @@ from __future__ import annotations
 import numpy as np
 import torch
 
-from ..dtypes import NAME_OF, torch_dtype
+from ..dtypes import NAME_OF, WIDENING, torch_dtype
 from ..plan import build_plan
 from ..qwen.checkpoint import Checkpoint
 from ..storage import OutputTensor, TensorRef, read_ref
 from .report import check
 
 CHUNK = 16 << 20
-WIDENING = {("BF16", "F32"), ("F16", "F32")}  # casts that keep every value exactly
 
 
 def _byte_chunks(ref: TensorRef, offset: int, length: int):

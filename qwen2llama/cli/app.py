@@ -1,0 +1,104 @@
+"""The typer app, the one error wrapper every command goes through, and the shared arguments.
+
+Library errors (`Qwen2LlamaError`) print as one short block with the file and the fix and exit
+with their code (2 = bad input, 1 = a verify check failed); `--debug` shows the traceback instead.
+"""
+from __future__ import annotations
+
+import functools
+import signal
+from inspect import Parameter, signature
+from pathlib import Path
+from typing import Annotated, Optional
+
+import typer
+from rich.console import Console
+
+from .. import __version__
+from ..errors import Qwen2LlamaError
+from . import render
+
+app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False,
+                  help="Convert Qwen v1 checkpoints (QWenLMHeadModel) into the LLaMA layout, and prove "
+                       "the result computes the same function.")
+err = Console(stderr=True, highlight=False, soft_wrap=True)
+out = Console(highlight=False, soft_wrap=True)
+
+# Arguments and options shared by several commands.
+Src = Annotated[str, typer.Argument(
+    help="Qwen v1 checkpoint: a folder (config.json, weights, qwen.tiktoken) or a hub id owner/name[@revision].")]
+Dst = Annotated[Path, typer.Argument(help="Output folder; created atomically, must not exist unless --force.")]
+Converted = Annotated[Path, typer.Argument(help="The converted LLaMA folder.")]
+DtypeOpt = Annotated[Optional[str], typer.Option(
+    "--dtype", help="bfloat16 | float16 | float32 (default: keep the source's).")]
+KindOpt = Annotated[str, typer.Option("--kind", help="auto | chat | base: chat models also stop on <|im_end|>.")]
+ShardSizeOpt = Annotated[str, typer.Option("--shard-size", help="Largest shard, e.g. 5GB, 500MB, 2GiB.")]
+ForceOpt = Annotated[bool, typer.Option("--force", help="Replace DST, once the new one is complete.")]
+QuickOpt = Annotated[bool, typer.Option("--quick", help="Short prompt set, no long-context probe.")]
+ReportOpt = Annotated[Optional[Path], typer.Option("--report", help="Write the full verify report (JSON) here.")]
+PromptsOpt = Annotated[Optional[Path], typer.Option("--prompts", help="Prompt set (JSON) instead of the bundled one.")]
+BaseOpt = Annotated[Optional[str], typer.Option(
+    "--base", help="Folder or hub id supplying files SRC lacks (qwen.tiktoken, generation_config.json, "
+                   "LICENSE), e.g. for a Trainer checkpoint.")]
+GoldenOpt = Annotated[Optional[Path], typer.Option(
+    "--golden", help="Golden file: verify against it instead of the source (see `golden`).")]
+JunitOpt = Annotated[Optional[Path], typer.Option("--junit", help="Write JUnit XML: a test case per check.")]
+GreedyOpt = Annotated[Optional[int], typer.Option(
+    "--greedy-tokens", help="Greedy tokens to continue each of 3 prompts with (default: 8, 4 with --quick, "
+                            "0 above 4 GB, where each token re-reads the model).")]
+LongPromptOpt = Annotated[Optional[bool], typer.Option(
+    "--long-prompt/--no-long-prompt",
+    help="Include the seq_length-token prompt (default: when it costs minutes, not hours).")]
+
+
+def command(fn):
+    """Register `fn` as a command; errors and interrupts become short messages and exit codes.
+    The registered function also takes typer's Context, to see the root's --debug."""
+    @functools.wraps(fn)
+    def run(ctx: typer.Context, *args, **kwargs):
+        if ctx.find_root().obj["debug"]:
+            return fn(*args, **kwargs)
+        try:
+            return fn(*args, **kwargs)
+        except Qwen2LlamaError as exc:
+            render.error(err, "check failed" if exc.exit_code == 1 else "error", exc.message, exc.path, exc.fix)
+            raise typer.Exit(exc.exit_code) from None
+        except KeyboardInterrupt:
+            err.print("[yellow]interrupted[/]: nothing was published; temporary files were removed")
+            raise typer.Exit(130) from None
+        except OSError as exc:
+            render.error(err, "error", str(exc.strerror or exc), exc.filename,
+                         "check the path, its permissions and the free disk space (--debug shows details)")
+            raise typer.Exit(2) from None
+        except MemoryError:
+            render.error(err, "error", "out of memory (run with --debug for details)")
+            raise typer.Exit(2) from None
+
+    params = signature(fn, eval_str=True)
+    ctx_param = Parameter("ctx", Parameter.POSITIONAL_OR_KEYWORD, annotation=typer.Context)
+    run.__signature__ = params.replace(parameters=[ctx_param, *params.parameters.values()])
+    return app.command()(run)
+
+
+def _sigterm(signum, frame):
+    raise KeyboardInterrupt
+
+
+def _print_version(value: bool) -> None:
+    if value:
+        out.print(f"qwen2llama {__version__}")
+        raise typer.Exit(0)
+
+
+@app.callback()
+def main(ctx: typer.Context,
+         debug: Annotated[bool, typer.Option("--debug", help="Show tracebacks instead of short messages.")] = False,
+         version: Annotated[bool, typer.Option("--version", callback=_print_version, is_eager=True,
+                                               help="Print the version and exit.")] = False):
+    ctx.obj = {"debug": debug}
+    signal.signal(signal.SIGTERM, _sigterm)
+
+
+def entry() -> None:
+    app(prog_name="qwen2llama")
+

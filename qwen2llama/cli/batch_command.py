@@ -1,0 +1,67 @@
+"""`qwen2llama batch`: many checkpoints, resumable, shardable, with summaries for CI."""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Annotated, Optional
+
+import typer
+
+from . import render
+from .app import (BaseOpt, DtypeOpt, KindOpt, QuickOpt, ShardSizeOpt, command, err, out)
+
+
+@command
+def batch(srcs: Annotated[Optional[list[str]], typer.Argument(
+              help="Sources: folders, globs (quoted: 'runs/*/checkpoint-*') or hub ids; with --summarize, "
+                   "summary files.", show_default=False)] = None,
+          jobs_file: Annotated[Optional[Path], typer.Option("--jobs-file", help="TOML jobs file (see README).")] = None,
+          out_root: Annotated[Optional[Path], typer.Option(
+              "--out-root", help="Folder for the outputs, named by the rule in the README.")] = None,
+          shard_size: ShardSizeOpt = "5GB", dtype: DtypeOpt = None, kind: KindOpt = "auto", base: BaseOpt = None,
+          workers: Annotated[int, typer.Option("--jobs", help="Jobs converting at once (verify runs one at a time).")] = 1,
+          shard: Annotated[Optional[str], typer.Option(
+              "--shard", help="I/N: this machine's share of the jobs (default: from Slurm or Kubernetes, else all).")] = None,
+          force: Annotated[bool, typer.Option("--force", help="Redo every job, also up-to-date ones.")] = False,
+          verify: Annotated[bool, typer.Option("--verify/--no-verify", help="Verify each job before publishing.")] = True,
+          quick: QuickOpt = False,
+          summary: Annotated[Optional[Path], typer.Option("--summary", help="Write the results as JSON.")] = None,
+          junit: Annotated[Optional[Path], typer.Option("--junit", help="Write JUnit XML (a test case per job).")] = None,
+          summarize: Annotated[bool, typer.Option(
+              "--summarize", help="Merge the given summary files (one per shard) instead of running jobs.")] = False):
+    """Convert and verify many checkpoints: up-to-date jobs are skipped, failed ones redone.
+
+    Exit 0: every job passed. 1: a verify failed. 2: an input was bad.
+
+    Example: qwen2llama batch 'runs/*/checkpoint-*' --out-root llama --base Qwen/Qwen-7B-Chat --jobs 2
+    """
+    from .. import batch as jobs_mod
+    from .. import summary as summary_mod
+    from ..convert import Options
+    from ..errors import InputError
+
+    if summarize:
+        results, where = summary_mod.read_summaries([Path(p) for p in srcs or []]), None
+    else:
+        options = Options(shard_size, dtype, kind, base=base)
+        jobs = jobs_mod.jobs_from_args(srcs or [], out_root, options)
+        if jobs_file is not None:
+            jobs += jobs_mod.jobs_from_file(jobs_file, out_root, options)
+        if not jobs:
+            raise InputError("no jobs", fix="give SRC arguments or --jobs-file")
+        where = jobs_mod.parse_shard(shard) if shard else jobs_mod.shard_from_env()
+        if where is not None:
+            jobs = jobs_mod.take_shard(jobs, *where)
+            out.print(f"shard {where[0]} of {where[1]}: {len(jobs)} job(s)")
+        results = jobs_mod.run_jobs(jobs, workers=workers, verify=verify, quick=quick, force=force,
+                                    progress_for=lambda job: render.JobLines(err, job.name),
+                                    on_done=lambda r: render.job_done(out, r))
+    render.batch_table(out, results)
+    if summary is not None:
+        summary.write_text(json.dumps(summary_mod.to_json(results, where), indent=2, sort_keys=True) + "\n")
+    if junit is not None:
+        junit.write_text(summary_mod.to_junit(results), encoding="utf-8")
+    summary_mod.append_github_summary(summary_mod.to_markdown(results))
+    code = jobs_mod.exit_code(results)
+    if code:
+        raise typer.Exit(code)

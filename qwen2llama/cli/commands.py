@@ -1,0 +1,180 @@
+"""The single-model commands: inspect, convert, verify, golden, tokenizer, synth."""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Annotated, Optional
+
+import typer
+
+from . import render
+from .app import (BaseOpt, Dst, DtypeOpt, ForceOpt, GoldenOpt, GreedyOpt, JunitOpt, KindOpt, LongPromptOpt, PromptsOpt,
+                  QuickOpt, ReportOpt, ShardSizeOpt, Src, command, err, out)
+
+
+@command
+def inspect(src: Src, shard_size: ShardSizeOpt = "5GB", dtype: DtypeOpt = None, kind: KindOpt = "auto",
+            base: BaseOpt = None,
+            tensors: Annotated[bool, typer.Option(
+                "--tensors", help="List every output tensor and its source.")] = False):
+    """Show what was detected and the conversion plan, without writing anything."""
+    from ..convert import Options, prepare
+
+    prepared = prepare(src, Options(shard_size, dtype, kind, base=base))
+    render.plan(out, prepared)
+    if tensors:
+        render.plan_tensors(out, prepared)
+
+
+def _verify_and_report(src, dst, *, report, quick, prompts=None, long_prompt=None, display=None, base=None,
+                       record=False, golden=None, junit=None, greedy_tokens=None):
+    """Verify (against the source, or a golden file), show the summary, write the report, the JUnit
+    file and the GitHub step summary; `record` adds the verdict to dst's conversion.json."""
+    from .. import summary
+    from ..manifest import record_verification
+    from ..verify import verify as run_verify
+    from ..verify import verify_golden
+
+    progress = render.TerminalProgress(err)
+    if golden is not None:
+        result = verify_golden(dst, golden, progress=progress, display=display)
+    else:
+        result = run_verify(src, dst, quick=quick, prompts=prompts, long_prompt=long_prompt, progress=progress,
+                            display=display, base=base, greedy_tokens=greedy_tokens)
+    render.verify_summary(out, result)
+    if report is not None:
+        Path(report).write_text(json.dumps(result, indent=2, sort_keys=True) + "\n")
+        out.print(f"report: {report}")
+    if junit is not None:
+        Path(junit).write_text(summary.verify_junit(result), encoding="utf-8")
+    summary.append_github_summary(summary.verify_markdown(result))
+    if record:
+        record_verification(Path(dst), result)
+    result.raise_if_failed()
+
+
+@command
+def convert(src: Src, dst: Dst, shard_size: ShardSizeOpt = "5GB", dtype: DtypeOpt = None, kind: KindOpt = "auto",
+            base: BaseOpt = None, force: ForceOpt = False,
+            verify: Annotated[bool, typer.Option(
+                "--verify/--no-verify", help="Check the result before publishing it.")] = True,
+            checksums: Annotated[bool, typer.Option(
+                "--checksums/--no-checksums",
+                help="Record each output file's digest in conversion.json.")] = True,
+            hash: Annotated[str, typer.Option(
+                "--hash", help="blake3 | sha256: the digest conversion.json records (sha256 costs ~5x the CPU).")]
+            = "blake3",
+            quick: QuickOpt = False, report: ReportOpt = None,
+            golden: Annotated[Optional[Path], typer.Option(
+                "--golden", help="Also record a golden file here, with the digests of the files written.")] = None,
+            dry_run: Annotated[bool, typer.Option(
+                "--dry-run", help="Check everything and print the plan; write nothing.")] = False):
+    """Convert SRC into a LLaMA checkpoint in DST, then verify it (unless --no-verify).
+
+    Example: qwen2llama convert ./Qwen-7B-Chat ./Qwen-7B-Chat-llama --shard-size 2GB
+    """
+    from ..convert import Options, prepare, write
+
+    prepared = prepare(src, Options(shard_size, dtype, kind, force, checksums, base, hash), dst)
+    render.plan(out, prepared)
+    if dry_run:
+        out.print("dry run: the checkpoint, the vocabulary and the output location are usable; nothing written")
+        return
+    def before(staging):
+        if verify:
+            _verify_and_report(prepared.plan.checkpoint, staging, report=report, quick=quick, display=dst,
+                               record=True)
+        if golden is not None:
+            _record_golden(prepared.plan.checkpoint, golden, quick=quick, staging=staging, lossy=prepared.plan.lossy)
+
+    write(prepared, progress=render.TerminalProgress(err), before_publish=before)
+    out.print(f"[green]wrote[/] {dst}")
+
+
+def _record_golden(ckpt, path: Path, *, quick=False, prompts=None, long_prompt=None, staging=None, lossy=False):
+    from .. import manifest
+    from ..verify import golden as golden_mod
+
+    files = None
+    if staging is not None:
+        record = manifest.read(staging)
+        files = {"hash": record["hash"], "files": record["files"]}
+    tensors, meta = golden_mod.record(ckpt, prompts=prompts, quick=quick, long_prompt=long_prompt,
+                                      progress=render.TerminalProgress(err), files=files, lossy=lossy)
+    golden_mod.write(path, tensors, meta)
+    out.print(f"golden file: {path} ({path.stat().st_size / 1e6:.2f} MB, {len(meta['prompts'])} prompts)")
+
+
+@command
+def golden(src: Src, file: Annotated[Path, typer.Argument(help="The golden file to write (safetensors).")],
+           prompts: PromptsOpt = None, quick: QuickOpt = False, long_prompt: LongPromptOpt = None,
+           base: BaseOpt = None):
+    """Record what `verify OUT --golden FILE` needs from the Qwen reference on SRC, so that CI can
+    verify a converted folder without the source checkpoint."""
+    from ..sources import open_source
+
+    _record_golden(open_source(src, base), file, quick=quick, prompts=prompts, long_prompt=long_prompt)
+
+
+@command
+def verify(first: Annotated[str, typer.Argument(
+               help="SRC then the converted folder; with --golden, the converted folder alone.", metavar="[SRC] DST")],
+           second: Annotated[Optional[str], typer.Argument(show_default=False, metavar="")] = None,
+           report: ReportOpt = None, prompts: PromptsOpt = None, quick: QuickOpt = False,
+           long_prompt: LongPromptOpt = None, base: BaseOpt = None, golden: GoldenOpt = None, junit: JunitOpt = None,
+           greedy_tokens: GreedyOpt = None):
+    """Check that DST computes what SRC computes (or what a golden file recorded): integrity, tensors,
+    config, tokenizer, logits.
+
+    Exit 0: equivalent. 1: a check failed. 2: bad input.
+    """
+    from ..errors import InputError
+
+    if golden is not None and second is not None:
+        raise InputError("with --golden, give only the converted folder", fix="qwen2llama verify DST --golden FILE")
+    if golden is None and second is None:
+        raise InputError("verify needs SRC and DST, or DST and --golden FILE",
+                         fix="qwen2llama verify SRC DST, or qwen2llama verify DST --golden FILE")
+    src, dst = (None, Path(first)) if golden is not None else (first, Path(second))
+    _verify_and_report(src, dst, report=report, quick=quick, prompts=prompts, long_prompt=long_prompt, display=dst,
+                       base=base, golden=golden, junit=junit, greedy_tokens=greedy_tokens)
+
+
+@command
+def tokenizer(src: Annotated[Path, typer.Argument(help="qwen.tiktoken, or a folder holding it.")], dst: Dst,
+              kind: Annotated[str, typer.Option(
+                  "--kind", help="chat | base: which eos the tokenizer declares.")] = "chat",
+              model_max_length: Annotated[int, typer.Option(help="Context length to declare.")] = 8192,
+              force: ForceOpt = False):
+    """Write only the Hugging Face tokenizer files for a qwen.tiktoken."""
+    from ..errors import InputError
+    from ..publish import staged_folder
+    from ..tokenizer import read_tiktoken, write_tokenizer_files
+
+    if kind not in ("chat", "base"):
+        raise InputError(f"unknown --kind {kind!r}", fix="use chat or base")
+    vocab = src / "qwen.tiktoken" if src.is_dir() else src
+    tokens = read_tiktoken(vocab)
+    with staged_folder(dst, force=force, protect=[vocab.parent]) as staging:
+        stats = write_tokenizer_files(tokens, staging, chat=kind == "chat", model_max_length=model_max_length)
+    out.print(f"[green]wrote[/] {dst}: {stats['regular_tokens']} regular + {stats['special_tokens']} special "
+              f"tokens, {stats['merges']} merges")
+
+
+@command
+def synth(dst: Dst,
+          preset: Annotated[str, typer.Option(
+              help="Release widths: tiny, qwen-1_8b, qwen-7b, qwen-7b-chat-2023-08, qwen-14b, qwen-72b, ...")] = "tiny",
+          layers: Annotated[Optional[int], typer.Option(help="Override the number of layers.")] = None,
+          format: Annotated[str, typer.Option("--format", help="safetensors | bin")] = "safetensors",
+          shards: Annotated[int, typer.Option(help="Number of weight files.")] = 1,
+          dtype: Annotated[str, typer.Option(help="bfloat16 | float16 | float32")] = "bfloat16",
+          seed: Annotated[int, typer.Option(help="Random seed.")] = 0,
+          trainer: Annotated[bool, typer.Option(
+              "--trainer", help="Lay it out as a Trainer checkpoint-N/ folder (optimizer.pt etc., no vocabulary).")] = False):
+    """Write a Qwen v1 checkpoint with random weights at a release's widths (for tests and demos)."""
+    from ..synth import synthesize
+
+    path = synthesize(dst, preset, layers=layers, fmt=format, shards=shards, dtype=dtype, seed=seed, trainer=trainer)
+    total = sum(p.stat().st_size for p in path.iterdir())
+    out.print(f"[green]wrote[/] {path} ({preset}, {format}, {total / 1e9:.3f} GB)")

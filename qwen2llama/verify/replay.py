@@ -1,0 +1,134 @@
+"""`verify OUT --golden FILE`: the checks that need no source, against what a golden file recorded.
+
+Integrity against the digests the golden file holds (else conversion.json's), the config against
+the recorded Qwen config, the tokenizer against the recorded tiktoken ids, and the LLaMA forward
+(layer-streamed, as in `verify`) against the recorded reference numbers: at every position the
+logits at the sampled ids and at the reference's top-k ids, the logsumexp and the top-1, plus the
+greedy continuations. Same tolerances and report schema as `verify`; each check says it ran
+against a golden file.
+"""
+from __future__ import annotations
+
+import torch
+
+from .. import manifest
+from ..tokenizer.files import tokens_from_vocab_json, vocab_digest
+from ..errors import InputError
+from .golden import Golden
+from .lockstep import LayerRejected, forward, llama_layers
+from .logits import TOL_EXACT, TOL_LOSSY, logit_limit
+from .report import check
+from .stats import llama_head_blocks, side_stats
+
+
+def check_same_model(golden: Golden, dst_tensors: dict, dst) -> None:
+    """A golden file for another model or another vocabulary is bad input, not a failed check."""
+    cfg = golden.config
+    emb = dst_tensors.get("model.embed_tokens.weight")
+    if emb is None or tuple(emb.shape) != (cfg.vocab_rows, cfg.hidden_size):
+        raise InputError(f"the golden file is for another model: embedding {[cfg.vocab_rows, cfg.hidden_size]}, "
+                         f"the folder's {list(emb.shape) if emb else None}", path=golden.path,
+                         fix="use the golden file recorded for this model")
+    tokens = tokens_from_vocab_json(dst / "vocab.json")
+    if tokens is not None and vocab_digest(tokens) != golden.meta["vocab_digest"]:
+        raise InputError("the golden file was recorded for another vocabulary than the folder's vocab.json",
+                         path=golden.path, fix="use the golden file recorded for this model")
+
+
+def check_integrity_golden(golden: Golden, dst) -> dict | None:
+    """Against the digests recorded with the golden file; None when it holds none."""
+    recorded = golden.meta.get("files")
+    if not recorded:
+        return None
+    algorithm, files = recorded["hash"], recorded["files"]
+    failures = [f"{name}: missing" for name in sorted(files) if not (dst / name).is_file()]
+    failures += [f"{name}: {algorithm} differs from the golden file" for name, digest in sorted(files.items())
+                 if digest is not None and (dst / name).is_file() and manifest.hash_file(dst / name, algorithm) != digest]
+    extra = sorted(p.name for p in dst.iterdir() if p.name not in files and p.name != manifest.NAME)
+    failures += [f"{name}: not in the golden file" for name in extra]
+    return check(not failures, hash=algorithm, files=len(files), against=str(golden.path), failures=failures)
+
+
+def _llama_stats(side, seqs, gather, k, progress):
+    lens = [len(s) for s in seqs]
+    h = forward(side.embed([x for s in seqs for x in s]), llama_layers(side), lens, progress)
+    return side_stats(llama_head_blocks(side), side.final_norm(h), k, gather), lens
+
+
+def _greedy(side, golden: Golden, progress) -> list[dict]:
+    rows = []
+    n = golden.meta["greedy_tokens"]
+    starts = [golden.prompt(k, "ids").tolist() for k in range(len(golden.meta["prompts"]))][:3]
+    seqs = [list(s) for s in starts]
+    none = torch.empty(0, dtype=torch.long)
+    progress.start(f"logits: greedy ({n} tokens, golden)", n * side.config.num_hidden_layers, "layers")
+    for _ in range(n):
+        stats, lens = _llama_stats(side, seqs, none, 1, progress)
+        for s, t in zip(seqs, stats.top_ids[torch.tensor(lens).cumsum(0) - 1, 0].tolist()):
+            s.append(t)
+    progress.finish()
+    for k, (start, seq) in enumerate(zip(starts, seqs)):
+        want = golden.tensors[f"greedy.{k}"].tolist()
+        rows.append({"tokens": n, "reference": want, "llama": seq[len(start):], "identical": want == seq[len(start):]})
+    return rows
+
+
+def check_logits_golden(golden: Golden, side, progress) -> dict:
+    names = golden.meta["prompts"]
+    seqs = [golden.prompt(k, "ids").tolist() for k in range(len(names))]
+    sample = golden.tensors["sample_ids"].long()
+    ref_top = torch.cat([golden.prompt(k, "topk_ids") for k in range(len(names))]).long()
+    gather = torch.unique(torch.cat([sample, ref_top.reshape(-1)]))  # sorted
+    progress.start("logits: layers (golden)", side.config.num_hidden_layers, "layers")
+    try:
+        stats, lens = _llama_stats(side, seqs, gather, 1, progress)
+    except LayerRejected as rej:
+        return check(False, against=str(golden.path), failures=[
+            f"layer {rej.layer}: transformers' LlamaDecoderLayer rejects the weights: {rej.exc}"[:400]])
+    finally:
+        progress.finish()
+    lossy = bool(golden.meta.get("lossy_cast"))
+    tol = TOL_LOSSY if lossy else TOL_EXACT
+    rel = tol["max_abs_logit_diff_rel"]
+    at = {int(i): j for j, i in enumerate(gather.tolist())}
+    llama_lse, rows, failures = stats.lse().float(), [], []
+    for k, (name, part) in enumerate(zip(names, torch.arange(sum(lens)).split(lens))):
+        ref_sample, ref_topv = golden.prompt(k, "sample_values"), golden.prompt(k, "topk_values")
+        ref_topi = golden.prompt(k, "topk_ids").long()
+        got = stats.gathered[part]
+        got_sample = got[:, [at[int(i)] for i in sample]]
+        got_top = got.gather(1, torch.tensor([[at[int(i)] for i in row] for row in ref_topi.tolist()]))
+        diff = torch.maximum((got_sample - ref_sample).abs().amax(-1), (got_top - ref_topv).abs().amax(-1))
+        scale = torch.maximum(ref_sample.abs().amax(-1), ref_topv.abs().amax(-1))
+        lse_diff = (llama_lse[part] - golden.prompt(k, "lse")).abs()
+        allowed = (rel or 0.0) * scale.clamp_min(1.0)
+        # top-1 as in verify: a disagreement counts where the reference's top two are further apart
+        # than the tolerance
+        agree = (stats.top_ids[part, 0] == ref_topi[:, 0]) | (ref_topv[:, 0] - ref_topv[:, 1] <= 2 * allowed)
+        row = {"prompt": name, "tokens": len(part), "max_abs_logit_diff": diff.max().item(),
+               "max_abs_logit": scale.max().item(), "max_abs_lse_diff": lse_diff.max().item(),
+               "top1_agreement": agree.float().mean().item()}
+        rows.append(row)
+        if rel is not None and row["max_abs_logit_diff"] > logit_limit(row["max_abs_logit"], rel):
+            failures.append(f"{name!r}: max |Δlogit| {row['max_abs_logit_diff']:.3g} > "
+                            f"{rel:g} x max(1, |logit|) = {logit_limit(row['max_abs_logit'], rel):.3g}")
+        if rel is not None and row["max_abs_lse_diff"] > logit_limit(row["max_abs_logit"], rel):
+            failures.append(f"{name!r}: logsumexp differs by {row['max_abs_lse_diff']:.3g}")
+        if row["top1_agreement"] < tol["top1_agreement_min"]:
+            failures.append(f"{name!r}: top-1 agreement {row['top1_agreement']:.4f} < {tol['top1_agreement_min']}")
+    result = check(not failures, against=str(golden.path), compute_dtype="float32", tolerance=tol, lossy_cast=lossy,
+                   long_prompt=golden.meta["long_prompt"], prompts=rows,
+                   max_abs_logit_diff=max(r["max_abs_logit_diff"] for r in rows), kl_max=None,
+                   kl_note="a golden file keeps the logsumexp, the top-k and a sample of the logits, not the whole "
+                           "distribution: max_abs_lse_diff stands in for KL",
+                   max_abs_lse_diff=max(r["max_abs_lse_diff"] for r in rows),
+                   top1_agreement=min(r["top1_agreement"] for r in rows), layers=[], failures=failures)
+    if golden.meta["greedy_tokens"]:
+        result["greedy"] = _greedy(side, golden, progress)
+        differing = sum(not g["identical"] for g in result["greedy"])
+        if differing and not lossy:
+            result["passed"] = False
+            result["failures"].append(f"greedy continuations differ on {differing} prompt(s)")
+    else:
+        result["greedy"] = "not recorded in the golden file"
+    return result

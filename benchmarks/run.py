@@ -25,6 +25,7 @@ OUT = Path(os.environ.get("BENCH_DIR", ROOT / "bench-out"))
 LAYERS = int(os.environ.get("BENCH_LAYERS", "2"))
 REPEATS = int(os.environ.get("BENCH_REPEATS", "5"))
 ONLY_COPY = os.environ.get("BENCH_ONLY") == "copy"
+ONLY_VERIFY = os.environ.get("BENCH_ONLY") == "verify"
 PY = sys.executable
 
 
@@ -153,9 +154,19 @@ def bench_verify(src: Path) -> dict:
     data = json.loads(report.read_text())
     layers = data["checks"]["logits"]["layers"]
     per_layer = statistics.median(l["seconds_reference"] + l["seconds_llama"] for l in layers)
+    golden = OUT / "golden.safetensors"
+    rec_wall, rec_rss, _ = measured([PY, "-m", "qwen2llama", "golden", str(src), str(golden), "--quick"])
+    gold_wall, gold_rss, _ = measured([PY, "-m", "qwen2llama", "verify", str(dst), "--golden", str(golden),
+                                       "--report", str(report)])
+    gold = json.loads(report.read_text())
     return {"seconds": round(wall, 1), "peak_rss_mib": rss, "layers": len(layers),
             "seconds_per_layer_both_sides": round(per_layer, 3),
-            "max_abs_logit_diff": data["checks"]["logits"]["max_abs_logit_diff"], "passed": data["passed"]}
+            "max_abs_logit_diff": data["checks"]["logits"]["max_abs_logit_diff"], "passed": data["passed"],
+            "golden_record_seconds": round(rec_wall, 1), "golden_record_peak_rss_mib": rec_rss,
+            "golden_file_mb": round(golden.stat().st_size / 1e6, 2),
+            "golden_verify_seconds": round(gold_wall, 1), "golden_verify_peak_rss_mib": gold_rss,
+            "golden_verify_passed": gold["passed"],
+            "golden_max_abs_logit_diff": gold["checks"]["logits"]["max_abs_logit_diff"]}
 
 
 def hash_speed(algorithm: str) -> float:
@@ -215,6 +226,11 @@ def main() -> None:
         shutil.rmtree(src, ignore_errors=True)
         print(f"synthesizing {src} ...", flush=True)
         synthesize(src, "qwen-7b", layers=LAYERS, shards=2 if LAYERS <= 8 else 8)
+    if ONLY_VERIFY:
+        ver = bench_verify(src)
+        (OUT / "results-verify.json").write_text(json.dumps(ver, indent=2) + "\n")
+        print_verify(ver)
+        return
     machine = f"{platform.machine()}, {os.cpu_count()} cores, {memory_bytes() / 2**30:.0f} GiB, " \
               f"Python {platform.python_version()}"
     print("convert vs cp ...", flush=True)
@@ -240,8 +256,16 @@ def main() -> None:
           f"peak RSS {binrow['peak_rss_mib']} MiB (largest tensor {binrow['largest_tensor_mib']} MiB)")
     print(f"tokenizer: ours {tok['ours_seconds']} s, {tok['ours_merges']} merges; transformers TikTokenConverter "
           f"{tok['generic_seconds']} s, {tok['generic_merges']} merges")
+    print_verify(ver)
+
+
+def print_verify(ver: dict) -> None:
     print(f"verify --quick: {ver['seconds']} s, peak RSS {ver['peak_rss_mib']} MiB, "
           f"{ver['seconds_per_layer_both_sides']} s per layer (both sides), passed={ver['passed']}")
+    print(f"golden --quick (record): {ver['golden_record_seconds']} s, peak RSS {ver['golden_record_peak_rss_mib']} MiB, "
+          f"{ver['golden_file_mb']} MB; verify --golden: {ver['golden_verify_seconds']} s, peak RSS "
+          f"{ver['golden_verify_peak_rss_mib']} MiB, max |Δlogit| {ver['golden_max_abs_logit_diff']:.2e}, "
+          f"passed={ver['golden_verify_passed']}")
 
 
 if __name__ == "__main__":

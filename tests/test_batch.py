@@ -103,6 +103,11 @@ def test_failing_rerun_keeps_what_was_published(tmp_path):
     (result,) = batch.run_jobs([job], quick=True)
     assert result.status == "bad input" and any("NaN" in line for line in result.failures)
     assert {p.name: p.read_bytes() for p in job.out.iterdir()} == before
+    save_file({**tensors, "lm_head.weight": load_file(tmp_path / "src" / "model.safetensors")["lm_head.weight"]
+               .nan_to_num(0.0)}, src / "model.safetensors")
+    assert [r.status for r in batch.run_jobs([job], quick=True)] == ["passed"]  # changed source: redone
+    assert [r.status for r in batch.run_jobs([job], quick=True)] == ["up to date"]
+    assert [r.status for r in batch.run_jobs([job], quick=True, force=True)] == ["passed"]
 
 
 @pytest.mark.slow
@@ -247,6 +252,12 @@ def test_two_shard_processes_cover_a_five_job_list(tmp_path):
     assert [j["status"] for j in json.loads((tmp_path / "s-slurm.json").read_text())["jobs"]] == ["up to date"] * 2
     per_shard = [[j["name"] for j in json.loads((tmp_path / f"s{i}.json").read_text())["jobs"]] for i in range(2)]
     assert sorted(per_shard[0] + per_shard[1]) == [f"m{k}" for k in range(5)] and len(per_shard[1]) == 2
+    kube = [subprocess.Popen(common[:3] + [*common[3:], "--summary", str(tmp_path / f"k{i}.json")],
+                             env={**os.environ, "JOB_COMPLETION_INDEX": str(i), "QWEN2LLAMA_SHARD_COUNT": "2"},
+                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True) for i in range(2)]
+    for proc in kube:
+        assert proc.communicate(timeout=600)[0].count("up to date") >= 2 and proc.returncode == 0
+    assert [[j["name"] for j in json.loads((tmp_path / f"k{i}.json").read_text())["jobs"]] for i in range(2)] == per_shard
     merged = run_cli("batch", "--summarize", tmp_path / "s0.json", tmp_path / "s1.json", "--junit",
                      tmp_path / "all.xml")
     assert merged.returncode == 0, merged.stderr
@@ -295,3 +306,26 @@ def test_shipped_examples_are_valid():
     assert subprocess.run(["bash", "-n", str(root / "slurm-array.sh")]).returncode == 0
     manifest = (root / "kubernetes-indexed-job.yaml").read_text()
     assert "completionMode: Indexed" in manifest and "QWEN2LLAMA_SHARD_COUNT" in manifest
+
+
+def test_base_supplies_what_a_trainer_checkpoint_lacks(tmp_path):
+    from qwen2llama.convert import convert
+    from qwen2llama.qwen.checkpoint import COMPANIONS
+    from qwen2llama.sources import open_source
+
+    release = synthesize(tmp_path / "release", "tiny", chat=True)
+    checkpoint = synthesize(tmp_path / "runs" / "checkpoint-9", "tiny", seed=9, trainer=True)
+    ckpt = open_source(checkpoint, base=release)
+    assert ckpt.companions == {name: release / name for name in COMPANIONS}
+    assert len(ckpt.notes) == 4 and all("taken from --base" in note for note in ckpt.notes)
+    record = convert(checkpoint, tmp_path / "out", base=str(release))
+    assert record["target"]["chat"] is True and record["source"]["notes"] == ckpt.notes
+    assert (tmp_path / "out" / "LICENSE").read_bytes() == (release / "LICENSE").read_bytes()
+    assert 151645 in json.loads((tmp_path / "out" / "generation_config.json").read_text())["eos_token_id"]
+    alone = open_source(checkpoint)  # no base: the bundled vocabulary, and chat assumed, both said
+    assert any("bundled Qwen v1 vocabulary" in n for n in alone.notes)
+    assert any("no generation_config.json" in n for n in alone.notes)
+    config = json.loads((checkpoint / "config.json").read_text())
+    (checkpoint / "config.json").write_text(json.dumps({**config, "vocab_size": 1000}))
+    with pytest.raises(InputError, match="the bundled vocabulary cannot be assumed"):
+        open_source(checkpoint)

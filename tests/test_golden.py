@@ -140,6 +140,7 @@ def test_verify_junit_and_github_summary(golden_file, sources, converted, tmp_pa
     assert all(c.find("failure") is not None for c in prompt_cases)
     assert int(suite.get("failures")) == 1 + len(prompt_cases)
     step = tmp_path / "summary.md"
+    assert not step.exists()  # no GITHUB_STEP_SUMMARY: nothing written
     monkeypatch.setenv("GITHUB_STEP_SUMMARY", str(step))
     ok = CliRunner().invoke(app, ["verify", str(sources[VARIANT]), str(converted[VARIANT]), "--quick"])
     assert ok.exit_code == 0
@@ -222,3 +223,12 @@ def test_folders_other_converters_wrote(sources, converted, tmp_path, tokenizer)
     for name in ("config", "tokenizer"):
         assert checks[name]["passed"] is False and checks[name]["fix"]
     assert "fix:" in result.output
+
+
+def test_example_workflow_runs_the_golden_verify():
+    """The shipped GitHub Actions example calls the CLI as documented, and the exit code gates."""
+    from pathlib import Path
+
+    text = (Path(__file__).resolve().parent.parent / "examples" / "github-verify.yml").read_text()
+    assert "qwen2llama verify model --golden" in text and "--junit verify.xml" in text
+    assert "continue-on-error" not in text  # the exit code must fail the job

@@ -3,6 +3,7 @@ one layer of each, whatever the model size. Also greedy continuation and the run
 from __future__ import annotations
 
 import time
+from functools import partial
 
 import torch
 
@@ -17,22 +18,23 @@ class LayerRejected(Exception):
 
 
 def reference_layers(ref):
-    """The Qwen blocks in order, each as a function of one sequence's hidden states."""
+    """The Qwen blocks in order, each as a function of one sequence's hidden states. Nothing here
+    keeps a layer's weights: once the caller drops a step, its weights are freed."""
     for i in range(ref.cfg.num_layers):
-        w = ref.layer_weights(i)
-        yield lambda x, w=w: ref.block(w, x)
-        del w  # one layer's weights in memory at a time
+        yield partial(ref.block, ref.layer_weights(i))
+
+
+def _llama_layer(side, i: int):
+    try:
+        return side.layer(i)
+    except (RuntimeError, KeyError) as exc:
+        raise LayerRejected(i, exc) from None
 
 
 def llama_layers(side):
     """transformers' decoder layers in order, each as a function of one sequence's hidden states."""
     for i in range(side.config.num_hidden_layers):
-        try:
-            layer = side.layer(i)
-        except (RuntimeError, KeyError) as exc:
-            raise LayerRejected(i, exc) from None
-        yield lambda x, layer=layer: side.run_layer(layer, x)
-        del layer
+        yield partial(side.run_layer, _llama_layer(side, i))
 
 
 def _apply(step, h: torch.Tensor, lens: list[int]) -> torch.Tensor:
@@ -43,6 +45,7 @@ def forward(h: torch.Tensor, layers, lens: list[int], progress) -> torch.Tensor:
     """One model alone over every layer (golden files record the reference, replay the LLaMA side)."""
     for step in layers:
         h = _apply(step, h, lens)
+        del step  # before the next layer loads: one layer in memory at a time
         progress.advance(1)
     return h
 

@@ -65,10 +65,17 @@ def _stop_failures(dst: Path, chat: bool) -> list[str]:
 def check_tokenizer(dst: Path, encode, texts, chats, chat: bool) -> dict:
     from transformers import AutoTokenizer
 
+    present = [name for name in ("tokenizer.json", "vocab.json", "merges.txt", "tokenizer_config.json")
+               if (dst / name).is_file()]
+    if not present:
+        return check(False, failures=["no tokenizer files (tokenizer.json, vocab.json + merges.txt, "
+                                      "tokenizer_config.json): AutoTokenizer cannot load the folder"])
     try:
         tok = AutoTokenizer.from_pretrained(dst)
     except Exception as exc:
-        return check(False, failures=[f"AutoTokenizer cannot load the folder: {exc}"[:300]])
+        first_line = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
+        return check(False, failures=[f"AutoTokenizer cannot load the folder ({', '.join(present)}): "
+                                      f"{first_line}"[:300]])
     rendered, failures = _template_failures(tok, chats)
     samples = list(texts) + rendered + PROBES + list(GOLDEN)
     encoders = _encoders(tok, dst, failures)

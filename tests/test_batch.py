@@ -103,20 +103,25 @@ def test_failing_rerun_keeps_what_was_published(tmp_path):
     (result,) = batch.run_jobs([job], quick=True)
     assert result.status == "bad input" and any("NaN" in line for line in result.failures)
     assert {p.name: p.read_bytes() for p in job.out.iterdir()} == before
-    save_file({**tensors, "lm_head.weight": load_file(tmp_path / "src" / "model.safetensors")["lm_head.weight"]
-               .nan_to_num(0.0)}, src / "model.safetensors")
+    tensors["lm_head.weight"] = tensors["lm_head.weight"].nan_to_num(0.0)
+    save_file(tensors, src / "model.safetensors")
     assert [r.status for r in batch.run_jobs([job], quick=True)] == ["passed"]  # changed source: redone
     assert [r.status for r in batch.run_jobs([job], quick=True)] == ["up to date"]
     assert [r.status for r in batch.run_jobs([job], quick=True, force=True)] == ["passed"]
 
 
-@pytest.mark.slow
-def test_sigkill_mid_batch_then_rerun_publishes_each_once(tmp_path):
-    for k in range(3):
+def tiny_batch(tmp_path, count: int, *options: str) -> tuple[list[str], Path]:
+    """`count` tiny checkpoints m0, m1, ...; the batch command over them, and its output root."""
+    for k in range(count):
         synthesize(tmp_path / "src" / f"m{k}", "tiny", seed=k)
     out = tmp_path / "out"
-    args = [sys.executable, "-m", "qwen2llama", "batch", str(tmp_path / "src" / "m*"), "--out-root", str(out),
-            "--quick"]
+    return [sys.executable, "-m", "qwen2llama", "batch", str(tmp_path / "src" / "m*"), "--out-root", str(out),
+            *options], out
+
+
+@pytest.mark.slow
+def test_sigkill_mid_batch_then_rerun_publishes_each_once(tmp_path):
+    args, out = tiny_batch(tmp_path, 3, "--quick")
     proc = subprocess.Popen(args, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     deadline = time.monotonic() + 300
     while not (out / "m0").exists() or not list(out.glob(".m1.qwen2llama-staging-*")):
@@ -125,7 +130,7 @@ def test_sigkill_mid_batch_then_rerun_publishes_each_once(tmp_path):
     proc.kill()
     proc.wait()
     assert not (out / "m1").exists() and not (out / "m2").exists()
-    rerun = run_cli("batch", tmp_path / "src" / "m*", "--out-root", out, "--quick", "--summary", tmp_path / "s.json")
+    rerun = run_cli(*args[3:], "--summary", tmp_path / "s.json")
     assert rerun.returncode == 0, rerun.stdout + rerun.stderr
     statuses = {j["name"]: j["status"] for j in json.loads((tmp_path / "s.json").read_text())["jobs"]}
     assert statuses == {"m0": "up to date", "m1": "passed", "m2": "passed"}
@@ -236,11 +241,7 @@ def test_shards_from_slurm_and_kubernetes_partition_the_jobs():
 
 @pytest.mark.slow
 def test_two_shard_processes_cover_a_five_job_list(tmp_path):
-    for k in range(5):
-        synthesize(tmp_path / "src" / f"m{k}", "tiny", seed=k)
-    out = tmp_path / "out"
-    common = [sys.executable, "-m", "qwen2llama", "batch", str(tmp_path / "src" / "m*"), "--out-root", str(out),
-              "--no-verify"]
+    common, out = tiny_batch(tmp_path, 5, "--no-verify")
     procs = [subprocess.Popen(common + ["--shard", f"{i}/2", "--summary", str(tmp_path / f"s{i}.json")],
                               stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True) for i in range(2)]
     for proc in procs:

@@ -11,10 +11,9 @@ import torch
 from typer.testing import CliRunner
 
 from qwen2llama.cli import app
-from qwen2llama.errors import InputError
 from qwen2llama.sources import open_source
 from qwen2llama.verify import golden as golden_mod
-from qwen2llama.verify import verify, verify_golden
+from qwen2llama.verify import verify_golden
 
 from defects import DEFECTS, bump_row, edit_weights, rehash
 

@@ -9,7 +9,6 @@ failing or interrupted rerun never loses what an earlier run published. Jobs run
 from __future__ import annotations
 
 import glob
-import json
 import os
 import re
 import threading
@@ -205,7 +204,7 @@ def run_job(job: Job, *, verify: bool, quick: bool, force: bool, verify_lock: th
             with verify_lock:  # one verify at a time: it is the memory-hungry step
                 outcome = run_verify(ckpt, staging, quick=quick, progress=progress, display=job.out)
             verdict.update(outcome)
-            job.report.write_text(json.dumps(outcome, indent=2, sort_keys=True) + "\n")
+            outcome.write(job.report)
             manifest.record_verification(staging, outcome)
             outcome.raise_if_failed()
 

@@ -66,7 +66,7 @@ def _long_context(cfg) -> dict:
 
 
 def build(prepared, tokenizer: dict, digests: dict[str, str | None]) -> dict:
-    """The manifest of a conversion: `prepared` is convert's plan, `digests` every output file's sha256."""
+    """The manifest of a conversion: `prepared` is convert's plan, `digests` every output file's digest."""
     plan = prepared.plan
     ckpt, cfg = plan.checkpoint, plan.checkpoint.config
     return {
@@ -98,7 +98,7 @@ def fingerprint(prepared) -> str:
     ckpt, plan = prepared.plan.checkpoint, prepared.plan
     small = {name: sha256_file(path) for name, path in ckpt.companions.items()}
     small["config.json"] = sha256_file(ckpt.folder / "config.json")
-    weights = {p.name: [p.stat().st_size, p.stat().st_mtime_ns] for p in ckpt.files}
+    weights = {p.name: [(st := p.stat()).st_size, st.st_mtime_ns] for p in ckpt.files}
     what = {"tool": __version__, "dtype": plan.dtype, "chat": prepared.chat, "checksums": prepared.options.checksums,
             "hash": prepared.options.hash,
             "shards": [[name, len(tensors)] for name, tensors in prepared.shards], "weights": weights, "files": small}

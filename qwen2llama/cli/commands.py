@@ -1,7 +1,6 @@
 """The single-model commands: inspect, convert, verify, golden, tokenizer, synth."""
 from __future__ import annotations
 
-import json
 from pathlib import Path
 from typing import Annotated, Optional
 
@@ -43,7 +42,7 @@ def _verify_and_report(src, dst, *, report, quick, prompts=None, long_prompt=Non
                             display=display, base=base, greedy_tokens=greedy_tokens)
     render.verify_summary(out, result)
     if report is not None:
-        Path(report).write_text(json.dumps(result, indent=2, sort_keys=True) + "\n")
+        result.write(report)
         out.print(f"report: {report}")
     if junit is not None:
         Path(junit).write_text(summary.verify_junit(result), encoding="utf-8")

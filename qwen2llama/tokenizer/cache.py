@@ -15,14 +15,11 @@ import tempfile
 from pathlib import Path
 
 from .. import __version__
+from ..manifest import sha256_file
 from .files import TOKENIZER_FILES
 
 ENV = "QWEN2LLAMA_TOKENIZER_CACHE"
 RECORD = "entry.json"
-
-
-def _sha256(path: Path) -> str:
-    return hashlib.sha256(path.read_bytes()).hexdigest()
 
 
 def root() -> Path | None:
@@ -33,7 +30,7 @@ def root() -> Path | None:
 
 
 def key(vocab: Path, chat: bool, model_max_length: int) -> str:
-    what = {"vocab_sha256": _sha256(vocab), "chat": chat, "model_max_length": model_max_length,
+    what = {"vocab_sha256": sha256_file(vocab), "chat": chat, "model_max_length": model_max_length,
             "tool_version": __version__}
     return hashlib.sha256(json.dumps(what, sort_keys=True).encode()).hexdigest()[:32]
 
@@ -46,7 +43,7 @@ def lookup(entry_key: str) -> tuple[Path, dict] | None:
         return None
     try:
         record = json.loads((folder / RECORD).read_text())
-        sound = all(_sha256(folder / name) == digest for name, digest in record["files"].items())
+        sound = all(sha256_file(folder / name) == digest for name, digest in record["files"].items())
         sound &= set(record["files"]) == set(TOKENIZER_FILES)
     except (OSError, ValueError, KeyError, TypeError, AttributeError):
         sound = False
@@ -67,7 +64,7 @@ def store(entry_key: str, written: Path, figures: dict) -> None:
         files = {}
         for name in TOKENIZER_FILES:
             shutil.copyfile(written / name, tmp / name)
-            files[name] = _sha256(tmp / name)
+            files[name] = sha256_file(tmp / name)
         (tmp / RECORD).write_text(json.dumps({"files": files, "figures": figures}, indent=2, sort_keys=True))
         try:
             tmp.rename(base / entry_key)

@@ -24,7 +24,7 @@ from ..reference import QwenReference
 from ..tokenizer import read_tiktoken
 from ..tokenizer.files import vocab_digest
 from ..tokens import SPECIAL_IDS
-from .lockstep import forward, reference_layers
+from .lockstep import continue_greedily, forward, reference_layers
 from .logits import GREEDY_MAX_BYTES, _prompt_set
 from .prompts import GOLDEN, PROBES, load_prompts, qwen_chat_text, tiktoken_encoder
 from .stats import reference_head_blocks, side_stats
@@ -45,18 +45,6 @@ def sample_ids(vocab_rows: int) -> torch.Tensor:
 def tokenizer_samples(texts: list[str], chats: list) -> list[str]:
     """Exactly the strings the tokenizer check encodes."""
     return list(texts) + [qwen_chat_text(m) for m in chats] + PROBES + list(GOLDEN)
-
-
-def _reference_greedy(ref, seqs, n: int, progress) -> list[list[int]]:
-    seqs = [list(s) for s in seqs]
-    none = torch.empty(0, dtype=torch.long)
-    for _ in range(n):
-        lens = [len(s) for s in seqs]
-        h = forward(ref.embed([x for s in seqs for x in s]), reference_layers(ref), lens, progress)
-        last = ref.final_norm(h)[torch.tensor(lens).cumsum(0) - 1]
-        for s, t in zip(seqs, side_stats(reference_head_blocks(ref), last, 1, none).top_ids[:, 0].tolist()):
-            s.append(t)
-    return seqs
 
 
 def record(ckpt, *, prompts: Path | None = None, quick: bool = False, long_prompt: bool | None = None,
@@ -83,7 +71,8 @@ def record(ckpt, *, prompts: Path | None = None, quick: bool = False, long_promp
     greedy_seqs = seqs[: min(3, len(seqs))]
     if n_greedy:
         progress.start(f"golden: greedy ({n_greedy} tokens)", n_greedy * cfg.num_layers, "layers")
-        greedy_seqs = _reference_greedy(ref, greedy_seqs, n_greedy, progress)
+        greedy_seqs = continue_greedily(ref.embed, lambda: reference_layers(ref), ref.final_norm,
+                                        lambda: reference_head_blocks(ref), greedy_seqs, n_greedy, progress)
         progress.finish()
     tensors = {"sample_ids": gather.to(torch.int32)}
     columns = {"lse": stats.lse().float(), "topk_ids": stats.top_ids.to(torch.int32),

@@ -7,7 +7,7 @@ from functools import partial
 
 import torch
 
-from .stats import head_stats
+from .stats import head_stats, side_stats
 
 
 class LayerRejected(Exception):
@@ -48,6 +48,20 @@ def forward(h: torch.Tensor, layers, lens: list[int], progress) -> torch.Tensor:
         del step  # before the next layer loads: one layer in memory at a time
         progress.advance(1)
     return h
+
+
+def continue_greedily(embed, layers, final_norm, head_blocks, seqs, n: int, progress) -> list[list[int]]:
+    """One model alone appends its argmax to each sequence, n times (the lm_head runs on the last
+    positions only). `layers()` and `head_blocks()` start a fresh pass over the model."""
+    seqs = [list(s) for s in seqs]
+    no_ids = torch.empty(0, dtype=torch.long)
+    for _ in range(n):
+        lens = [len(s) for s in seqs]
+        h = forward(embed([x for s in seqs for x in s]), layers(), lens, progress)
+        last = final_norm(h)[torch.tensor(lens).cumsum(0) - 1]
+        for s, t in zip(seqs, side_stats(head_blocks(), last, 1, no_ids).top_ids[:, 0].tolist()):
+            s.append(t)
+    return seqs
 
 
 def lockstep(ref, side, ref_seqs, llama_seqs, progress, layer_log: list | None = None):

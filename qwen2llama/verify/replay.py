@@ -15,7 +15,7 @@ from .. import manifest
 from ..tokenizer.files import tokens_from_vocab_json, vocab_digest
 from ..errors import InputError
 from .golden import Golden
-from .lockstep import LayerRejected, forward, llama_layers
+from .lockstep import LayerRejected, continue_greedily, forward, llama_layers
 from .logits import TOL_EXACT, TOL_LOSSY, logit_limit
 from .report import check
 from .stats import llama_head_blocks, side_stats
@@ -59,13 +59,9 @@ def _greedy(side, golden: Golden, progress) -> list[dict]:
     rows = []
     n = golden.meta["greedy_tokens"]
     starts = [golden.prompt(k, "ids").tolist() for k in range(len(golden.meta["prompts"]))][:3]
-    seqs = [list(s) for s in starts]
-    none = torch.empty(0, dtype=torch.long)
     progress.start(f"logits: greedy ({n} tokens, golden)", n * side.config.num_hidden_layers, "layers")
-    for _ in range(n):
-        stats, lens = _llama_stats(side, seqs, none, 1, progress)
-        for s, t in zip(seqs, stats.top_ids[torch.tensor(lens).cumsum(0) - 1, 0].tolist()):
-            s.append(t)
+    seqs = continue_greedily(side.embed, lambda: llama_layers(side), side.final_norm,
+                             lambda: llama_head_blocks(side), starts, n, progress)
     progress.finish()
     for k, (start, seq) in enumerate(zip(starts, seqs)):
         want = golden.tensors[f"greedy.{k}"].tolist()

@@ -6,6 +6,9 @@ A check's `passed` is null when it was skipped; the result fails if any check is
 """
 from __future__ import annotations
 
+import json
+from pathlib import Path
+
 from ..errors import VerificationFailed
 
 CHECKS = ("integrity", "tensors", "config", "tokenizer", "logits")
@@ -39,6 +42,10 @@ def with_fixes(checks: dict[str, dict]) -> dict[str, dict]:
 
 
 class VerifyResult(dict):
+    def write(self, path) -> None:
+        """The report as JSON (README "Report schema")."""
+        Path(path).write_text(json.dumps(self, indent=2, sort_keys=True) + "\n")
+
     def failed_checks(self) -> list[str]:
         return [name for name, c in self["checks"].items() if c["passed"] is False]
 

@@ -43,15 +43,32 @@ demo: setup
 bench: setup
 	$(PY) benchmarks/run.py
 	$(PY) benchmarks/batch.py
+	$(PY) benchmarks/gptq.py
 
 bench-7b: setup
 	BENCH_LAYERS=32 BENCH_ONLY=copy BENCH_REPEATS=3 $(PY) benchmarks/run.py
 
-# Not in CI: builds llama-cpp-python from source (about 10 minutes on 2 cores).
-e2e: setup
+# Not in CI: real runtimes on converted output, each in its own cached environment under
+# .cache/e2e (built once, reused). llama.cpp: llama-cpp-python built from source in .venv (about
+# 10 minutes on 2 cores). GPTQ: transformers + optimum + gptqmodel 7.7.0 built without CUDA
+# (it pulls its own torch, 2.14.1; about 6 GB, 5 minutes).
+E2E := .cache/e2e
+GPTQ_PY := $(E2E)/gptq/bin/python
+
+$(E2E)/gptq/.installed:
+	$(PYTHON) -m venv $(E2E)/gptq
+	$(GPTQ_PY) -m pip install -q --upgrade pip
+	$(GPTQ_PY) -m pip install -q "$(TORCH)"
+	BUILD_CUDA_EXT=0 $(GPTQ_PY) -m pip install -q --no-build-isolation optimum "gptqmodel==7.7.0"
+	$(GPTQ_PY) -m pip install -q tiktoken blake3
+	$(GPTQ_PY) -m pip install -q --no-deps -e .
+	touch $@
+
+e2e: setup $(E2E)/gptq/.installed
 	$(PY) -c "import llama_cpp" 2>/dev/null || CMAKE_BUILD_PARALLEL_LEVEL=2 $(PY) -m pip install \
 		"$$($(PY) -c 'import sys; sys.path.insert(0, "tests"); import llamacpp_source; print(llamacpp_source.sdist())')"
 	$(PY) tests/e2e_llamacpp.py
+	$(GPTQ_PY) tests/e2e_gptq.py
 
 clean:
 	rm -rf $(VENV) $(DEMO) bench-out e2e-out

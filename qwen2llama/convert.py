@@ -20,6 +20,7 @@ from .plan import ConversionPlan, build_plan
 from .errors import InputError
 from .progress import NullProgress, Progress
 from .publish import check_target, fsync_path, staged_folder
+from .qwen.adapter import open_adapter
 from .qwen.checkpoint import Checkpoint, detect_chat
 from .sources import open_source
 from .storage import OutputTensor
@@ -39,6 +40,8 @@ class Options:
     checksums: bool = True  # record each file's digest in conversion.json
     base: str | None = None  # folder or hub id supplying files the source lacks (a Trainer checkpoint)
     hash: str = "blake3"  # the digest algorithm: blake3 or sha256 (see manifest.HASHES)
+    dequantize: str | None = None  # GPTQ source: write dense weights of this dtype instead
+    merge_adapter: str | None = None  # a PEFT LoRA adapter folder to fold into the weights
 
 
 @dataclass
@@ -52,6 +55,7 @@ class Prepared:
     vocab: Path
     options: Options
     out: Path | None  # None: planned only (inspect)
+    adapter: object | None = None  # the QwenAdapter merged in, if any
 
 
 def prepare(src: str | Path | Checkpoint, options: Options = Options(), out: str | Path | None = None) -> Prepared:
@@ -60,13 +64,14 @@ def prepare(src: str | Path | Checkpoint, options: Options = Options(), out: str
     if options.hash not in manifest.HASHES:
         raise InputError(f"unknown --hash {options.hash!r}", fix=f"use one of {', '.join(manifest.HASHES)}")
     ckpt = src if isinstance(src, Checkpoint) else open_source(src, options.base)
-    plan = build_plan(ckpt, options.dtype)
+    adapter = open_adapter(options.merge_adapter) if options.merge_adapter else None
+    plan = build_plan(ckpt, options.dtype, options.dequantize, adapter)
     groups = plan_shards([t.nbytes for t in plan.tensors], parse_size(options.shard_size))
     shards = [(name, [plan.tensors[i] for i in g]) for name, g in zip(shard_names(len(groups)), groups)]
     chat, reason = detect_chat(ckpt, options.kind)
     vocab = ckpt.vocab
     read_tiktoken(vocab)  # every line valid, before anything is written
-    prepared = Prepared(plan, shards, chat, reason, vocab, options, None)
+    prepared = Prepared(plan, shards, chat, reason, vocab, options, None, adapter)
     return prepared if out is None else aim(prepared, out, force=options.force)
 
 
@@ -106,7 +111,12 @@ def _write_files(prepared: Prepared, folder: Path, progress: Progress) -> dict:
         index = {"metadata": {"total_size": plan.total_bytes},
                  "weight_map": dict(sorted((t.name, n) for n, ts in prepared.shards for t in ts))}
         manifest.write_json(folder / "model.safetensors.index.json", index)
-    manifest.write_json(folder / "config.json", llama_config(cfg, plan.dtype, prepared.chat))
+    config = llama_config(cfg, plan.dtype, prepared.chat)
+    if plan.quantized:
+        # transformers reads config.json; AutoGPTQ-style loaders read quantize_config.json
+        config["quantization_config"] = ckpt.quantization.output_config()
+        manifest.write_json(folder / "quantize_config.json", ckpt.quantization.output_config())
+    manifest.write_json(folder / "config.json", config)
     manifest.write_json(folder / "generation_config.json", generation_config(prepared.chat, ckpt.generation_config()))
     for name in COPIED_FILES:
         if name in ckpt.companions:

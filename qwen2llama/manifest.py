@@ -79,10 +79,13 @@ def build(prepared, tokenizer: dict, digests: dict[str, str | None]) -> dict:
             "config": cfg.to_dict(),
             "companions": {name: str(path) for name, path in sorted(ckpt.companions.items())},
             "notes": list(ckpt.notes),
+            "quantization": ckpt.quantization.raw if ckpt.quantization else None,
         },
         "target": {"dtype": NAME_OF[plan.dtype], "chat": prepared.chat, "chat_reason": prepared.chat_reason,
-                   "shards": len(prepared.shards), "total_bytes": plan.total_bytes},
+                   "shards": len(prepared.shards), "total_bytes": plan.total_bytes, "format": plan.fmt.name,
+                   "quantized": plan.quantized},
         "long_context": _long_context(cfg),
+        "merged_adapter": str(prepared.adapter.folder.resolve()) if prepared.adapter is not None else None,
         "dropped_tensors": plan.dropped,
         "tokenizer": tokenizer,
         "fingerprint": fingerprint(prepared),
@@ -97,11 +100,18 @@ def fingerprint(prepared) -> str:
     fingerprints mean a rerun would write the same files; batch skips such jobs."""
     ckpt, plan = prepared.plan.checkpoint, prepared.plan
     small = {name: sha256_file(path) for name, path in ckpt.companions.items()}
-    small["config.json"] = sha256_file(ckpt.folder / "config.json")
+    for name in ("config.json", "quantize_config.json"):
+        if (ckpt.folder / name).is_file():
+            small[name] = sha256_file(ckpt.folder / name)
     weights = {p.name: [(st := p.stat()).st_size, st.st_mtime_ns] for p in ckpt.files}
     what = {"tool": __version__, "dtype": plan.dtype, "chat": prepared.chat, "checksums": prepared.options.checksums,
             "hash": prepared.options.hash,
             "shards": [[name, len(tensors)] for name, tensors in prepared.shards], "weights": weights, "files": small}
+    if plan.fmt.name != "dense":  # keys only where they apply: other fingerprints stay as they were
+        what["format"] = [plan.fmt.name, plan.quantized]
+    if prepared.adapter is not None:
+        what["adapter"] = {str(p): [(st := p.stat()).st_size, st.st_mtime_ns] for p in prepared.adapter.files}
+        what["adapter"]["adapter_config.json"] = sha256_file(prepared.adapter.folder / "adapter_config.json")
     return hashlib.sha256(json.dumps(what, sort_keys=True).encode()).hexdigest()
 
 

@@ -12,8 +12,9 @@ from dataclasses import dataclass, field
 from . import layout
 from .dtypes import FLOAT_NAMES, NAME_OF, WIDENING
 from .errors import InputError
-from .formats import dense
+from .formats import DENSE, Gptq, format_for, lora
 from .qwen.checkpoint import Checkpoint
+from .qwen.quantization import SUPPORTED
 from .storage import OutputTensor, TensorRef
 
 CONFIG_FIX = "use the config.json that came with these weights"
@@ -22,9 +23,15 @@ CONFIG_FIX = "use the config.json that came with these weights"
 @dataclass
 class ConversionPlan:
     checkpoint: Checkpoint
-    dtype: str
+    dtype: str  # of the floating-point tensors
     tensors: list[OutputTensor]
     dropped: list[str] = field(default_factory=list)
+    fmt: object = DENSE
+
+    @property
+    def quantized(self) -> bool:
+        """Whether the output is a LLaMA GPTQ folder (needs a quantization_config)."""
+        return isinstance(self.fmt, Gptq) and self.fmt.dequantize is None
 
     @property
     def total_bytes(self) -> int:
@@ -33,8 +40,8 @@ class ConversionPlan:
     @property
     def lossy(self) -> bool:
         """Whether a cast changes values (a narrowing --dtype)."""
-        return any(t.source is not None and t.source.dtype != t.dtype and (t.source.dtype, t.dtype) not in WIDENING
-                   for t in self.tensors)
+        return any((t.source is not None and t.source.dtype != t.dtype and (t.source.dtype, t.dtype) not in WIDENING)
+                   or (t.derived is not None and t.dtype != "F32") for t in self.tensors)
 
 
 @dataclass
@@ -45,20 +52,35 @@ class SourceMap:
     dropped: list[str]
 
 
-def _patterns(fmt) -> list[tuple[re.Pattern, layout.Module, str]]:
+def _patterns(fmt, sizes: dict[str, int]) -> list[tuple[re.Pattern, layout.Module, str]]:
     out = []
     for module in layout.MODULES:
-        for suffix in fmt.stored(module):
+        for suffix in fmt.stored(module, sizes):
             template = re.escape(f"{module.qwen}.{suffix}").replace(r"\{i\}", r"(\d+)")
             out.append((re.compile(f"^{template}$"), module, suffix))
     return out
 
 
-def map_source(ckpt: Checkpoint, fmt=dense) -> SourceMap:
+def _unknown(ckpt: Checkpoint, name: str, ref: TensorRef) -> InputError:
+    if name.endswith((".qweight", ".qzeros", ".g_idx")):
+        if ckpt.quantization is None:
+            return InputError(f"tensor {name} is GPTQ-packed, but config.json has no quantization_config and "
+                              "there is no quantize_config.json", path=ref.file,
+                              fix="restore the config files that came with the quantized checkpoint")
+        return InputError(f"tensor {name} is quantized: unsupported quantization (only the block linears "
+                          "of a Qwen v1 GPTQ release are; wte and lm_head stay float16)", path=ref.file,
+                          fix=f"qwen2llama converts {SUPPORTED}")
+    return InputError(f"unknown tensor {name} (shape {list(ref.shape)}): not part of a Qwen v1 model",
+                      path=ref.file, fix="qwen2llama converts unmodified Qwen v1 checkpoints only; "
+                      "merge or remove adapters and extra heads first (`qwen2llama adapter` converts a PEFT adapter)")
+
+
+def map_source(ckpt: Checkpoint, fmt=None) -> SourceMap:
     """Place every source tensor in the table, or raise naming the first that does not fit."""
+    fmt = fmt or format_for(ckpt)
     n_layers = ckpt.config.num_layers
     sizes = layout.feature_sizes(ckpt.config)
-    patterns = _patterns(fmt)
+    patterns = _patterns(fmt, sizes)
     found: dict[tuple[str, int | None], dict[str, TensorRef]] = {}
     dropped: list[str] = []
     for name, ref in ckpt.tensors.items():
@@ -67,24 +89,25 @@ def map_source(ckpt: Checkpoint, fmt=dense) -> SourceMap:
             if layout.is_dropped(name):
                 dropped.append(name)
                 continue
-            raise InputError(f"unknown tensor {name} (shape {list(ref.shape)}): not part of a Qwen v1 model",
-                             path=ref.file, fix="qwen2llama converts unmodified Qwen v1 checkpoints only; "
-                             "remove adapters or extra heads first")
+            raise _unknown(ckpt, name, ref)
         match, module, suffix = hit
         layer = int(match.group(1)) if module.per_layer else None
         if layer is not None and layer >= n_layers:
             raise InputError(f"tensor {name} is for layer {layer}, but config.json says {n_layers} layers",
                              path=ref.file, fix=CONFIG_FIX)
-        expected = tuple(sizes[s] for s in fmt.stored(module)[suffix])
-        if ref.shape != expected:
-            raise InputError(f"tensor {name} has shape {list(ref.shape)}, config.json implies {list(expected)}",
+        want = fmt.stored(module, sizes)[suffix]
+        if ref.shape != want.shape:
+            raise InputError(f"tensor {name} has shape {list(ref.shape)}, {_implied_by(ckpt)} {list(want.shape)}",
                              path=ref.file, fix=CONFIG_FIX)
-        if ref.dtype not in NAME_OF:
-            raise InputError(f"tensor {name} is {ref.dtype}, not a floating-point type", path=ref.file,
-                             fix="only float32, float16 and bfloat16 weights can be converted")
+        if ref.dtype not in want.dtypes:
+            if want.dtypes[0] in NAME_OF:
+                raise InputError(f"tensor {name} is {ref.dtype}, not a floating-point type", path=ref.file,
+                                 fix="only float32, float16 and bfloat16 weights can be converted")
+            raise InputError(f"tensor {name} is {ref.dtype}; GPTQ stores it as {' or '.join(want.dtypes)}",
+                             path=ref.file, fix="check that the checkpoint is an unmodified AutoGPTQ export")
         found.setdefault((module.qwen, layer), {})[suffix] = ref
     missing = [layout.name_at(f"{module.qwen}.{suffix}", layer)
-               for module, layer in layout.in_output_order(n_layers) for suffix in fmt.stored(module)
+               for module, layer in layout.in_output_order(n_layers) for suffix in fmt.stored(module, sizes)
                if suffix not in found.get((module.qwen, layer), {})]
     if missing:
         more = f" and {len(missing) - 5} more" if len(missing) > 5 else ""
@@ -93,23 +116,44 @@ def map_source(ckpt: Checkpoint, fmt=dense) -> SourceMap:
     return SourceMap(found, sorted(dropped))
 
 
-def choose_dtype(ckpt: Checkpoint, requested: str | None) -> str:
-    """The output dtype: as requested, else the source's single weight dtype."""
-    if requested is not None:
+def _implied_by(ckpt: Checkpoint) -> str:
+    q = ckpt.quantization
+    return "config.json implies" if q is None else \
+        f"config.json with bits {q.bits}, group_size {q.group_size} implies"
+
+
+def choose_dtype(ckpt: Checkpoint, requested: str | None, fmt=DENSE) -> str:
+    """The output dtype of floating-point tensors: as requested, else the source's single one."""
+    if isinstance(fmt, Gptq):
+        if requested is not None:
+            raise InputError("--dtype does not apply to a GPTQ output (its scales and tables stay as stored)",
+                             fix="drop --dtype, or write a dense model with --dequantize bfloat16|float16|float32")
+        if fmt.dequantize is not None:
+            return fmt.dequantize
+    elif requested is not None:
         if requested not in FLOAT_NAMES:
             raise InputError(f"unknown --dtype {requested!r}", fix=f"use one of {', '.join(FLOAT_NAMES)}")
         return FLOAT_NAMES[requested]
-    dtypes = {ref.dtype for name, ref in ckpt.tensors.items() if not layout.is_dropped(name)}
+    dtypes = {ref.dtype for name, ref in ckpt.tensors.items() if not layout.is_dropped(name) and ref.dtype in NAME_OF}
     if len(dtypes) != 1:
         raise InputError(f"the checkpoint mixes weight dtypes ({', '.join(sorted(dtypes))})", path=ckpt.folder,
                          fix="choose the output type with --dtype bfloat16|float16|float32")
     return dtypes.pop()  # map_source has checked that every weight is a float type
 
 
-def build_plan(ckpt: Checkpoint, dtype: str | None = None, fmt=dense) -> ConversionPlan:
-    """Every output tensor, in the table's order, with its source slice."""
+def build_plan(ckpt: Checkpoint, dtype: str | None = None, dequantize: str | None = None,
+               adapter=None) -> ConversionPlan:
+    """Every output tensor, in the table's order, with its source slice; with `adapter` (a
+    QwenAdapter), the adapter merged into the weights."""
+    fmt = format_for(ckpt, dequantize)
     source = map_source(ckpt, fmt)
-    out_dtype = choose_dtype(ckpt, dtype)
+    out_dtype = choose_dtype(ckpt, dtype, fmt)
     tensors = [t for module, layer in layout.in_output_order(ckpt.config.num_layers)
                for t in fmt.outputs(module, layer, source.found[module.qwen, layer], out_dtype)]
-    return ConversionPlan(ckpt, out_dtype, tensors, source.dropped)
+    if adapter is not None:
+        if fmt is not DENSE:
+            raise InputError("--merge needs dense base weights; this base is a GPTQ release", path=ckpt.folder,
+                             fix="convert the adapter on its own (`qwen2llama adapter`) and serve it with LoRA")
+        lora.check_base(adapter, ckpt)
+        tensors = lora.merge_into(tensors, adapter)
+    return ConversionPlan(ckpt, out_dtype, tensors, source.dropped, fmt)

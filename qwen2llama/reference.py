@@ -5,7 +5,8 @@ imports the conversion table, so a mapping bug shows up as a logit difference in
 being reproduced on both sides. It also implements what LLaMA cannot express (dynamic NTK,
 logn attention), so divergence past `seq_length` can be measured.
 
-Computation is in float32 (weights are upcast), one layer's weights at a time.
+Computation is in float32 (weights are upcast), one layer's weights at a time. A GPTQ release
+is dequantized here by its own element-wise reading of AutoGPTQ's format, not the converter's.
 """
 from __future__ import annotations
 
@@ -13,10 +14,12 @@ import math
 
 import torch
 
+from .qwen.adapter import QwenAdapter
 from .qwen.checkpoint import Checkpoint
 from .storage import read_ref
 
 ATTN_SCORE_BYTES = 256 << 20  # attention score block budget: heads are processed in groups
+GPTQ_COLUMNS = 1024  # output features dequantized per step
 
 
 def rms_norm(x: torch.Tensor, weight: torch.Tensor, eps: float) -> torch.Tensor:
@@ -55,15 +58,21 @@ def logn_scale(length: int, seq_length: int, enabled: bool) -> torch.Tensor:
 class QwenReference:
     """Qwen v1 in float32 over a source checkpoint, layer by layer."""
 
-    def __init__(self, ckpt: Checkpoint):
+    def __init__(self, ckpt: Checkpoint, adapter: QwenAdapter | None = None):
         self.ckpt = ckpt
         self.cfg = ckpt.config
+        self.adapter = adapter
+
+    def _ref(self, name: str):
+        """A tensor's location: the adapter's modules_to_save copy when it has one."""
+        saved = self.adapter.saved if self.adapter is not None else {}
+        return saved.get(name) or self.ckpt.tensors[name]
 
     def _w(self, name: str) -> torch.Tensor:
-        return self.ckpt.read_tensor(name).float()
+        return read_ref(self._ref(name)).float()
 
     def embed(self, ids: list[int]) -> torch.Tensor:
-        ref = self.ckpt.tensors["transformer.wte.weight"]
+        ref = self._ref("transformer.wte.weight")
         rows = {i: read_ref(ref, i, i + 1)[0].float() for i in set(ids)}
         return torch.stack([rows[i] for i in ids])
 
@@ -71,7 +80,43 @@ class QwenReference:
         pre = f"transformer.h.{i}."
         names = ("ln_1.weight", "attn.c_attn.weight", "attn.c_attn.bias", "attn.c_proj.weight", "ln_2.weight",
                  "mlp.w1.weight", "mlp.w2.weight", "mlp.c_proj.weight")
-        return {n: self._w(pre + n) for n in names}
+        if self.ckpt.quantization is None:
+            w = {n: self._w(pre + n) for n in names}
+        else:
+            w = {n: self._gptq_weight(pre + n.removesuffix(".weight")) if n.endswith("weight") and
+                 "ln_" not in n else self._w(pre + n) for n in names}
+        for n in names:
+            lora = self.adapter.factors.get(pre + n.removesuffix(".weight")) if self.adapter else None
+            if lora is not None:
+                w[n] = self._with_lora(w[n], lora)
+        return w
+
+    @staticmethod
+    def _with_lora(w: torch.Tensor, lora) -> torch.Tensor:
+        """W + s * B @ A; DoRA rescales each output row of that to its learned magnitude m."""
+        merged = w + lora.scaling * (read_ref(lora.b).float() @ read_ref(lora.a).float())
+        if lora.magnitude is None:
+            return merged
+        return merged * (read_ref(lora.magnitude).float() / merged.norm(p=2, dim=1))[:, None]
+
+    def _gptq_weight(self, linear: str) -> torch.Tensor:
+        """A GPTQ linear's weight [out, in], element by element as AutoGPTQ defines it:
+        W[o, i] = scales[g, o] * (q[i, o] - (z[g, o] + 1)), g = g_idx[i], where q[i, o] is bits
+        (i % pack) of qweight[i // pack, o] and z[g, o] bits (o % pack) of qzeros[g, o // pack]."""
+        bits = self.ckpt.quantization.bits
+        pack, mask = 32 // bits, (1 << bits) - 1
+        qweight = self.ckpt.read_tensor(f"{linear}.qweight")
+        qzeros = self.ckpt.read_tensor(f"{linear}.qzeros")
+        scales = self.ckpt.read_tensor(f"{linear}.scales").float()
+        g = self.ckpt.read_tensor(f"{linear}.g_idx").long()
+        i = torch.arange(g.numel())
+        out = torch.empty(scales.shape[1], g.numel())
+        for o0 in range(0, scales.shape[1], GPTQ_COLUMNS):
+            o = torch.arange(o0, min(o0 + GPTQ_COLUMNS, scales.shape[1]))
+            q = (qweight[:, o][i // pack] >> (bits * (i % pack))[:, None].int()) & mask
+            z = (qzeros[:, o // pack] >> (bits * (o % pack))[None, :].int()) & mask
+            out[o] = (scales[:, o][g] * (q - z[g] - 1).float()).T
+        return out
 
     def block(self, w: dict[str, torch.Tensor], x: torch.Tensor) -> torch.Tensor:
         """One Qwen block on x [T, H]: h = x + attn(ln_1(x)); out = h + mlp(ln_2(h))."""
@@ -103,7 +148,7 @@ class QwenReference:
         return rms_norm(x, self._w("transformer.ln_f.weight"), self.cfg.layer_norm_epsilon)
 
     def head_ref(self):
-        return self.ckpt.tensors["lm_head.weight"]
+        return self._ref("lm_head.weight")
 
     @torch.no_grad()
     def logits(self, ids: list[int]) -> torch.Tensor:

@@ -32,17 +32,36 @@ GENERATION = {
 
 
 def preset_names() -> list[str]:
-    return sorted(p.name[:-5] for p in CONFIGS.iterdir() if p.name.endswith(".json"))
+    return sorted(p.name[:-5] for p in CONFIGS.iterdir() if p.name.endswith(".json") and p.name != "prompts.json")
+
+
+# The GPTQ releases by name: the chat model's widths, quantized (see synth_gptq).
+GPTQ_RELEASES = [f"qwen-{size}-chat-int{bits}" for size in ("1_8b", "7b", "14b", "72b") for bits in (4, 8)]
 
 
 def vocab_path() -> Path:
     return Path(str(ASSETS / "qwen.tiktoken"))
 
 
+GPTQ_SUFFIXES = {"-int4": 4, "-int8": 8}  # "qwen-7b-chat-int4": the 7B chat preset as its Int4 release
+
+
+def split_preset(name: str) -> tuple[str, int | None]:
+    """(dense preset, GPTQ bits or None)."""
+    for suffix, bits in GPTQ_SUFFIXES.items():
+        if name.endswith(suffix):
+            return name.removesuffix(suffix), bits
+    return name, None
+
+
 def load_preset(name: str) -> dict:
+    name = split_preset(name)[0]
+    if not (CONFIGS / f"{name}.json").is_file() and name.endswith("-chat"):
+        name = name.removesuffix("-chat")  # "qwen-7b-chat": chat and base models share their widths
     path = CONFIGS / f"{name}.json"
     if not path.is_file():
-        raise InputError(f"unknown preset {name!r}", fix=f"choose one of: {', '.join(preset_names())}")
+        raise InputError(f"unknown preset {name!r}",
+                         fix=f"choose one of: {', '.join(preset_names() + GPTQ_RELEASES)} (any with -int4/-int8)")
     return json.loads(path.read_text())
 
 
@@ -87,13 +106,13 @@ def _split_even(items: list, sizes: list[int], count: int) -> list[list]:
     return [g for g in groups if g]
 
 
-def _write_safetensors(path: Path, entries, dtype_code: str, make) -> None:
-    """Write tensors one at a time (memory: the largest tensor, not the shard)."""
+def _write_safetensors(path: Path, entries, make) -> None:
+    """Write (name, dtype, shape) tensors one at a time (memory: the largest tensor, not the shard)."""
     import torch
 
     with open(path, "wb") as fh:
-        fh.write(header_bytes([(name, dtype_code, shape) for name, shape in entries]))
-        for name, shape in entries:
+        fh.write(header_bytes(entries))
+        for name, _, shape in entries:
             fh.write(make(name, shape).contiguous().view(torch.uint8).numpy().tobytes())
 
 
@@ -113,13 +132,22 @@ def _trainer_files(out: Path, seed: int) -> None:
 
 def synthesize(out: str | Path, preset: str = "tiny", *, layers: int | None = None, fmt: str = "safetensors",
                shards: int = 1, dtype: str = "bfloat16", seed: int = 0, chat: bool | None = None,
-               buffers: bool = False, trainer: bool = False, progress=None) -> Path:
+               buffers: bool = False, trainer: bool = False, gptq: int | None = None, group_size: int | None = None,
+               desc_act: bool = False, sym_zeros: bool = False, progress=None) -> Path:
     """Write a Qwen-format checkpoint folder; returns its path. `buffers` adds the non-weight
     buffers (rotary inv_freq) some releases carry, which the converter must drop; `trainer`
-    makes it look like a Trainer's checkpoint-N/ folder (see `_trainer_files`)."""
+    makes it look like a Trainer's checkpoint-N/ folder (see `_trainer_files`). `gptq` (4 or 8,
+    or a preset ending in -int4/-int8) writes an Int4/Int8 release instead (see synth_gptq)."""
     import torch
 
+    from .synth_gptq import GptqTensors, default_group_size, settings
+
     out = Path(out)
+    gptq = gptq or split_preset(preset)[1]
+    if gptq is not None:
+        if gptq not in (4, 8):
+            raise InputError(f"--gptq {gptq}: the Qwen v1 releases are Int4 and Int8", fix="use --gptq 4 or 8")
+        dtype = "float16"
     if fmt not in ("safetensors", "bin"):
         raise InputError(f"unknown format {fmt!r}", fix="use safetensors or bin")
     if dtype not in FLOAT_NAMES:
@@ -134,8 +162,16 @@ def synthesize(out: str | Path, preset: str = "tiny", *, layers: int | None = No
     chat = ("chat" in preset or "2023-08" in preset) if chat is None else chat
     raw[next(k for k in ("torch_dtype", "params_dtype") if k in raw)] = (
         dtype if "torch_dtype" in raw else f"torch.{dtype}")
+    generator = torch.Generator().manual_seed(seed)
+    quant = None
+    if gptq is not None:
+        group = group_size or default_group_size(parse_config(raw, Path("config.json")).hidden_size)
+        quant = GptqTensors(gptq, group, desc_act, sym_zeros, generator)
+        raw["quantization_config"] = settings(gptq, group, desc_act)
     out.mkdir(parents=True, exist_ok=True)
     (out / "config.json").write_text(json.dumps(raw, indent=2, sort_keys=True) + "\n")
+    if quant is not None:
+        (out / "quantize_config.json").write_text(json.dumps(raw["quantization_config"], indent=2) + "\n")
     (out / "generation_config.json").write_text(json.dumps(GENERATION[chat], indent=2, sort_keys=True) + "\n")
     (out / "tokenizer_config.json").write_text(json.dumps(
         {"auto_map": {"AutoTokenizer": ["tokenization_qwen.QWenTokenizer", None]},
@@ -143,23 +179,26 @@ def synthesize(out: str | Path, preset: str = "tiny", *, layers: int | None = No
     for name in VOCAB_FILES:
         shutil.copyfile(str(ASSETS / name), out / name)
 
-    entries = qwen_tensor_shapes(raw)
+    shapes = qwen_tensor_shapes(raw)
     if buffers:
         head_dim = raw.get("kv_channels", 128)
-        entries.insert(1, ("transformer.rotary_emb.inv_freq", (head_dim // 2,)))
+        shapes.insert(1, ("transformer.rotary_emb.inv_freq", (head_dim // 2,)))
+    entries = quant.entries(shapes) if quant else [(n, FLOAT_NAMES[dtype], shape) for n, shape in shapes]
     torch_dt = getattr(torch, dtype)
-    generator = torch.Generator().manual_seed(seed)
 
     def make(name, shape):
         if name.endswith("inv_freq"):
             d = shape[0] * 2
             return (1.0 / (raw["rotary_emb_base"] ** (torch.arange(0, d, 2).float() / d))).to(torch_dt)
-        t = _random(name, shape, generator, torch_dt)
+        if quant is not None and name.endswith((".qweight", ".qzeros", ".scales", ".g_idx")):
+            t = quant.make(name, shape)
+        else:
+            t = _random(name, shape, generator, torch_dt)
         if progress:
             progress(t.numel() * t.element_size())
         return t
 
-    sizes = [prod(s) for _, s in entries]
+    sizes = [prod(s) * ITEMSIZE[d] for _, d, s in entries]
     groups = _split_even(entries, sizes, shards)
     ext = "safetensors" if fmt == "safetensors" else "bin"
     stem = "model" if fmt == "safetensors" else "pytorch_model"
@@ -168,12 +207,12 @@ def synthesize(out: str | Path, preset: str = "tiny", *, layers: int | None = No
     weight_map = {}
     for fname, group in zip(names, groups):
         if fmt == "safetensors":
-            _write_safetensors(out / fname, group, FLOAT_NAMES[dtype], make)
+            _write_safetensors(out / fname, group, make)
         else:
-            torch.save({name: make(name, shape) for name, shape in group}, out / fname)
-        weight_map.update({name: fname for name, _ in group})
+            torch.save({name: make(name, shape) for name, _, shape in group}, out / fname)
+        weight_map.update({name: fname for name, _, _ in group})
     if len(groups) > 1:
-        total = sum(prod(s) for _, s in entries) * ITEMSIZE[FLOAT_NAMES[dtype]]
+        total = sum(sizes)
         index = {"metadata": {"total_size": total}, "weight_map": dict(sorted(weight_map.items()))}
         (out / f"{stem}.{ext}.index.json").write_text(json.dumps(index, indent=2) + "\n")
     if trainer:

@@ -26,14 +26,15 @@ def test_table_targets_are_unique_and_splits_cover_every_feature():
 def test_dense_format_splits_rows_and_adds_zero_bias(tmp_path):
     ckpt = open_checkpoint(synthesize(tmp_path / "s", "tiny"))
     c_attn, c_proj = (next(m for m in layout.LAYER if m.qwen.endswith(n)) for n in ("c_attn", "attn.c_proj"))
-    assert dense.stored(c_attn) == {"weight": ("3P", "H"), "bias": ("3P",)}
+    p, h = ckpt.config.projection_size, ckpt.config.hidden_size
+    stored = dense.stored(c_attn, layout.feature_sizes(ckpt.config))
+    assert {k: v.shape for k, v in stored.items()} == {"weight": (3 * p, h), "bias": (3 * p,)}
     refs = {s: ckpt.tensors[f"transformer.h.1.attn.c_attn.{s}"] for s in ("weight", "bias")}
-    out = dense.outputs(c_attn, 1, refs, "BF16")
-    p = ckpt.config.projection_size
+    out = dense.DENSE.outputs(c_attn, 1, refs, "BF16")
     assert [(t.name, t.row_start, t.row_stop, t.source.name) for t in out] == [
         (f"model.layers.1.self_attn.{x}_proj.{s}", k * p, (k + 1) * p, f"transformer.h.1.attn.c_attn.{s}")
         for s in ("weight", "bias") for k, x in enumerate("qkv")]
-    (o_weight, o_bias) = dense.outputs(c_proj, 0, {"weight": ckpt.tensors["transformer.h.0.attn.c_proj.weight"]}, "BF16")
+    (o_weight, o_bias) = dense.DENSE.outputs(c_proj, 0, {"weight": ckpt.tensors["transformer.h.0.attn.c_proj.weight"]}, "BF16")
     assert o_weight.name == "model.layers.0.self_attn.o_proj.weight" and o_weight.is_byte_copy
     assert (o_bias.name, o_bias.source, o_bias.shape) == ("model.layers.0.self_attn.o_proj.bias", None,
                                                           (ckpt.config.hidden_size,))

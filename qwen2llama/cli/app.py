@@ -31,6 +31,8 @@ Dst = Annotated[Path, typer.Argument(help="Output folder; created atomically, mu
 Converted = Annotated[Path, typer.Argument(help="The converted LLaMA folder.")]
 DtypeOpt = Annotated[Optional[str], typer.Option(
     "--dtype", help="bfloat16 | float16 | float32 (default: keep the source's).")]
+DequantizeOpt = Annotated[Optional[str], typer.Option(
+    "--dequantize", help="GPTQ source: write dense bfloat16 | float16 | float32 weights instead of a LLaMA GPTQ folder.")]
 KindOpt = Annotated[str, typer.Option("--kind", help="auto | chat | base: chat models also stop on <|im_end|>.")]
 ShardSizeOpt = Annotated[str, typer.Option("--shard-size", help="Largest shard, e.g. 5GB, 500MB, 2GiB.")]
 ForceOpt = Annotated[bool, typer.Option("--force", help="Replace DST, once the new one is complete.")]

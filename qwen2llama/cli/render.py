@@ -74,10 +74,20 @@ def plan(console: Console, prepared) -> None:
                   f"eps {c.layer_norm_epsilon}, rope base {c.rotary_emb_base:g}, dynamic NTK {c.use_dynamic_ntk}, "
                   f"logn {c.use_logn_attn}")
     console.print(f"kind:    {'chat' if prepared.chat else 'base'} ({prepared.chat_reason})")
+    q = ckpt.quantization
+    if q is not None:
+        console.print(f"quant:   GPTQ {q.bits}-bit, group_size {q.group_size}, desc_act {q.desc_act} ({q.path.name}); "
+                      + ("written as a LLaMA GPTQ folder" if p.quantized else
+                         f"dequantized to {NAME_OF[p.dtype]} (--dequantize)"))
     copies = sum(t.is_byte_copy for t in p.tensors)
-    zeros = sum(t.source is None for t in p.tensors)
-    console.print(f"output:  {len(p.tensors)} tensors ({copies} byte copies, {len(p.tensors) - copies - zeros} cast "
-                  f"to {NAME_OF[p.dtype]}, {zeros} zero o_proj biases), {p.total_bytes / 1e9:.3f} GB "
+    columns = sum(t.cols is not None for t in p.tensors)
+    derived = sum(t.derived is not None for t in p.tensors)
+    zeros = sum(t.source is None and t.derived is None for t in p.tensors)
+    casts = len(p.tensors) - copies - zeros - derived
+    kinds = [f"{copies} byte copies" + (f" ({columns} by columns)" if columns else ""),
+             f"{casts} cast to {NAME_OF[p.dtype]}"] + ([f"{derived} dequantized"] if derived else []) + \
+        [f"{zeros} zero o_proj biases"]
+    console.print(f"output:  {len(p.tensors)} tensors ({', '.join(kinds)}), {p.total_bytes / 1e9:.3f} GB "
                   f"in {len(prepared.shards)} shard(s)")
     if p.dropped:
         console.print(f"dropped: {', '.join(p.dropped)} (buffers, not weights)")
@@ -88,9 +98,29 @@ def plan(console: Console, prepared) -> None:
 def plan_tensors(console: Console, prepared) -> None:
     for shard, tensors in prepared.shards:
         for t in tensors:
-            source = ("zeros" if t.source is None else
-                      f"{t.source.name}[{t.row_start}:{t.row_stop}] ({t.source.file.name})")
+            if t.derived is not None:
+                d = t.derived
+                source = f"dequantized {d.qweight.name.removesuffix('.qweight')} outputs [{d.start}:{d.stop}]"
+            elif t.source is None:
+                source = "zeros"
+            else:
+                cols = "" if t.cols is None else f", {t.cols[0]}:{t.cols[1]}"
+                source = f"{t.source.name}[{t.row_start}:{t.row_stop}{cols}] ({t.source.file.name})"
             console.print(f"{shard}  {t.name}  {list(t.shape)} {t.dtype}  <- {source}")
+
+
+def adapter_plan(console: Console, prepared) -> None:
+    a, cfg = prepared.adapter, prepared.config
+    extras = [k for k in ("use_rslora", "use_dora") if cfg.get(k)]
+    console.print(f"adapter: {a.folder} ({a.format}), LoRA r {a.rank}, alpha {cfg['lora_alpha']}"
+                  + (f", {', '.join(extras)}" if extras else "") + f"; {len(a.factors)} adapted Qwen modules")
+    targets = a.config.get("target_modules")
+    shown = ", ".join(targets) if isinstance(targets, list) else str(targets)
+    console.print(f"targets: {shown} -> {', '.join(cfg['target_modules'])}")
+    if cfg.get("modules_to_save"):
+        console.print(f"saved:   {', '.join(a.config.get('modules_to_save') or [])} -> {', '.join(cfg['modules_to_save'])}")
+    console.print(f"output:  {len(prepared.tensors)} tensors (byte copies and row ranges), base_model_name_or_path "
+                  f"{cfg.get('base_model_name_or_path')}")
 
 
 def _detail(name: str, c: dict) -> str:
@@ -103,11 +133,15 @@ def _detail(name: str, c: dict) -> str:
                   f"top-1 {c['top1_agreement']:.4f}, {len(c['prompts'])} prompts")
         if isinstance(c.get("greedy"), list):
             detail += f", greedy {sum(g['identical'] for g in c['greedy'])}/{len(c['greedy'])} identical"
+        if c.get("adapter_effect_max_abs_logit") is not None:
+            detail += f"; the adapter moves logits by up to {c['adapter_effect_max_abs_logit']:.2g}"
         return detail
     if name == "tokenizer" and "samples" in c:
         return f"{c['samples'] - c['mismatched_samples']}/{c['samples']} samples give tiktoken's ids"
     if name == "config" and "compared" in c:
         return f"{c['compared']} fields"
+    if name == "config" and "modules" in c:
+        return f"{c['modules']} adapted modules: PEFT scales each LLaMA part as the Qwen adapter did"
     if name == "tensors" and c.get("note"):
         return c["note"]
     if name == "integrity":

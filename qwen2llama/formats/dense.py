@@ -2,31 +2,63 @@
 contiguous byte range of its source and a same-dtype conversion is a sequence of copies."""
 from __future__ import annotations
 
+from dataclasses import dataclass
+
+from ..dtypes import NAME_OF
 from ..layout import Module, name_at
 from ..storage import OutputTensor, TensorRef
 
-NAME = "dense"
+FLOATS = tuple(NAME_OF)
 
 
-def stored(module: Module) -> dict[str, tuple[str, ...]]:
-    """The tensors a Qwen module stores, by suffix, with their shapes in feature symbols."""
-    out = {"weight": module.features}
+@dataclass(frozen=True)
+class Stored:
+    """A tensor a module stores: its shape (from the config) and the element types it may have."""
+
+    shape: tuple[int, ...]
+    dtypes: tuple[str, ...] = FLOATS
+
+
+def stored(module: Module, sizes: dict[str, int]) -> dict[str, Stored]:
+    """The tensors a Qwen module stores, by suffix."""
+    shape = tuple(sizes[s] for s in module.features)
+    out = {"weight": Stored(shape)}
     if module.bias:
-        out["bias"] = module.features[:1]
+        out["bias"] = Stored(shape[:1])
     return out
 
 
-def outputs(module: Module, layer: int | None, refs: dict[str, TensorRef], dtype: str) -> list[OutputTensor]:
-    """Each stored tensor split by output rows into its LLaMA modules, then any zero companions."""
+def split_rows(module: Module, layer: int | None, suffix: str, ref: TensorRef, dtype: str) -> list[OutputTensor]:
+    """One stored tensor split by output rows into the module's LLaMA modules."""
     tensors = []
-    for suffix in stored(module):
-        ref = refs[suffix]
-        for split in module.into:
-            rows = ref.shape[0] // split.count
-            tensors.append(OutputTensor(f"{name_at(split.llama, layer)}.{suffix}", dtype, (rows, *ref.shape[1:]),
-                                        ref, split.index * rows, (split.index + 1) * rows))
-    out_rows = refs["weight"].shape[0]
     for split in module.into:
-        if split.zero_bias:
-            tensors.append(OutputTensor(f"{name_at(split.llama, layer)}.bias", dtype, (out_rows // split.count,), None))
+        rows = ref.shape[0] // split.count
+        tensors.append(OutputTensor(f"{name_at(split.llama, layer)}.{suffix}", dtype, (rows, *ref.shape[1:]),
+                                    ref, split.index * rows, (split.index + 1) * rows))
     return tensors
+
+
+def zero_biases(module: Module, layer: int | None, out_features: int, dtype: str) -> list[OutputTensor]:
+    """The biases LLaMA expects where Qwen has none (o_proj), as zeros."""
+    return [OutputTensor(f"{name_at(s.llama, layer)}.bias", dtype, (out_features // s.count,), None)
+            for s in module.into if s.zero_bias]
+
+
+class Dense:
+    """Plain floating-point weights (every Qwen v1 release but the Int4/Int8 ones)."""
+
+    name = "dense"
+
+    def stored(self, module: Module, sizes: dict[str, int]) -> dict[str, Stored]:
+        return stored(module, sizes)
+
+    def float_suffixes(self, module: Module) -> tuple[str, ...]:
+        return ("weight", "bias")
+
+    def outputs(self, module: Module, layer: int | None, refs: dict[str, TensorRef], dtype: str) -> list[OutputTensor]:
+        tensors = [t for suffix in ("weight", "bias") if suffix in refs
+                   for t in split_rows(module, layer, suffix, refs[suffix], dtype)]
+        return tensors + zero_biases(module, layer, refs["weight"].shape[0], dtype)
+
+
+DENSE = Dense()

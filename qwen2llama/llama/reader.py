@@ -48,11 +48,24 @@ class LlamaSide:
         rows = {i: self.tensor("model.embed_tokens.weight", i, i + 1)[0] for i in set(ids)}
         return torch.stack([rows[i] for i in ids])
 
+    @property
+    def gptq_bits(self) -> int | None:
+        """The bits of a LLaMA GPTQ folder, as its config.json says; None for dense weights."""
+        quant = getattr(self.config, "quantization_config", None)
+        return quant.get("bits") if isinstance(quant, dict) else None
+
     def layer(self, i: int):
         from transformers.models.llama.modeling_llama import LlamaDecoderLayer
 
         prefix = f"model.layers.{i}."
-        weights = {n[len(prefix):]: self.tensor(n) for n in self.tensors if n.startswith(prefix)}
+        names = [n for n in self.tensors if n.startswith(prefix)]
+        if self.gptq_bits is not None:
+            weights = {n[len(prefix):]: self.tensor(n) for n in names if n.endswith(("norm.weight", ".bias"))}
+            for stem in (n[len(prefix):-len(".qweight")] for n in names if n.endswith(".qweight")):
+                parts = {s: read_ref(self.tensors[f"{prefix}{stem}.{s}"]) for s in ("qweight", "qzeros", "scales", "g_idx")}
+                weights[f"{stem}.weight"] = dequantize_by_bytes(**parts, bits=self.gptq_bits)
+        else:
+            weights = {n[len(prefix):]: self.tensor(n) for n in names}
         with torch.device("meta"):
             layer = LlamaDecoderLayer(self.config, layer_idx=i)
         layer.load_state_dict(weights, strict=True, assign=True)
@@ -72,3 +85,26 @@ class LlamaSide:
         norm.weight.data = self.tensor("model.norm.weight")
         with torch.no_grad():
             return norm(x)
+
+
+def dequantize_by_bytes(qweight: torch.Tensor, qzeros: torch.Tensor, scales: torch.Tensor, g_idx: torch.Tensor,
+                        bits: int) -> torch.Tensor:
+    """A LLaMA GPTQ linear as a dense [out, in] float32 weight, read through the little-endian
+    bytes of the packed words (8 bits: one value per byte; 4 bits: low nibble first), a path
+    apart from the converter's shifts and the reference's element formula."""
+    def values(words: torch.Tensor) -> torch.Tensor:  # [n, m] words -> [n, m, per] values, lowest first
+        b = words.contiguous().view(torch.uint8).reshape(*words.shape, 4)
+        if bits == 8:
+            return b
+        if bits == 4:
+            return torch.stack((b & 0xF, b >> 4), dim=-1).reshape(*words.shape, 8)
+        raise RuntimeError(f"quantization_config bits {bits}: a LLaMA GPTQ folder has 4 or 8")
+
+    rows, out_f = qweight.shape
+    q = values(qweight).permute(0, 2, 1).reshape(-1, out_f)  # input i = word row * per + position
+    z = values(qzeros).reshape(qzeros.shape[0], -1)  # output o = word column * per + position
+    if q.shape[0] != g_idx.numel() or z.shape[1] != out_f:
+        raise RuntimeError(f"GPTQ shapes disagree with bits {bits}: qweight {list(qweight.shape)}, "
+                           f"qzeros {list(qzeros.shape)}, g_idx {list(g_idx.shape)}")
+    g = g_idx.long()
+    return (scales.float()[g] * (q.float() - z.float()[g] - 1)).T.contiguous()

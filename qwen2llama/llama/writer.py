@@ -101,18 +101,23 @@ class ShardWriter:
         self._wrote(memoryview(data).nbytes)
         self._submit(self._digest, data)
 
-    def _check_and_digest(self, chunk: memoryview, src, first: int) -> None:
-        bad = first_nonfinite(chunk, src.dtype, self.scratch)
-        if bad is not None:
-            _report_nonfinite(src, first + bad)
+    def _check_and_digest(self, chunk, src, first: int) -> None:
+        if src.dtype in _NONFINITE:
+            bad = first_nonfinite(chunk, src.dtype, self.scratch)
+            if bad is not None:
+                _report_nonfinite(src, first + bad)
         self._digest(chunk)
 
     def write(self, tensors: list[OutputTensor]) -> str | None:
         try:
             self._emit(header_bytes([(t.name, t.dtype, t.shape) for t in tensors]))
             for t in tensors:
-                if t.source is None:
+                if t.derived is not None:
+                    self._write_derived(t)
+                elif t.source is None:
                     self._write_zeros(t)
+                elif t.cols is not None:
+                    self._copy_columns(t)
                 elif t.is_byte_copy:
                     self._copy_rows(t)
                 else:
@@ -156,6 +161,42 @@ class ShardWriter:
                     _release(src_fd, released, offset - released)
                     released = offset
                 self.progress(len(chunk))
+
+    def _copy_columns(self, t: OutputTensor) -> None:
+        """Columns [c0, c1) of a 2-D source (GPTQ's output features): whole rows are read a
+        chunk at a time and the column range of each is written, so memory stays one chunk."""
+        src, (c0, c1) = t.source, t.cols
+        item = ITEMSIZE[src.dtype]
+        row_bytes = src.nbytes // src.shape[0]
+        step = max(1, CHUNK // row_bytes)
+        first = 0
+        with open(src.file, "rb") as fh:
+            for start in range(t.row_start, t.row_stop, step):
+                stop = min(start + step, t.row_stop)
+                offset, length = src.rows(start, stop)
+                buf = bytearray(length)
+                if os.preadv(fh.fileno(), [buf], offset) != length:
+                    raise InputError(f"tensor {src.name} is cut short", path=src.file, fix="download the file again")
+                block = np.frombuffer(buf, dtype=np.uint8).reshape(stop - start, row_bytes)
+                data = np.ascontiguousarray(block[:, c0 * item:c1 * item])
+                _write_all(self.fd, data, self.path)
+                self._wrote(data.nbytes)
+                self._submit(self._check_and_digest, data, src, first)
+                first += data.nbytes // item
+                self.progress(data.nbytes)
+
+    def _write_derived(self, t: OutputTensor) -> None:
+        """A computed tensor (a dequantized GPTQ linear), block by block."""
+        import torch
+
+        for block in t.derived.blocks(t.dtype):
+            if not torch.isfinite(block).all():
+                raise InputError(f"{t.name} has values that are not finite in {t.dtype} once dequantized",
+                                 path=t.derived.scales.file,
+                                 fix="use --dequantize float32, or check the scales of the checkpoint")
+            data = block.contiguous().view(torch.uint8).numpy()
+            self._emit(data)
+            self.progress(data.nbytes)
 
     def _cast_rows(self, t: OutputTensor) -> None:
         import torch

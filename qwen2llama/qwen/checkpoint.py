@@ -2,14 +2,15 @@
 the files beside the weights that a conversion reads, and whether it is a chat model."""
 from __future__ import annotations
 
-import json
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
 
 from ..errors import InputError
+from ..jsonfile import read_object
 from ..storage import TensorRef, find_weights, read_ref
-from .config import QwenConfig, load_config
+from .config import QwenConfig, parse_config, read_raw_config
+from .quantization import GptqSettings, read_quantization
 
 
 # Files a conversion reads besides the weights and config.json. A Trainer checkpoint often
@@ -26,6 +27,7 @@ class Checkpoint:
     tensors: dict[str, TensorRef]
     companions: dict[str, Path] = field(default_factory=dict)  # name -> where it was found
     notes: list[str] = field(default_factory=list)  # what was taken from elsewhere, and why
+    quantization: GptqSettings | None = None  # a GPTQ release's settings; None: dense weights
 
     @property
     def vocab(self) -> Path | None:
@@ -40,14 +42,7 @@ class Checkpoint:
         path = self.companions.get("generation_config.json")
         if path is None:
             return None
-        try:
-            data = json.loads(path.read_text(encoding="utf-8"))
-        except (ValueError, UnicodeDecodeError):
-            data = None
-        if not isinstance(data, dict):
-            raise InputError("generation_config.json is not a valid JSON object", path=path,
-                             fix="restore it from the checkpoint, or delete it")
-        return data
+        return read_object(path, fix="restore it from the checkpoint, or delete it")
 
 
 def detect_chat(ckpt: Checkpoint, kind: str = "auto") -> tuple[bool, str]:
@@ -72,7 +67,9 @@ def open_checkpoint(folder: str | Path) -> Checkpoint:
                          fix="give the folder that holds config.json and the weight files")
     if not os.access(folder, os.R_OK | os.X_OK):
         raise InputError("the source folder is not readable", path=folder, fix="check its permissions")
-    config = load_config(folder)
+    raw = read_raw_config(folder)
+    config = parse_config(raw, folder / "config.json")
+    quantization = read_quantization(folder, raw)
     weights = find_weights(folder)
     if weights is None:
         present = sorted(p.name for p in folder.iterdir())[:12]
@@ -81,4 +78,5 @@ def open_checkpoint(folder: str | Path) -> Checkpoint:
             f"the folder holds: {', '.join(present) or 'nothing'})",
             path=folder, fix="download the weight files into this folder")
     companions = {name: folder / name for name in COMPANIONS if (folder / name).is_file()}
-    return Checkpoint(folder, config, weights.format, weights.files, weights.tensors, companions)
+    return Checkpoint(folder, config, weights.format, weights.files, weights.tensors, companions,
+                      quantization=quantization)

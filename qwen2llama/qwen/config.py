@@ -161,6 +161,11 @@ def parse_config(raw: Any, path: Path) -> QwenConfig:
 
 
 def load_config(folder: Path) -> QwenConfig:
+    return parse_config(read_raw_config(folder), folder / "config.json")
+
+
+def read_raw_config(folder: Path) -> Any:
+    """config.json as parsed JSON, or bad input naming the file."""
     path = folder / "config.json"
     if not path.is_file():
         raise InputError("no config.json in the checkpoint folder", path=path,
@@ -170,4 +175,4 @@ def load_config(folder: Path) -> QwenConfig:
     except (json.JSONDecodeError, UnicodeDecodeError) as exc:
         raise InputError(f"config.json is not valid JSON ({exc})", path=path,
                          fix="restore the config.json that came with the checkpoint") from None
-    return parse_config(raw, path)
+    return raw

@@ -29,8 +29,9 @@ class TensorRef:
 
 @dataclass(frozen=True)
 class OutputTensor:
-    """A tensor to write: rows [row_start, row_stop) of `source` in `dtype`, or zeros when
-    `source` is None."""
+    """A tensor to write: rows [row_start, row_stop) of `source` in `dtype`, only columns
+    [cols[0], cols[1]) of a 2-D source when `cols` is set; zeros when `source` is None; or
+    computed block by block by `derived` (see formats.gptq.Dequantized)."""
 
     name: str
     dtype: str
@@ -38,6 +39,8 @@ class OutputTensor:
     source: TensorRef | None
     row_start: int = 0
     row_stop: int = 0
+    cols: tuple[int, int] | None = None
+    derived: object | None = None
 
     @property
     def nbytes(self) -> int:
@@ -45,6 +48,7 @@ class OutputTensor:
 
     @property
     def is_byte_copy(self) -> bool:
+        """The output is a byte range of the source (contiguous unless `cols`)."""
         return self.source is not None and self.source.dtype == self.dtype
 
 

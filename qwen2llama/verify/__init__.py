@@ -8,16 +8,17 @@ failed checks (exit 1). Rendering is the CLI's.
 """
 from __future__ import annotations
 
-import json
 import resource
 import time
 from pathlib import Path
 
 from .. import manifest
 from ..errors import InputError
+from ..jsonfile import read_object
 from ..llama.reader import LlamaSide, read_output_tensors
 from ..plan import map_source
 from ..progress import NullProgress, Progress
+from ..qwen.adapter import open_adapter
 from ..qwen.checkpoint import Checkpoint, detect_chat
 from ..sources import open_source
 from .config import check_config
@@ -34,14 +35,7 @@ __all__ = ["CHECKS", "VerifyResult", "verify", "verify_golden"]
 def _read_config(dst: Path) -> dict:
     if not dst.is_dir():
         raise InputError("the converted folder does not exist", path=dst, fix="give the folder convert wrote")
-    path = dst / "config.json"
-    try:
-        raw = json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, ValueError):
-        raw = None
-    if not isinstance(raw, dict):
-        raise InputError("no readable config.json in the converted folder", path=path, fix="convert again")
-    return raw
+    return read_object(dst / "config.json", what="is missing or not a JSON object", fix="convert again")
 
 
 def _result(checks: dict, source: str, output, quick: bool, t0: float) -> VerifyResult:
@@ -71,13 +65,16 @@ def _is_chat(dst: Path, ckpt: Checkpoint) -> bool:
 
 def verify(src: str | Path | Checkpoint, dst: str | Path, *, quick: bool = False, prompts: Path | None = None,
            greedy_tokens: int | None = None, long_prompt: bool | None = None, progress: Progress | None = None,
-           display: Path | None = None, base: str | Path | None = None) -> VerifyResult:
+           display: Path | None = None, base: str | Path | None = None, adapter=None) -> VerifyResult:
     """Run every check of `dst` against `src` (a folder, a hub id, or an opened checkpoint); never
-    raises for a failed check (see raise_if_failed)."""
+    raises for a failed check (see raise_if_failed). `adapter` (a folder or QwenAdapter): `dst` was
+    written with this LoRA adapter merged in (`convert --adapter --merge`)."""
     progress = progress or NullProgress()
     t0 = time.perf_counter()
     ckpt = src if isinstance(src, Checkpoint) else open_source(src, base)
     dst = Path(dst)
+    if adapter is not None and not hasattr(adapter, "factors"):
+        adapter = open_adapter(adapter)
     map_source(ckpt)  # a complete Qwen v1 model, or bad input
     ckpt.generation_config()  # readable, or bad input
     raw = _read_config(dst)
@@ -89,14 +86,15 @@ def verify(src: str | Path | Checkpoint, dst: str | Path, *, quick: bool = False
     progress.note("checking file hashes")
     checks["integrity"] = check_integrity(dst)
     progress.note("comparing tensors")
-    checks["tensors"] = check_tensors(ckpt, dst_tensors)
+    checks["tensors"] = check_tensors(ckpt, dst_tensors, quantized="quantization_config" in raw, adapter=adapter)
     side = LlamaSide(dst)
-    checks["config"] = check_config(ckpt.config, side.config, raw)
+    checks["config"] = check_config(ckpt.config, side.config, raw,
+                                    ckpt.quantization.output_config() if ckpt.quantization else None)
     progress.note("comparing tokenizers")
     checks["tokenizer"] = check_tokenizer(dst, encode, texts, chats, _is_chat(dst, ckpt))
     checks["logits"] = check_logits(ckpt, side, encode, texts, chats, quick=quick,
                                     lossy=bool(checks["tensors"].get("lossy_cast")), greedy_tokens=greedy_tokens,
-                                    progress=progress, long_prompt=long_prompt)
+                                    progress=progress, long_prompt=long_prompt, adapter=adapter)
     return _result(checks, str(ckpt.folder), display or dst, quick, t0)
 
 
@@ -119,7 +117,7 @@ def verify_golden(dst: str | Path, golden_file: str | Path, *, progress: Progres
     checks["tensors"] = check(None, note="against a golden file: the source tensors are not at hand; the file "
                               "digests and the logits stand in", **against)
     side = LlamaSide(dst)
-    checks["config"] = {**check_config(golden.config, side.config, raw), **against}
+    checks["config"] = {**check_config(golden.config, side.config, raw, golden.meta.get("quantization")), **against}
     progress.note("comparing tokenizers")
     prompt_set = golden.meta["prompt_set"]
     checks["tokenizer"] = {**check_tokenizer(dst, golden.encode, prompt_set["texts"], prompt_set["chats"],

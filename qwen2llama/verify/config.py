@@ -7,8 +7,28 @@ from ..tokens import ENDOFTEXT_ID, IM_END_ID
 from .report import check
 
 
-def check_config(q: QwenConfig, c, raw: dict) -> dict:
-    """`c` is transformers' LlamaConfig of the folder, `raw` its config.json as written."""
+def _quantization_failures(raw: dict, source: dict | None) -> list[str]:
+    """A LLaMA GPTQ folder's quantization_config against the source's settings (`source`: as
+    GptqSettings.output_config() gives them, None for a dense source)."""
+    got = raw.get("quantization_config")
+    if got is None:
+        return []  # dense weights; the tensors check says whether they are the dequantized source
+    if source is None:
+        return ["quantization_config is present, but the source has dense weights"]
+    if not isinstance(got, dict):
+        return [f"quantization_config is {type(got).__name__}, not an object"]
+    keys = ("bits", "group_size", "desc_act", "sym", "quant_method")
+    failures = [f"quantization_config.{k}: {got.get(k)!r}, the source has {source[k]!r}"
+                for k in keys if got.get(k) != source[k]]
+    if got.get("checkpoint_format", "gptq") != "gptq":
+        failures.append(f"quantization_config.checkpoint_format: {got['checkpoint_format']!r}; the packed tensors "
+                        "are in AutoGPTQ's original format ('gptq': zero points stored minus one)")
+    return failures
+
+
+def check_config(q: QwenConfig, c, raw: dict, quantization: dict | None = None) -> dict:
+    """`c` is transformers' LlamaConfig of the folder, `raw` its config.json as written,
+    `quantization` the source's GPTQ settings (GptqSettings.output_config()), if any."""
     rope = getattr(c, "rope_parameters", None) or {}
     theta = rope.get("rope_theta", getattr(c, "rope_theta", None))
     expect = {
@@ -33,6 +53,7 @@ def check_config(q: QwenConfig, c, raw: dict) -> dict:
     if "rope_theta" in raw:
         expect["rope_theta (as written)"] = (raw["rope_theta"], q.rotary_emb_base)
     failures = [f"{k}: {got!r}, expected {want!r}" for k, (got, want) in expect.items() if got != want]
+    failures += _quantization_failures(raw, quantization)
     if "rope_theta" not in raw and "rope_parameters" not in raw and theta != q.rotary_emb_base:
         failures.append("config.json has no rope_theta, so LLaMA's default 10000 applies")
     eos = raw.get("eos_token_id")

@@ -90,6 +90,7 @@ def record(ckpt, *, prompts: Path | None = None, quick: bool = False, long_promp
         "top_k": TOP_K, "sample": {"size": SAMPLE_SIZE, "seed": SAMPLE_SEED}, "lossy_cast": lossy,
         "tokenizer": {"ids": {t: encode(t) for t in tokenizer_samples(texts, chats)}, "special_ids": SPECIAL_IDS},
         "files": files,
+        "quantization": ckpt.quantization.output_config() if ckpt.quantization else None,
     }
     return tensors, meta
 

@@ -81,9 +81,10 @@ def _first_parting(layers: list[dict]) -> str | None:
 
 
 def check_logits(ckpt, side, encode, texts, chats, *, quick: bool, lossy: bool, greedy_tokens: int | None,
-                 progress, long_prompt: bool | None = None) -> dict:
+                 progress, long_prompt: bool | None = None, adapter=None) -> dict:
+    """`adapter`: a QwenAdapter the folder was written with, merged in (the reference merges it too)."""
     cfg = ckpt.config
-    ref = QwenReference(ckpt)
+    ref = QwenReference(ckpt, adapter)
     prompts, long_note, long_prompt = _prompt_set(cfg, encode, texts, chats, quick, long_prompt)
     seqs = [ids for _, ids in prompts]
     tol = TOL_LOSSY if lossy else TOL_EXACT

@@ -1,5 +1,7 @@
 """Check 2, tensors: every output tensor equals its planned source slice bit for bit (or the
-source cast to the output dtype); nothing missing or extra; zero companions all zeros."""
+source cast to the output dtype; GPTQ: its columns); nothing missing or extra; zero companions
+all zeros. A dequantized GPTQ linear is compared with the plan's dequantization, which the
+logits check then holds against the reference's own."""
 from __future__ import annotations
 
 import numpy as np
@@ -47,8 +49,34 @@ def _same_cast(want: OutputTensor, got: TensorRef) -> bool:
     return True
 
 
+def _same_columns(want: OutputTensor, got: TensorRef) -> bool:
+    src, (c0, c1) = want.source, want.cols
+    step = max(1, CHUNK // max(1, src.nbytes // src.shape[0]))
+    for start in range(want.row_start, want.row_stop, step):
+        stop = min(start + step, want.row_stop)
+        a = read_ref(src, start, stop)[:, c0:c1].contiguous().view(torch.uint8)
+        if not torch.equal(a, read_ref(got, start - want.row_start, stop - want.row_start).view(torch.uint8)):
+            return False
+    return True
+
+
+def _same_derived(want: OutputTensor, got: TensorRef) -> bool:
+    row = 0
+    for block in want.derived.blocks(want.dtype):
+        b = read_ref(got, row, row + block.shape[0])
+        if not torch.equal(block.contiguous().view(torch.uint8), b.contiguous().view(torch.uint8)):
+            return False
+        row += block.shape[0]
+    return True
+
+
 def _compare(want: OutputTensor, got: TensorRef) -> str | None:
     """None when equal, else what differs."""
+    if want.derived is not None:
+        return None if _same_derived(want, got) else f"{want.name}: differs from the dequantized source"
+    if want.cols is not None:
+        return None if _same_columns(want, got) else \
+            f"{want.name}: differs from {want.source.name}[:, {want.cols[0]}:{want.cols[1]}]"
     if want.source is None:
         return None if _all_zero(got) else f"{want.name}: must be all zeros (Qwen has no bias there)"
     if want.is_byte_copy:
@@ -58,12 +86,23 @@ def _compare(want: OutputTensor, got: TensorRef) -> str | None:
         f"{want.name}: differs from {want.source.name} cast to {NAME_OF[want.dtype]}"
 
 
-def check_tensors(ckpt: Checkpoint, dst_tensors: dict[str, TensorRef]) -> dict:
-    dtypes = {r.dtype for r in dst_tensors.values()}
-    if len(dtypes) != 1 or next(iter(dtypes)) not in NAME_OF:
-        return check(False, failures=[f"output dtypes {sorted(dtypes)}: expected one floating-point type"])
-    plan = build_plan(ckpt, NAME_OF[next(iter(dtypes))])
-    expected = {t.name: t for t in plan.tensors}
+def _expected_plan(ckpt: Checkpoint, dst_tensors: dict[str, TensorRef], quantized: bool, adapter=None):
+    """The plan that would have written this folder, or what is wrong with its element types."""
+    floats = {r.dtype for r in dst_tensors.values() if r.dtype in NAME_OF}
+    others = {r.dtype for r in dst_tensors.values()} - floats
+    if ckpt.quantization is not None and quantized:
+        if len(floats) != 1 or others - {"I32"}:
+            return f"output dtypes {sorted(floats | others)}: expected GPTQ's int32 and one floating-point type"
+        return build_plan(ckpt)
+    if len(floats) != 1 or others:
+        return f"output dtypes {sorted(floats | others)}: expected one floating-point type"
+    if ckpt.quantization is not None:  # a --dequantize conversion
+        return build_plan(ckpt, dequantize=NAME_OF[floats.pop()])
+    return build_plan(ckpt, NAME_OF[floats.pop()], adapter=adapter)
+
+
+def compare_planned(expected: dict[str, OutputTensor], dst_tensors: dict[str, TensorRef]) -> dict:
+    """Every planned tensor against the one written: failures, counts, whether a cast narrowed."""
     failures = [f"missing: {n}" for n in sorted(set(expected) - set(dst_tensors))]
     failures += [f"extra: {n}" for n in sorted(set(dst_tensors) - set(expected))]
     compared = identical = 0
@@ -78,9 +117,22 @@ def check_tensors(ckpt: Checkpoint, dst_tensors: dict[str, TensorRef]) -> dict:
         compared += got.nbytes
         if want.source is not None and not want.is_byte_copy:
             lossy |= (want.source.dtype, want.dtype) not in WIDENING
+        lossy |= want.derived is not None and want.dtype != "F32"
         problem = _compare(want, got)
         if problem:
             failures.append(problem)
         identical += problem is None
-    return check(not failures, tensors=len(expected), identical=identical, bytes_compared=compared,
-                 output_dtype=NAME_OF[plan.dtype], lossy_cast=lossy, failures=failures)
+    return {"tensors": len(expected), "identical": identical, "bytes_compared": compared, "lossy_cast": lossy,
+            "failures": failures}
+
+
+def check_tensors(ckpt: Checkpoint, dst_tensors: dict[str, TensorRef], quantized: bool = False,
+                  adapter=None) -> dict:
+    """`quantized`: the folder's config.json has a quantization_config (a LLaMA GPTQ folder);
+    `adapter`: the folder was written with this adapter merged in."""
+    plan = _expected_plan(ckpt, dst_tensors, quantized, adapter)
+    if isinstance(plan, str):
+        return check(False, failures=[plan])
+    found = compare_planned({t.name: t for t in plan.tensors}, dst_tensors)
+    return check(not found["failures"], **found, output_dtype=NAME_OF[plan.dtype], format=plan.fmt.name,
+                 quantized=plan.quantized, merged_adapter=adapter is not None)

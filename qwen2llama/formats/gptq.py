@@ -45,6 +45,11 @@ class Dequantized:
     start: int
     stop: int
 
+    @property
+    def file(self):
+        """The file to name when a computed value is not finite."""
+        return self.scales.file
+
     def blocks(self, dtype: str):
         """The rows in order, a block at a time. Memory: the packed qweight plus one block."""
 

@@ -154,8 +154,9 @@ class Merged:
     stop: int
 
     @property
-    def scales(self) -> TensorRef:  # where the writer points when a value is not finite
-        return self.weight
+    def file(self):
+        """The file to name when a computed value is not finite."""
+        return self.weight.file
 
     def blocks(self, dtype: str):
 

@@ -186,14 +186,13 @@ class ShardWriter:
                 self.progress(data.nbytes)
 
     def _write_derived(self, t: OutputTensor) -> None:
-        """A computed tensor (a dequantized GPTQ linear), block by block."""
+        """A computed tensor (a dequantized GPTQ linear, a merged LoRA weight), block by block."""
         import torch
 
         for block in t.derived.blocks(t.dtype):
             if not torch.isfinite(block).all():
-                raise InputError(f"{t.name} has values that are not finite in {t.dtype} once dequantized",
-                                 path=t.derived.scales.file,
-                                 fix="use --dequantize float32, or check the scales of the checkpoint")
+                raise InputError(f"{t.name} has values that are not finite in {t.dtype} once computed",
+                                 path=t.derived.file, fix="write float32, or check the source's values")
             data = block.contiguous().view(torch.uint8).numpy()
             self._emit(data)
             self.progress(data.nbytes)

@@ -3,8 +3,8 @@ in Qwen's terms) against transformers' LlamaForCausalLM on the converted base wi
 `PeftModel.from_pretrained` on the converted adapter, in float32.
 
 Checks: integrity (conversion.json digests), tensors (every factor a bit-exact copy or row range),
-config (the scaling PEFT derives for each LLaMA module from the converted adapter_config.json
-equals the Qwen module's), logits (max |Δlogit|, KL, top-1, greedy, as for models). The whole
+config (every part of every adapted Qwen module has a LoRA layer in the model PEFT built from
+the converted adapter_config.json, with the Qwen module's scaling, read off PEFT's layers), logits (max |Δlogit|, KL, top-1, greedy, as for models). The whole
 LLaMA base is loaded (PEFT wraps a model object): memory is the base in float32.
 """
 from __future__ import annotations
@@ -21,7 +21,7 @@ import torch
 from ..errors import InputError
 from ..formats.lora import adapter_outputs, check_base, locate
 from ..layout import name_at
-from ..qwen.adapter import QwenAdapter, open_adapter, pattern_value
+from ..qwen.adapter import QwenAdapter, open_adapter
 from ..reference import QwenReference
 from ..sources import open_source
 from ..storage.weights import read_shards
@@ -36,14 +36,19 @@ GREEDY = 4
 MAX_PROMPT = 48
 
 
-def _llama_scaling(config: dict, module: str) -> float:
-    """ΔW's scale as PEFT reads it for one module of the converted adapter."""
-    r = pattern_value(config.get("rank_pattern") or {}, module, config["r"])
-    alpha = pattern_value(config.get("alpha_pattern") or {}, module, config["lora_alpha"])
-    return alpha / math.sqrt(r) if config.get("use_rslora") else alpha / r
+def peft_scalings(model) -> dict[str, float]:
+    """ΔW's scale for every LoRA layer PEFT built, by LLaMA module path, as PEFT itself set it."""
+    out = {}
+    for name, module in model.named_modules():
+        scaling = getattr(module, "scaling", None)
+        if isinstance(scaling, dict) and "default" in scaling:
+            out[name.removeprefix("base_model.model.")] = float(scaling["default"])
+    return out
 
 
-def check_adapter_config(adapter: QwenAdapter, out: Path) -> dict:
+def check_adapter_config(adapter: QwenAdapter, out: Path, scalings: dict[str, float]) -> dict:
+    """Every part of every adapted Qwen module has a LoRA layer in PEFT's model, scaled as the
+    Qwen adapter scales the module (`scalings`: peft_scalings of the loaded model)."""
     try:
         config = json.loads((out / "adapter_config.json").read_text(encoding="utf-8"))
     except (OSError, ValueError):
@@ -53,11 +58,12 @@ def check_adapter_config(adapter: QwenAdapter, out: Path) -> dict:
         module, layer = locate(path)
         for split in module.into:
             llama = name_at(split.llama, layer)
-            if llama.rsplit(".", 1)[1] not in (config.get("target_modules") or []):
-                failures.append(f"{llama}: not in target_modules")
-            got = _llama_scaling(config, llama)
-            if not math.isclose(got, f.scaling, rel_tol=1e-12):
-                failures.append(f"{llama}: PEFT would scale ΔW by {got:g}, the Qwen adapter by {f.scaling:g}")
+            got = scalings.get(llama)
+            if got is None:
+                failures.append(f"{llama}: PEFT put no LoRA layer there (target_modules "
+                                f"{config.get('target_modules')})")
+            elif not math.isclose(got, f.scaling, rel_tol=1e-12):
+                failures.append(f"{llama}: PEFT scales ΔW by {got:g}, the Qwen adapter by {f.scaling:g}")
     for key in ("use_dora", "use_rslora"):
         if bool(config.get(key)) != bool(adapter.config.get(key)):
             failures.append(f"{key}: {config.get(key)!r}, the source adapter has {adapter.config.get(key)!r}")
@@ -105,9 +111,9 @@ def verify_adapter(src, llama_base: str | Path, qwen_adapter: str | Path, llama_
     if written is not None:
         found = compare_planned(expected, written)
         checks["tensors"] = check(not found["failures"], **found)
-    checks["config"] = check_adapter_config(adapter, out)
-    checks["logits"] = _check_logits(ckpt, adapter, Path(llama_base), out, quick,
-                                     GREEDY if greedy_tokens is None else greedy_tokens)
+    model = _peft_model(Path(llama_base), out)
+    checks["config"] = check_adapter_config(adapter, out, peft_scalings(model))
+    checks["logits"] = _check_logits(ckpt, adapter, model, quick, GREEDY if greedy_tokens is None else greedy_tokens)
     with_fixes(checks)
     return VerifyResult(passed=all(c["passed"] is not False for c in checks.values()), source=str(ckpt.folder),
                         output=str(out), adapter=str(adapter.folder), quick=quick,
@@ -117,12 +123,12 @@ def verify_adapter(src, llama_base: str | Path, qwen_adapter: str | Path, llama_
 
 
 @torch.no_grad()
-def _check_logits(ckpt, adapter, llama_base: Path, llama_adapter: Path, quick: bool, n_greedy: int) -> dict:
+def _check_logits(ckpt, adapter, model, quick: bool, n_greedy: int) -> dict:
+    """The PEFT model (`model`) against the Qwen reference with the adapter merged."""
     encode = tiktoken_encoder(ckpt.vocab)
     texts, chats = load_prompts(None, quick)
     prompts = [(t[:30], encode(t)[:MAX_PROMPT]) for t in texts]
     prompts += [(f"chat {k}", encode(qwen_chat_text(m))[:MAX_PROMPT]) for k, m in enumerate(chats)]
-    model = _peft_model(llama_base, llama_adapter)
     reference, plain = QwenReference(ckpt, adapter), QwenReference(ckpt)
 
     def llama(ids):

@@ -15,7 +15,7 @@ from .layout import name_at
 from .llama.writer import ShardWriter
 from .progress import NullProgress, Progress
 from .publish import check_target, fsync_path, staged_folder
-from .qwen.adapter import QwenAdapter, open_adapter, pattern_value
+from .qwen.adapter import QwenAdapter, open_adapter
 from .qwen.checkpoint import Checkpoint
 from .sources import open_source
 from .storage import OutputTensor
@@ -38,9 +38,8 @@ class PreparedAdapter:
 def _check_settings(adapter: QwenAdapter) -> None:
     cfg = adapter.config
     for path, f in adapter.factors.items():
-        rank = pattern_value(cfg.get("rank_pattern") or {}, path, cfg["r"])
-        if f.a.shape[0] != rank:
-            raise InputError(f"{path}: lora_A has rank {f.a.shape[0]}, adapter_config.json gives {rank}",
+        if f.a.shape[0] != f.rank:
+            raise InputError(f"{path}: lora_A has rank {f.a.shape[0]}, adapter_config.json gives {f.rank}",
                              path=f.a.file, fix="restore the adapter_config.json that came with the weights")
         if (f.magnitude is not None) != bool(cfg.get("use_dora")):
             raise InputError(f"{path}: use_dora is {bool(cfg.get('use_dora'))} but the magnitude vector is "
@@ -54,17 +53,15 @@ def llama_adapter_config(adapter: QwenAdapter, base_name: str | None) -> dict:
     cfg = dict(adapter.config)
     targets: set[str] = set()
     rank_pattern, alpha_pattern = {}, {}
-    for path in adapter.factors:
+    for path, f in adapter.factors.items():
         module, layer = locate(path)
-        rank = pattern_value(cfg.get("rank_pattern") or {}, path, cfg["r"])
-        alpha = pattern_value(cfg.get("alpha_pattern") or {}, path, cfg["lora_alpha"])
         for split in module.into:
             llama = name_at(split.llama, layer)
             targets.add(llama.rsplit(".", 1)[1])
-            if rank != cfg["r"]:
-                rank_pattern[llama] = rank
-            if alpha != cfg["lora_alpha"]:
-                alpha_pattern[llama] = alpha
+            if f.rank != cfg["r"]:
+                rank_pattern[llama] = f.rank
+            if f.alpha != cfg["lora_alpha"]:
+                alpha_pattern[llama] = f.alpha
     saved = sorted({name_at(s.llama, layer).rsplit(".", 1)[-1]
                     for name in adapter.saved for module, layer in [locate(name.rpartition(".")[0])]
                     for s in module.into})

@@ -26,6 +26,11 @@ class Split:
     count: int = 1
     zero_bias: bool = False
 
+    def block(self, total: int) -> tuple[int, int]:
+        """[start, stop) of this part among `total` output features (rows or columns)."""
+        size = total // self.count
+        return self.index * size, (self.index + 1) * size
+
 
 @dataclass(frozen=True)
 class Module:

@@ -10,7 +10,7 @@ import re
 from dataclasses import dataclass, field
 
 from . import layout
-from .dtypes import FLOAT_NAMES, NAME_OF, WIDENING
+from .dtypes import FLOAT_NAMES, NAME_OF
 from .errors import InputError
 from .formats import DENSE, Gptq, format_for, lora
 from .qwen.checkpoint import Checkpoint
@@ -40,8 +40,7 @@ class ConversionPlan:
     @property
     def lossy(self) -> bool:
         """Whether a cast changes values (a narrowing --dtype)."""
-        return any((t.source is not None and t.source.dtype != t.dtype and (t.source.dtype, t.dtype) not in WIDENING)
-                   or (t.derived is not None and t.dtype != "F32") for t in self.tensors)
+        return any(t.narrows for t in self.tensors)
 
 
 @dataclass

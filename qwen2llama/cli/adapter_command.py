@@ -29,17 +29,23 @@ def verify_and_report_adapter(src, llama_base: Path, qwen_adapter: Path, llama_a
     result.raise_if_failed()
 
 
-def convert_adapter_step(src, qwen_adapter: Path, adapter_out: Path, llama_base: Path, *, force: bool,
-                         verify: bool, quick: bool, report: Path | None, hash: str = "blake3") -> None:
-    """Convert an adapter for a base converted into `llama_base`, and verify it against both bases."""
+def convert_adapter_step(src, qwen_adapter: Path, adapter_out: Path, llama_base: Path | None, *, force: bool,
+                         verify: bool, quick: bool, report: Path | None, hash: str = "blake3",
+                         base_name: str | None = None) -> None:
+    """Convert an adapter; with its Qwen base `src` and that base converted into `llama_base`,
+    verify it against both before publishing. `base_name` defaults to `llama_base`."""
     from ..adapters import prepare_adapter, write_adapter
 
-    prepared = prepare_adapter(qwen_adapter, adapter_out, base=src, base_name=str(Path(llama_base).resolve()),
-                               force=force, hash=hash)
+    if base_name is None and llama_base is not None:
+        base_name = str(Path(llama_base).resolve())
+    prepared = prepare_adapter(qwen_adapter, adapter_out, base=src, base_name=base_name, force=force, hash=hash)
     render.adapter_plan(out, prepared)
+    checkable = prepared.base is not None and llama_base is not None
+    if verify and not checkable:
+        err.print("[yellow]note[/]: not verified; give --base (the Qwen model) and --llama-base (its conversion)")
 
     def before(staging):
-        if verify:
+        if verify and checkable:
             verify_and_report_adapter(prepared.base, llama_base, qwen_adapter, staging, quick=quick, report=report,
                                       display=adapter_out)
 
@@ -67,19 +73,5 @@ def adapter(src_adapter: AdapterSrc,
 
     Example: qwen2llama adapter ./my-qwen-lora ./my-llama-lora --base ./Qwen-7B-Chat --llama-base ./Qwen-7B-Chat-llama
     """
-    from ..adapters import prepare_adapter, write_adapter
-
-    name = base_name if base_name is not None else (str(llama_base.resolve()) if llama_base else None)
-    prepared = prepare_adapter(src_adapter, dst, base=base, base_name=name, force=force)
-    render.adapter_plan(out, prepared)
-    checkable = prepared.base is not None and llama_base is not None
-    if verify and not checkable:
-        err.print("[yellow]note[/]: not verified; give --base (the Qwen model) and --llama-base (its conversion)")
-
-    def before(staging):
-        if verify and checkable:
-            verify_and_report_adapter(prepared.base, llama_base, src_adapter, staging, quick=quick, report=report,
-                                      display=dst)
-
-    write_adapter(prepared, progress=render.TerminalProgress(err), before_publish=before)
-    out.print(f"[green]wrote[/] {dst}")
+    convert_adapter_step(base, src_adapter, dst, llama_base, force=force, verify=verify, quick=quick, report=report,
+                         base_name=base_name)

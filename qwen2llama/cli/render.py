@@ -3,6 +3,7 @@ library itself stays free of terminal code."""
 from __future__ import annotations
 
 import time
+from collections import Counter
 
 from rich.console import Console
 from rich.markup import escape
@@ -81,11 +82,11 @@ def plan(console: Console, prepared) -> None:
                          f"dequantized to {NAME_OF[p.dtype]} (--dequantize)"))
     copies = sum(t.is_byte_copy for t in p.tensors)
     columns = sum(t.cols is not None for t in p.tensors)
-    derived = sum(t.derived is not None for t in p.tensors)
+    computed = Counter(t.derived.label for t in p.tensors if t.derived is not None)
     zeros = sum(t.source is None and t.derived is None for t in p.tensors)
-    casts = len(p.tensors) - copies - zeros - derived
+    casts = len(p.tensors) - copies - zeros - computed.total()
     kinds = [f"{copies} byte copies" + (f" ({columns} by columns)" if columns else ""),
-             f"{casts} cast to {NAME_OF[p.dtype]}"] + ([f"{derived} dequantized"] if derived else []) + \
+             f"{casts} cast to {NAME_OF[p.dtype]}"] + [f"{n} {label}" for label, n in computed.items()] + \
         [f"{zeros} zero o_proj biases"]
     console.print(f"output:  {len(p.tensors)} tensors ({', '.join(kinds)}), {p.total_bytes / 1e9:.3f} GB "
                   f"in {len(prepared.shards)} shard(s)")
@@ -99,8 +100,7 @@ def plan_tensors(console: Console, prepared) -> None:
     for shard, tensors in prepared.shards:
         for t in tensors:
             if t.derived is not None:
-                d = t.derived
-                source = f"dequantized {d.qweight.name.removesuffix('.qweight')} outputs [{d.start}:{d.stop}]"
+                source = t.derived.describe()
             elif t.source is None:
                 source = "zeros"
             else:

@@ -32,9 +32,9 @@ def split_rows(module: Module, layer: int | None, suffix: str, ref: TensorRef, d
     """One stored tensor split by output rows into the module's LLaMA modules."""
     tensors = []
     for split in module.into:
-        rows = ref.shape[0] // split.count
-        tensors.append(OutputTensor(f"{name_at(split.llama, layer)}.{suffix}", dtype, (rows, *ref.shape[1:]),
-                                    ref, split.index * rows, (split.index + 1) * rows))
+        start, stop = split.block(ref.shape[0])
+        tensors.append(OutputTensor(f"{name_at(split.llama, layer)}.{suffix}", dtype, (stop - start, *ref.shape[1:]),
+                                    ref, start, stop))
     return tensors
 
 
@@ -51,9 +51,6 @@ class Dense:
 
     def stored(self, module: Module, sizes: dict[str, int]) -> dict[str, Stored]:
         return stored(module, sizes)
-
-    def float_suffixes(self, module: Module) -> tuple[str, ...]:
-        return ("weight", "bias")
 
     def outputs(self, module: Module, layer: int | None, refs: dict[str, TensorRef], dtype: str) -> list[OutputTensor]:
         tensors = [t for suffix in ("weight", "bias") if suffix in refs

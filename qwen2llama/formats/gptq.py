@@ -11,10 +11,10 @@ from ..dtypes import torch_dtype
 from ..layout import Module, name_at
 from ..qwen.quantization import GptqSettings
 from ..storage import OutputTensor, TensorRef, read_ref
+from ..storage.refs import COMPUTE_BLOCK
 from .dense import DENSE, Stored, split_rows, zero_biases
 
 QUANTIZED = ("qweight", "qzeros", "scales")  # split by columns; g_idx is copied whole
-DEQUANT_BLOCK = 16 << 20  # float32 bytes of dense weight computed per step
 
 
 def unpack(words, bits: int, along: int):
@@ -44,20 +44,22 @@ class Dequantized:
     bits: int
     start: int
     stop: int
+    label = "dequantized"
 
     @property
     def file(self):
-        """The file to name when a computed value is not finite."""
         return self.scales.file
 
-    def blocks(self, dtype: str):
-        """The rows in order, a block at a time. Memory: the packed qweight plus one block."""
+    def describe(self) -> str:
+        return f"dequantized {self.qweight.name.removesuffix('.qweight')} outputs [{self.start}:{self.stop}]"
 
+    def blocks(self, dtype: str):
+        """Memory: the packed qweight plus one block."""
         words = read_ref(self.qweight)
         groups = read_ref(self.g_idx).long()
         zeros = unpack(read_ref(self.qzeros), self.bits, along=1) + 1
         scales = read_ref(self.scales).float()
-        step = max(1, DEQUANT_BLOCK // (4 * groups.numel()))
+        step = max(1, COMPUTE_BLOCK // (4 * groups.numel()))
         for o0 in range(self.start, self.stop, step):
             o1 = min(o0 + step, self.stop)
             q = unpack(words[:, o0:o1], self.bits, along=0)
@@ -104,9 +106,10 @@ class Gptq:
             name = name_at(split.llama, layer)
             for suffix in QUANTIZED:
                 ref = refs[suffix]
-                rows, width = ref.shape[0], ref.shape[1] // split.count
-                cols = None if split.count == 1 else (split.index * width, (split.index + 1) * width)
-                tensors.append(OutputTensor(f"{name}.{suffix}", ref.dtype, (rows, width), ref, 0, rows, cols))
+                c0, c1 = split.block(ref.shape[1])
+                cols = None if split.count == 1 else (c0, c1)
+                tensors.append(OutputTensor(f"{name}.{suffix}", ref.dtype, (ref.shape[0], c1 - c0), ref, 0,
+                                            ref.shape[0], cols))
             g_idx = refs["g_idx"]
             tensors.append(OutputTensor(f"{name}.g_idx", g_idx.dtype, g_idx.shape, g_idx, 0, g_idx.shape[0]))
         return tensors
@@ -115,9 +118,9 @@ class Gptq:
         out_f, in_f = refs["scales"].shape[1], refs["g_idx"].shape[0]
         tensors = []
         for split in module.into:
-            rows = out_f // split.count
+            start, stop = split.block(out_f)
             recipe = Dequantized(refs["qweight"], refs["qzeros"], refs["scales"], refs["g_idx"], self.settings.bits,
-                                 split.index * rows, (split.index + 1) * rows)
-            tensors.append(OutputTensor(f"{name_at(split.llama, layer)}.weight", dtype, (rows, in_f), None,
+                                 start, stop)
+            tensors.append(OutputTensor(f"{name_at(split.llama, layer)}.weight", dtype, (stop - start, in_f), None,
                                         derived=recipe))
         return tensors

@@ -11,13 +11,11 @@ from dataclasses import dataclass
 
 from ..dtypes import torch_dtype
 from ..errors import InputError
-from ..layout import BEFORE_LAYERS, MODULES, Module, Split, feature_sizes, name_at
+from ..layout import AFTER_LAYERS, MODULES, Module, feature_sizes, name_at
 from ..qwen.adapter import PREFIX, LoraFactors, QwenAdapter
 from ..storage import OutputTensor, TensorRef, read_ref
+from ..storage.refs import COMPUTE_BLOCK
 from .dense import split_rows
-
-MERGE_BLOCK = 16 << 20  # float32 bytes of merged weight computed per step
-
 
 def _template(module: Module) -> re.Pattern:
     return re.compile("^" + re.escape(module.qwen).replace(r"\{i\}", r"(\d+)") + "$")
@@ -34,21 +32,16 @@ def locate(qwen_path: str) -> tuple[Module, int | None]:
     raise KeyError(qwen_path)
 
 
-def _rows(split: Split, ref: TensorRef) -> tuple[int, int]:
-    rows = ref.shape[0] // split.count
-    return split.index * rows, (split.index + 1) * rows
-
-
 def factor_outputs(f: LoraFactors, module: Module, layer: int | None) -> list[OutputTensor]:
     """The LLaMA adapter tensors of one adapted Qwen linear."""
     tensors = []
     for split in module.into:
         llama = PREFIX + name_at(split.llama, layer)
         tensors.append(OutputTensor(f"{llama}.lora_A.weight", f.a.dtype, f.a.shape, f.a, 0, f.a.shape[0]))
-        start, stop = _rows(split, f.b)
+        start, stop = split.block(f.b.shape[0])
         tensors.append(OutputTensor(f"{llama}.lora_B.weight", f.b.dtype, (stop - start, f.b.shape[1]), f.b, start, stop))
         if f.magnitude is not None:
-            start, stop = _rows(split, f.magnitude)
+            start, stop = split.block(f.magnitude.shape[0])
             tensors.append(OutputTensor(f"{llama}.lora_magnitude_vector", f.magnitude.dtype, (stop - start,),
                                         f.magnitude, start, stop))
     return tensors
@@ -63,9 +56,10 @@ def saved_outputs(name: str, ref: TensorRef, prefix: str = PREFIX) -> list[Outpu
 
 
 def _order(path: str):
-    """Embedding first, then layer by layer, then the rest: the table's order."""
+    """The table's order: the embedding, then layer by layer, then the final norm and lm_head."""
     module, layer = locate(path)
-    return (layer is not None, module not in BEFORE_LAYERS, layer or 0, MODULES.index(module))
+    section = 2 if module in AFTER_LAYERS else 1 if layer is not None else 0
+    return (section, layer or 0, MODULES.index(module))
 
 
 def _linear(path: str, adapter: QwenAdapter) -> tuple[Module, int | None]:
@@ -152,16 +146,18 @@ class Merged:
     factors: LoraFactors
     start: int
     stop: int
+    label = "merged with the adapter"
 
     @property
     def file(self):
-        """The file to name when a computed value is not finite."""
         return self.weight.file
 
-    def blocks(self, dtype: str):
+    def describe(self) -> str:
+        return f"{self.weight.name}[{self.start}:{self.stop}] + LoRA of {self.factors.module}"
 
+    def blocks(self, dtype: str):
         a = read_ref(self.factors.a).float()
-        step = max(1, MERGE_BLOCK // (4 * self.weight.shape[1]))
+        step = max(1, COMPUTE_BLOCK // (4 * self.weight.shape[1]))
         for r0 in range(self.start, self.stop, step):
             r1 = min(r0 + step, self.stop)
             w = read_ref(self.weight, r0, r1).float() + self.factors.scaling * (read_ref(self.factors.b, r0, r1).float() @ a)

@@ -27,13 +27,20 @@ SUPPORTED = ("PEFT LoRA (and DoRA) adapters on Qwen v1's block linears (c_attn, 
 
 @dataclass
 class LoraFactors:
-    """One adapted Qwen linear: where its factors are, and its ΔW scaling."""
+    """One adapted Qwen linear: where its factors are, its rank and alpha (after rank_pattern /
+    alpha_pattern), and so its ΔW scaling."""
 
     module: str  # Qwen module path, e.g. transformer.h.0.attn.c_attn
     a: TensorRef
     b: TensorRef
     magnitude: TensorRef | None
-    scaling: float
+    rank: int
+    alpha: float
+    rslora: bool
+
+    @property
+    def scaling(self) -> float:
+        return self.alpha / math.sqrt(self.rank) if self.rslora else self.alpha / self.rank
 
 
 @dataclass
@@ -60,12 +67,6 @@ def pattern_value(patterns: dict, module: str, default):
         if re.match(rf"(.*\.)?{key}$", module):
             return value
     return default
-
-
-def _scaling(config: dict, module: str) -> float:
-    r = pattern_value(config.get("rank_pattern") or {}, module, config["r"])
-    alpha = pattern_value(config.get("alpha_pattern") or {}, module, config["lora_alpha"])
-    return alpha / math.sqrt(r) if config.get("use_rslora") else alpha / r
 
 
 def read_adapter_config(folder: Path) -> dict:
@@ -126,7 +127,10 @@ def open_adapter(folder: str | Path) -> QwenAdapter:
                 magnitude is not None and magnitude.shape != (b.shape[0],)):
             raise InputError(f"{module}: lora_A {list(a.shape)}, lora_B {list(b.shape)} do not form B @ A",
                              path=a.file, fix="restore the adapter file")
-        factors[module] = LoraFactors(module, a, b, magnitude, _scaling(config, module))
+        factors[module] = LoraFactors(module, a, b, magnitude,
+                                      pattern_value(config.get("rank_pattern") or {}, module, config["r"]),
+                                      pattern_value(config.get("alpha_pattern") or {}, module, config["lora_alpha"]),
+                                      bool(config.get("use_rslora")))
     if not factors and not saved:
         raise InputError("the adapter holds no tensors", path=folder, fix="restore the adapter file")
     return QwenAdapter(folder, config, fmt, [folder / FILES[fmt]], factors, saved)

@@ -160,10 +160,6 @@ def parse_config(raw: Any, path: Path) -> QwenConfig:
     )
 
 
-def load_config(folder: Path) -> QwenConfig:
-    return parse_config(read_raw_config(folder), folder / "config.json")
-
-
 def read_raw_config(folder: Path) -> Any:
     """config.json as parsed JSON, or bad input naming the file."""
     path = folder / "config.json"

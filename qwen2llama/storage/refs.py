@@ -1,12 +1,14 @@
-"""Where a stored tensor's bytes are (`TensorRef`), what to write from them (`OutputTensor`),
-and reading a row range of one into memory."""
+"""Where a stored tensor's bytes are (`TensorRef`), what to write from them (`OutputTensor`,
+possibly computed by a `Derived`), and reading a row range of one into memory."""
 from __future__ import annotations
 
+from collections.abc import Iterator
 from dataclasses import dataclass
 from math import prod
 from pathlib import Path
+from typing import Protocol
 
-from ..dtypes import ITEMSIZE, torch_dtype
+from ..dtypes import ITEMSIZE, WIDENING, torch_dtype
 from ..errors import InputError
 
 
@@ -27,11 +29,27 @@ class TensorRef:
         return self.offset + start * row, (stop - start) * row
 
 
+COMPUTE_BLOCK = 16 << 20  # float32 bytes a computed tensor produces per step
+
+
+class Derived(Protocol):
+    """A tensor computed from stored ones (formats.gptq.Dequantized, formats.lora.Merged)."""
+
+    label: str  # what the computation is, for plans ("dequantized", "merged with the adapter")
+
+    @property
+    def file(self) -> Path: ...  # the file to name when a computed value is not finite
+
+    def describe(self) -> str: ...  # where its values come from, for `inspect --tensors`
+
+    def blocks(self, dtype: str) -> Iterator: ...  # its rows in order, a block at a time, as torch tensors
+
+
 @dataclass(frozen=True)
 class OutputTensor:
     """A tensor to write: rows [row_start, row_stop) of `source` in `dtype`, only columns
     [cols[0], cols[1]) of a 2-D source when `cols` is set; zeros when `source` is None; or
-    computed block by block by `derived` (see formats.gptq.Dequantized)."""
+    computed block by block by `derived`."""
 
     name: str
     dtype: str
@@ -40,7 +58,7 @@ class OutputTensor:
     row_start: int = 0
     row_stop: int = 0
     cols: tuple[int, int] | None = None
-    derived: object | None = None
+    derived: Derived | None = None
 
     @property
     def nbytes(self) -> int:
@@ -50,6 +68,15 @@ class OutputTensor:
     def is_byte_copy(self) -> bool:
         """The output is a byte range of the source (contiguous unless `cols`)."""
         return self.source is not None and self.source.dtype == self.dtype
+
+    @property
+    def narrows(self) -> bool:
+        """Whether writing it may change values: a narrowing cast, or a computed tensor stored
+        in less than float32 (the computation is float32)."""
+        if self.derived is not None:
+            return self.dtype != "F32"
+        return self.source is not None and self.source.dtype != self.dtype and \
+            (self.source.dtype, self.dtype) not in WIDENING
 
 
 def read_ref(ref: TensorRef, start: int | None = None, stop: int | None = None):

@@ -18,7 +18,7 @@ from ..jsonfile import read_object
 from ..llama.reader import LlamaSide, read_output_tensors
 from ..plan import map_source
 from ..progress import NullProgress, Progress
-from ..qwen.adapter import open_adapter
+from ..qwen.adapter import QwenAdapter, open_adapter
 from ..qwen.checkpoint import Checkpoint, detect_chat
 from ..sources import open_source
 from .config import check_config
@@ -73,7 +73,7 @@ def verify(src: str | Path | Checkpoint, dst: str | Path, *, quick: bool = False
     t0 = time.perf_counter()
     ckpt = src if isinstance(src, Checkpoint) else open_source(src, base)
     dst = Path(dst)
-    if adapter is not None and not hasattr(adapter, "factors"):
+    if adapter is not None and not isinstance(adapter, QwenAdapter):
         adapter = open_adapter(adapter)
     map_source(ckpt)  # a complete Qwen v1 model, or bad input
     ckpt.generation_config()  # readable, or bad input

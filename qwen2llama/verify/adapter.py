@@ -22,6 +22,7 @@ from ..errors import InputError
 from ..formats.lora import adapter_outputs, check_base, locate
 from ..layout import name_at
 from ..qwen.adapter import QwenAdapter, open_adapter
+from ..qwen.checkpoint import Checkpoint
 from ..reference import QwenReference
 from ..sources import open_source
 from ..storage.weights import read_shards
@@ -98,7 +99,7 @@ def verify_adapter(src, llama_base: str | Path, qwen_adapter: str | Path, llama_
                    quick: bool = True, greedy_tokens: int | None = None, progress=None) -> VerifyResult:
     """Every check of a converted adapter; never raises for a failed check."""
     t0 = time.perf_counter()
-    ckpt = open_source(src) if not hasattr(src, "tensors") else src
+    ckpt = src if isinstance(src, Checkpoint) else open_source(src)
     adapter = open_adapter(qwen_adapter)
     check_base(adapter, ckpt)
     out = Path(llama_adapter)

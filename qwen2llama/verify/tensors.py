@@ -7,7 +7,7 @@ from __future__ import annotations
 import numpy as np
 import torch
 
-from ..dtypes import NAME_OF, WIDENING, torch_dtype
+from ..dtypes import NAME_OF, torch_dtype
 from ..plan import build_plan
 from ..qwen.checkpoint import Checkpoint
 from ..storage import OutputTensor, TensorRef, read_ref
@@ -115,9 +115,7 @@ def compare_planned(expected: dict[str, OutputTensor], dst_tensors: dict[str, Te
             failures.append(f"{name}: shape {list(got.shape)}, expected {list(want.shape)}")
             continue
         compared += got.nbytes
-        if want.source is not None and not want.is_byte_copy:
-            lossy |= (want.source.dtype, want.dtype) not in WIDENING
-        lossy |= want.derived is not None and want.dtype != "F32"
+        lossy |= want.narrows
         problem = _compare(want, got)
         if problem:
             failures.append(problem)

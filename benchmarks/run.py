@@ -166,6 +166,8 @@ def bench_verify(src: Path) -> dict:
             "golden_file_mb": round(golden.stat().st_size / 1e6, 2),
             "golden_verify_seconds": round(gold_wall, 1), "golden_verify_peak_rss_mib": gold_rss,
             "golden_verify_passed": gold["passed"],
+            "golden_tensor_digest_seconds": gold["checks"]["tensors"]["seconds"],
+            "golden_tensor_digest_gb": round(gold["checks"]["tensors"]["bytes_compared"] / 1e9, 2),
             "golden_max_abs_logit_diff": gold["checks"]["logits"]["max_abs_logit_diff"]}
 
 
@@ -266,6 +268,8 @@ def print_verify(ver: dict) -> None:
           f"{ver['golden_file_mb']} MB; verify --golden: {ver['golden_verify_seconds']} s, peak RSS "
           f"{ver['golden_verify_peak_rss_mib']} MiB, max |Δlogit| {ver['golden_max_abs_logit_diff']:.2e}, "
           f"passed={ver['golden_verify_passed']}")
+    print(f"verify --golden, tensor digests: {ver['golden_tensor_digest_gb']} GB hashed in "
+          f"{ver['golden_tensor_digest_seconds']} s (one read of the folder)")
 
 
 if __name__ == "__main__":

@@ -105,7 +105,7 @@ def convert(src: Src, dst: Dst, shard_size: ShardSizeOpt = "5GB", dtype: DtypeOp
             _verify_and_report(prepared.plan.checkpoint, staging, report=report, quick=quick, display=dst,
                                record=True, adapter=prepared.adapter)
         if golden is not None:
-            _record_golden(prepared.plan.checkpoint, golden, quick=quick, staging=staging, lossy=prepared.plan.lossy)
+            _record_golden(prepared.plan.checkpoint, golden, quick=quick, staging=staging, plan=prepared.plan)
 
     write(prepared, progress=render.TerminalProgress(err), before_publish=before)
     out.print(f"[green]wrote[/] {dst}")
@@ -116,7 +116,7 @@ def convert(src: Src, dst: Dst, shard_size: ShardSizeOpt = "5GB", dtype: DtypeOp
                              quick=quick, report=None, hash=hash)
 
 
-def _record_golden(ckpt, path: Path, *, quick=False, prompts=None, long_prompt=None, staging=None, lossy=False):
+def _record_golden(ckpt, path: Path, *, quick=False, prompts=None, long_prompt=None, staging=None, plan=None):
     from .. import manifest
     from ..verify import golden as golden_mod
 
@@ -125,20 +125,25 @@ def _record_golden(ckpt, path: Path, *, quick=False, prompts=None, long_prompt=N
         record = manifest.read(staging)
         files = {"hash": record["hash"], "files": record["files"]}
     tensors, meta = golden_mod.record(ckpt, prompts=prompts, quick=quick, long_prompt=long_prompt,
-                                      progress=render.TerminalProgress(err), files=files, lossy=lossy)
+                                      progress=render.TerminalProgress(err), files=files, plan=plan)
     golden_mod.write(path, tensors, meta)
-    out.print(f"golden file: {path} ({path.stat().st_size / 1e6:.2f} MB, {len(meta['prompts'])} prompts)")
+    out.print(f"golden file: {path} ({path.stat().st_size / 1e6:.2f} MB, {len(meta['prompts'])} prompts, "
+              f"{len(meta['tensor_digests']['tensors'])} tensor digests)")
 
 
 @command
 def golden(src: Src, file: Annotated[Path, typer.Argument(help="The golden file to write (safetensors).")],
            prompts: PromptsOpt = None, quick: QuickOpt = False, long_prompt: LongPromptOpt = None,
-           base: BaseOpt = None):
+           base: BaseOpt = None, dtype: DtypeOpt = None, dequantize: DequantizeOpt = None):
     """Record what `verify OUT --golden FILE` needs from the Qwen reference on SRC, so that CI can
-    verify a converted folder without the source checkpoint."""
+    verify a converted folder without the source checkpoint. --dtype / --dequantize: the tensor
+    digests describe the conversion made with the same option."""
+    from ..plan import build_plan
     from ..sources import open_source
 
-    _record_golden(open_source(src, base), file, quick=quick, prompts=prompts, long_prompt=long_prompt)
+    ckpt = open_source(src, base)
+    _record_golden(ckpt, file, quick=quick, prompts=prompts, long_prompt=long_prompt,
+                   plan=build_plan(ckpt, dtype, dequantize))
 
 
 @command

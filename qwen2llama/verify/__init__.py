@@ -102,6 +102,7 @@ def verify_golden(dst: str | Path, golden_file: str | Path, *, progress: Progres
                   display: Path | None = None) -> VerifyResult:
     """Every check that needs no source, against a golden file (see verify/golden.py)."""
     from . import golden as golden_mod
+    from .digests import check_tensors_golden
     from .replay import check_integrity_golden, check_logits_golden, check_same_model
 
     progress = progress or NullProgress()
@@ -109,13 +110,17 @@ def verify_golden(dst: str | Path, golden_file: str | Path, *, progress: Progres
     dst = Path(dst)
     golden = golden_mod.read(golden_file)
     raw = _read_config(dst)
-    check_same_model(golden, read_output_tensors(dst), dst)
+    dst_tensors = read_output_tensors(dst)
+    check_same_model(golden, dst_tensors, dst)
     against = {"against": str(golden.path)}
     checks: dict[str, dict] = {}
     progress.note("checking file hashes")
     checks["integrity"] = check_integrity_golden(golden, dst) or {**check_integrity(dst), **against}
-    checks["tensors"] = check(None, note="against a golden file: the source tensors are not at hand; the file "
-                              "digests and the logits stand in", **against)
+    if golden.meta.get("tensor_digests"):
+        checks["tensors"] = check_tensors_golden(golden.meta["tensor_digests"], dst_tensors, str(golden.path),
+                                                 progress)
+    else:
+        checks["tensors"] = check(None, note=f"against a golden file: {golden_mod.OLDER}", **against)
     side = LlamaSide(dst)
     checks["config"] = {**check_config(golden.config, side.config, raw, golden.meta.get("quantization")), **against}
     progress.note("comparing tokenizers")

@@ -3,10 +3,13 @@ CI job can check a converted folder without the source checkpoint.
 
 Recorded from the reference forward on the source (in Qwen's terms, never through layout.py or
 formats/): per prompt and position the logsumexp, the top-k ids and values and the values at a
-fixed, seeded sample of vocabulary ids; greedy continuations; tiktoken's ids for every tokenizer
-sample, Qwen's chat renderings; the normalised Qwen config; and, when `convert --golden` records
-it, the digest of every converted file. Stored as safetensors (the numbers) with a JSON header in
-its metadata. The same inputs give the same bytes.
+sample of vocabulary ids (a fixed, seeded random sample plus, always, every special token id —
+151643..151850, the stop tokens among them — and every prompt token id); greedy continuations;
+tiktoken's ids for every tokenizer sample, Qwen's chat renderings; the normalised Qwen config.
+Beside them (format 2), a digest of every output tensor's values as the conversion defines them
+(`digests.py`: these come from the mapping and prove integrity, not correctness), and, when
+`convert --golden` records it, the digest of every converted file. Stored as safetensors (the
+numbers) with a JSON header in its metadata. The same inputs give the same bytes.
 """
 from __future__ import annotations
 
@@ -24,12 +27,18 @@ from ..reference import QwenReference
 from ..tokenizer import read_tiktoken
 from ..tokenizer.files import vocab_digest
 from ..tokens import SPECIAL_IDS
+from . import digests
 from .lockstep import continue_greedily, forward, reference_layers
 from .logits import GREEDY_MAX_BYTES, _prompt_set
 from .prompts import GOLDEN, PROBES, load_prompts, qwen_chat_text, tiktoken_encoder
 from .stats import reference_head_blocks, side_stats
 
-FORMAT = 1
+FORMAT = 2
+READS = (1, 2)  # format 1: no tensor digests, a random sample only (see OLDER)
+OLDER = ("a format 1 golden file holds no tensor digests and samples no fixed ids: a changed weight that no "
+         "recorded number covers (an embedding row of a token no prompt uses, an lm_head row outside the "
+         "sample, <|im_end|>'s among them) goes unnoticed; record it again with this version")
+MAX_GREEDY, MAX_PROMPTS, MAX_TOP_K = 256, 1024, 1024  # bounds on counts read from a file
 META_KEY = "qwen2llama_golden"
 TOP_K = 16  # top logits kept per position
 SAMPLE_SIZE = 2048  # vocabulary ids whose logits are kept at every position
@@ -37,9 +46,12 @@ SAMPLE_SEED = 20230803  # Qwen-7B's first release date: fixed, so every golden f
 FIX = "record it again with `qwen2llama golden SRC FILE` (or `convert --golden FILE`)"
 
 
-def sample_ids(vocab_rows: int) -> torch.Tensor:
+def sample_ids(vocab_rows: int, always=()) -> torch.Tensor:
+    """The fixed random sample, every special token id and the ids in `always`, sorted, unique."""
     generator = torch.Generator().manual_seed(SAMPLE_SEED)
-    return torch.randperm(vocab_rows, generator=generator)[:SAMPLE_SIZE].sort().values
+    fixed = [i for i in [*SPECIAL_IDS.values(), *always] if 0 <= i < vocab_rows]
+    random = torch.randperm(vocab_rows, generator=generator)[:SAMPLE_SIZE]
+    return torch.unique(torch.cat([random, torch.tensor(fixed, dtype=torch.long)]))
 
 
 def tokenizer_samples(texts: list[str], chats: list) -> list[str]:
@@ -49,10 +61,15 @@ def tokenizer_samples(texts: list[str], chats: list) -> list[str]:
 
 def record(ckpt, *, prompts: Path | None = None, quick: bool = False, long_prompt: bool | None = None,
            greedy_tokens: int | None = None, progress=None, files: dict | None = None,
-           lossy: bool = False) -> tuple[dict[str, torch.Tensor], dict]:
-    """(tensors, header) of a golden file for the checkpoint. `files` = {"hash": name, "files": {...}}
-    when convert records the digests of what it wrote; `lossy` when it narrowed the dtype."""
+           plan=None) -> tuple[dict[str, torch.Tensor], dict]:
+    """(tensors, header) of a golden file for the checkpoint. `plan`: the conversion whose tensors
+    the digests describe (default: `build_plan(ckpt)`, the source's dtype); `files` = {"hash": name,
+    "files": {...}} when convert records the digests of what it wrote."""
+    from ..plan import build_plan
+
     progress = progress or NullProgress()
+    plan = plan if plan is not None else build_plan(ckpt)
+    lossy = plan.lossy
     cfg = ckpt.config
     texts, chats = load_prompts(prompts, quick)
     encode = tiktoken_encoder(ckpt.vocab)
@@ -63,7 +80,7 @@ def record(ckpt, *, prompts: Path | None = None, quick: bool = False, long_promp
     progress.start("golden: reference layers", cfg.num_layers, "layers")
     h = forward(ref.embed([x for s in seqs for x in s]), reference_layers(ref), lens, progress)
     progress.finish()
-    gather = sample_ids(cfg.vocab_rows)
+    gather = sample_ids(cfg.vocab_rows, {i for seq in seqs for i in seq})
     stats = side_stats(reference_head_blocks(ref), ref.final_norm(h), TOP_K, gather)
     model_bytes = sum(r.nbytes for r in ckpt.tensors.values())
     n_greedy = greedy_tokens if greedy_tokens is not None else (
@@ -87,10 +104,12 @@ def record(ckpt, *, prompts: Path | None = None, quick: bool = False, long_promp
         "qwen_config": cfg.to_dict(), "vocab_digest": vocab_digest(read_tiktoken(ckpt.vocab)),
         "chat": _chat(ckpt), "prompt_set": {"texts": texts, "chats": chats, "quick": quick},
         "prompts": [name for name, _ in named], "long_prompt": long_note, "greedy_tokens": n_greedy,
-        "top_k": TOP_K, "sample": {"size": SAMPLE_SIZE, "seed": SAMPLE_SEED}, "lossy_cast": lossy,
+        "top_k": TOP_K, "lossy_cast": lossy,
+        "sample": {"size": SAMPLE_SIZE, "seed": SAMPLE_SEED, "always": "every special token id and prompt token id"},
         "tokenizer": {"ids": {t: encode(t) for t in tokenizer_samples(texts, chats)}, "special_ids": SPECIAL_IDS},
         "files": files,
         "quantization": ckpt.quantization.output_config() if ckpt.quantization else None,
+        "tensor_digests": digests.record(plan, progress),
     }
     return tensors, meta
 
@@ -141,15 +160,85 @@ def read(path: str | Path) -> Golden:
     except Exception as exc:  # truncated or corrupt: safetensors says so in its own words
         raise InputError(f"the golden file is unreadable ({type(exc).__name__}: {exc})"[:300], path=path,
                          fix=FIX) from None
-    if not isinstance(meta, dict) or meta.get("format") != FORMAT:
+    if not isinstance(meta, dict) or meta.get("format") not in READS:
         version = meta.get("tool", {}).get("version") if isinstance(meta, dict) else None
         raise InputError(f"golden file format {meta.get('format') if isinstance(meta, dict) else meta!r} "
-                         f"(written by qwen2llama {version}); this version reads format {FORMAT}", path=path,
+                         f"(written by qwen2llama {version}); this version reads formats "
+                         f"{', '.join(map(str, READS))}", path=path,
                          fix="verify with the qwen2llama version that wrote it, or record it again")
-    missing = [f"prompt.{k}.{n}" for k in range(len(meta["prompts"]))
-               for n in ("ids", "lse", "topk_ids", "topk_values", "sample_values")
-               if f"prompt.{k}.{n}" not in tensors]
-    if missing or "sample_ids" not in tensors:
-        raise InputError(f"the golden file is incomplete (missing {', '.join(missing[:3]) or 'sample_ids'})",
-                         path=path, fix=FIX)
+    _check_header(meta, path)
+    _check_numbers(meta, tensors, path)
     return Golden(path, meta, tensors)
+
+
+def _bad(path: Path, field: str, want: str) -> InputError:
+    return InputError(f"the golden file's {field} is not {want}", path=path, fix=FIX)
+
+
+def _is_int(v, lo: int, hi: int) -> bool:
+    return isinstance(v, int) and not isinstance(v, bool) and lo <= v <= hi
+
+
+def _check_header(meta: dict, path: Path) -> None:
+    """Every header field verify reads, of its type and within bounds."""
+    prompts = meta.get("prompts")
+    if not isinstance(prompts, list) or not 1 <= len(prompts) <= MAX_PROMPTS or \
+            not all(isinstance(p, str) for p in prompts):
+        raise _bad(path, "prompts", f"a list of 1 to {MAX_PROMPTS} names")
+    if not _is_int(meta.get("greedy_tokens"), 0, MAX_GREEDY):
+        raise _bad(path, "greedy_tokens", f"a count from 0 to {MAX_GREEDY}")
+    if not _is_int(meta.get("top_k"), 2, MAX_TOP_K):
+        raise _bad(path, "top_k", f"a count from 2 to {MAX_TOP_K}")
+    if not isinstance(meta.get("chat"), bool):
+        raise _bad(path, "chat", "true or false")
+    if not isinstance(meta.get("vocab_digest"), str):
+        raise _bad(path, "vocab_digest", "a digest")
+    prompt_set = meta.get("prompt_set")
+    if not isinstance(prompt_set, dict) or not isinstance(prompt_set.get("texts"), list) or \
+            not isinstance(prompt_set.get("chats"), list) or not isinstance(prompt_set.get("quick"), bool):
+        raise _bad(path, "prompt_set", "an object with texts, chats and quick")
+    ids = meta.get("tokenizer", {}).get("ids") if isinstance(meta.get("tokenizer"), dict) else None
+    if not isinstance(ids, dict) or not all(isinstance(v, list) and all(_is_int(i, 0, 1 << 31) for i in v)
+                                            for v in ids.values()):
+        raise _bad(path, "tokenizer.ids", "an object of token id lists")
+    try:
+        QwenConfig(**meta["qwen_config"])
+    except (KeyError, TypeError, ValueError) as exc:
+        raise _bad(path, "qwen_config", f"a Qwen config ({exc})"[:200]) from None
+    if meta["format"] >= 2:
+        digests.validate(meta.get("tensor_digests"), path)
+
+
+def _check_numbers(meta: dict, tensors: dict[str, torch.Tensor], path: Path) -> None:
+    """Every recorded tensor present, of its shape and kind, ids in range, values finite: a NaN
+    would make every comparison with it pass."""
+    rows = QwenConfig(**meta["qwen_config"]).vocab_rows
+    k = meta["top_k"]
+
+    def need(name: str, shape: tuple, floating: bool) -> torch.Tensor:
+        t = tensors.get(name)
+        if t is None:
+            raise InputError(f"the golden file is incomplete (missing {name})", path=path, fix=FIX)
+        if tuple(t.shape) != shape or t.is_floating_point() != floating:
+            raise _bad(path, f"tensor {name}", f"{'float' if floating else 'int'} of shape {list(shape)} "
+                       f"(it is {str(t.dtype).removeprefix('torch.')} {list(t.shape)})")
+        if floating and not torch.isfinite(t).all():
+            raise _bad(path, f"tensor {name}", "finite (it holds NaN or Inf)")
+        if not floating and t.numel() and (int(t.min()) < 0 or int(t.max()) >= rows):
+            raise _bad(path, f"tensor {name}", f"token ids below {rows}")
+        return t
+
+    sample = tensors.get("sample_ids")
+    n_sample = sample.shape[0] if sample is not None and sample.dim() == 1 else -1
+    need("sample_ids", (max(n_sample, 1),), False)
+    for p in range(len(meta["prompts"])):
+        ids = tensors.get(f"prompt.{p}.ids")
+        n = ids.shape[0] if ids is not None and ids.dim() == 1 and ids.shape[0] > 0 else 1
+        need(f"prompt.{p}.ids", (n,), False)
+        need(f"prompt.{p}.lse", (n,), True)
+        need(f"prompt.{p}.topk_ids", (n, k), False)
+        need(f"prompt.{p}.topk_values", (n, k), True)
+        need(f"prompt.{p}.sample_values", (n, n_sample), True)
+    if meta["greedy_tokens"]:
+        for p in range(min(3, len(meta["prompts"]))):
+            need(f"greedy.{p}", (meta["greedy_tokens"],), False)

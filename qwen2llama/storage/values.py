@@ -1,0 +1,76 @@
+"""The bytes a tensor holds, a bounded block at a time: of a stored tensor (`ref_chunks`) and of a
+planned output tensor as the conversion defines it (`output_chunks`), and their digests.
+
+Golden files record `output_digest` of every planned tensor from the source alone; a later
+verify compares `ref_digest` of what a folder holds, whatever its shards or file format.
+"""
+from __future__ import annotations
+
+from collections.abc import Iterator
+
+from ..dtypes import torch_dtype
+from ..errors import InputError
+from .refs import COMPUTE_BLOCK, OutputTensor, TensorRef, read_ref
+
+CHUNK = 16 << 20  # bytes per read
+
+
+def byte_chunks(ref: TensorRef, offset: int, length: int) -> Iterator[bytes]:
+    """`length` bytes of `ref`'s file from absolute `offset`."""
+    with open(ref.file, "rb") as fh:
+        fh.seek(offset)
+        while length:
+            data = fh.read(min(length, CHUNK))
+            if not data:
+                raise InputError(f"tensor {ref.name} is cut short", path=ref.file, fix="download the file again")
+            yield data
+            length -= len(data)
+
+
+def ref_chunks(ref: TensorRef) -> Iterator[bytes]:
+    return byte_chunks(ref, ref.offset, ref.nbytes)
+
+
+def row_blocks(start: int, stop: int, row_bytes: int, budget: int = CHUNK) -> Iterator[tuple[int, int]]:
+    """[a, b) row ranges covering [start, stop), each about `budget` bytes (at least one row)."""
+    step = max(1, budget // max(1, row_bytes))
+    for a in range(start, stop, step):
+        yield a, min(a + step, stop)
+
+
+def output_chunks(t: OutputTensor) -> Iterator:
+    """The bytes the conversion writes for `t`, in order (buffers: bytes or numpy arrays)."""
+    import torch
+
+    def raw(block):
+        return block.contiguous().view(torch.uint8).numpy()
+
+    if t.derived is not None:
+        for block in t.derived.blocks(t.dtype):
+            yield raw(block)
+        return
+    if t.source is None:
+        left = t.nbytes
+        while left:
+            yield bytes(min(left, CHUNK))
+            left -= min(left, CHUNK)
+        return
+    src = t.source
+    row_bytes = src.nbytes // src.shape[0] if src.shape and src.shape[0] else src.nbytes
+    if t.cols is not None:
+        for a, b in row_blocks(t.row_start, t.row_stop, row_bytes):
+            yield raw(read_ref(src, a, b)[:, t.cols[0]:t.cols[1]])
+    elif t.is_byte_copy:
+        yield from byte_chunks(src, *src.rows(t.row_start, t.row_stop))
+    else:
+        for a, b in row_blocks(t.row_start, t.row_stop, row_bytes, COMPUTE_BLOCK):
+            yield raw(read_ref(src, a, b).to(torch_dtype(t.dtype)))
+
+
+def digest(chunks, algorithm: str) -> str:
+    from ..manifest import new_hash
+
+    h = new_hash(algorithm)
+    for chunk in chunks:
+        h.update(chunk)
+    return h.hexdigest()

@@ -111,7 +111,7 @@ def _write_files(prepared: Prepared, folder: Path, progress: Progress) -> dict:
         index = {"metadata": {"total_size": plan.total_bytes},
                  "weight_map": dict(sorted((t.name, n) for n, ts in prepared.shards for t in ts))}
         manifest.write_json(folder / "model.safetensors.index.json", index)
-    config = llama_config(cfg, plan.dtype, prepared.chat)
+    config = llama_config(cfg, plan.dtype, prepared.chat, plan.mlp_bias)
     if plan.quantized:
         # transformers reads config.json; AutoGPTQ-style loaders read quantize_config.json
         config["quantization_config"] = ckpt.quantization.output_config()

@@ -100,9 +100,10 @@ def is_dropped(qwen_name: str) -> bool:
     return any(p.search(qwen_name) for p in DROPPED)
 
 
-def llama_config(cfg: QwenConfig, dtype: str, chat: bool) -> dict:
+def llama_config(cfg: QwenConfig, dtype: str, chat: bool, mlp_bias: bool = False) -> dict:
     """The LLaMA config.json for the converted network. Every value is explicit: LlamaConfig's
-    defaults (bos 1, eos 2, rope_theta 10000, no biases) are wrong for Qwen."""
+    defaults (bos 1, eos 2, rope_theta 10000, no biases) are wrong for Qwen. `mlp_bias`: a GPTQ
+    source whose quantizer stored non-zero MLP biases (formats/gptq.py)."""
     name = NAME_OF[dtype]
     return {
         "architectures": ["LlamaForCausalLM"],
@@ -124,7 +125,7 @@ def llama_config(cfg: QwenConfig, dtype: str, chat: bool) -> dict:
         "vocab_size": cfg.vocab_rows,
         "attention_bias": True,
         "attention_dropout": 0.0,
-        "mlp_bias": False,
+        "mlp_bias": mlp_bias,
         "tie_word_embeddings": False,
         "initializer_range": 0.02,
         "pretraining_tp": 1,

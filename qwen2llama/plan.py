@@ -12,7 +12,7 @@ from dataclasses import dataclass, field
 from . import layout
 from .dtypes import FLOAT_NAMES, NAME_OF
 from .errors import InputError
-from .formats import DENSE, Gptq, format_for, lora
+from .formats import DENSE, format_for, lora
 from .qwen.checkpoint import Checkpoint
 from .qwen.quantization import SUPPORTED
 from .storage import OutputTensor, TensorRef
@@ -27,11 +27,17 @@ class ConversionPlan:
     tensors: list[OutputTensor]
     dropped: list[str] = field(default_factory=list)
     fmt: object = DENSE
+    zero_dropped: list[TensorRef] = field(default_factory=list)  # stored, all zero, left out (checked)
 
     @property
     def quantized(self) -> bool:
         """Whether the output is a LLaMA GPTQ folder (needs a quantization_config)."""
-        return isinstance(self.fmt, Gptq) and self.fmt.dequantize is None
+        return self.fmt.quantized
+
+    @property
+    def mlp_bias(self) -> bool:
+        """Whether the output's MLP linears have biases (config.json `mlp_bias`)."""
+        return bool(getattr(self.fmt, "mlp_bias", False))
 
     @property
     def total_bytes(self) -> int:
@@ -106,8 +112,9 @@ def map_source(ckpt: Checkpoint, fmt=None) -> SourceMap:
                              path=ref.file, fix="check that the checkpoint is an unmodified AutoGPTQ export")
         found.setdefault((module.qwen, layer), {})[suffix] = ref
     missing = [layout.name_at(f"{module.qwen}.{suffix}", layer)
-               for module, layer in layout.in_output_order(n_layers) for suffix in fmt.stored(module, sizes)
-               if suffix not in found.get((module.qwen, layer), {})]
+               for module, layer in layout.in_output_order(n_layers)
+               for suffix, want in fmt.stored(module, sizes).items()
+               if not want.optional and suffix not in found.get((module.qwen, layer), {})]
     if missing:
         more = f" and {len(missing) - 5} more" if len(missing) > 5 else ""
         raise InputError(f"missing tensors: {', '.join(missing[:5])}{more}", path=ckpt.folder,
@@ -121,18 +128,21 @@ def _implied_by(ckpt: Checkpoint) -> str:
         f"config.json with bits {q.bits}, group_size {q.group_size} implies"
 
 
-def choose_dtype(ckpt: Checkpoint, requested: str | None, fmt=DENSE) -> str:
-    """The output dtype of floating-point tensors: as requested, else the source's single one."""
-    if isinstance(fmt, Gptq):
-        if requested is not None:
-            raise InputError("--dtype does not apply to a GPTQ output (its scales and tables stay as stored)",
-                             fix="drop --dtype, or write a dense model with --dequantize bfloat16|float16|float32")
-        if fmt.dequantize is not None:
-            return fmt.dequantize
-    elif requested is not None:
+def choose_dtype(ckpt: Checkpoint, requested: str | None, fmt=DENSE) -> str | None:
+    """The output dtype of floating-point tensors: as requested, else the source's single one;
+    None where the format keeps each tensor as stored (GPTQ's mix of types)."""
+    dequantize = getattr(fmt, "dequantize", None)
+    if requested is not None:
         if requested not in FLOAT_NAMES:
             raise InputError(f"unknown --dtype {requested!r}", fix=f"use one of {', '.join(FLOAT_NAMES)}")
+        if dequantize is not None and FLOAT_NAMES[requested] != dequantize:
+            raise InputError(f"--dtype {requested} and --dequantize {NAME_OF[dequantize]} disagree",
+                             fix="give --dequantize alone: it sets the type of every tensor")
         return FLOAT_NAMES[requested]
+    if dequantize is not None:
+        return dequantize
+    if fmt.keeps_stored_dtypes:
+        return None
     dtypes = {ref.dtype for name, ref in ckpt.tensors.items() if not layout.is_dropped(name) and ref.dtype in NAME_OF}
     if len(dtypes) != 1:
         raise InputError(f"the checkpoint mixes weight dtypes ({', '.join(sorted(dtypes))})", path=ckpt.folder,
@@ -146,6 +156,7 @@ def build_plan(ckpt: Checkpoint, dtype: str | None = None, dequantize: str | Non
     QwenAdapter), the adapter merged into the weights."""
     fmt = format_for(ckpt, dequantize)
     source = map_source(ckpt, fmt)
+    fmt = fmt.for_source(source.found)
     out_dtype = choose_dtype(ckpt, dtype, fmt)
     tensors = [t for module, layer in layout.in_output_order(ckpt.config.num_layers)
                for t in fmt.outputs(module, layer, source.found[module.qwen, layer], out_dtype)]
@@ -155,4 +166,6 @@ def build_plan(ckpt: Checkpoint, dtype: str | None = None, dequantize: str | Non
                              fix="convert the adapter on its own (`qwen2llama adapter`) and serve it with LoRA")
         lora.check_base(adapter, ckpt)
         tensors = lora.merge_into(tensors, adapter)
-    return ConversionPlan(ckpt, out_dtype, tensors, source.dropped, fmt)
+    # the type config.json names: the embedding's where the format keeps each tensor as stored
+    plan_dtype = out_dtype or next(t.dtype for t in tensors if t.name == "model.embed_tokens.weight")
+    return ConversionPlan(ckpt, plan_dtype, tensors, source.dropped, fmt, fmt.dropped(source.found))

@@ -11,6 +11,7 @@ is dequantized here by its own element-wise reading of AutoGPTQ's format, not th
 from __future__ import annotations
 
 import math
+import re
 
 import torch
 
@@ -85,6 +86,10 @@ class QwenReference:
         else:
             w = {n: self._gptq_weight(pre + n.removesuffix(".weight")) if n.endswith("weight") and
                  "ln_" not in n else self._w(pre + n) for n in names}
+        # a bias on a linear that Qwen's float model lacks: quantizers store one (AutoGPTQ: zeros)
+        for n in LINEAR_BIASES:
+            if pre + n in self.ckpt.tensors:
+                w[n] = self._w(pre + n)
         for n in names:
             lora = self.adapter.factors.get(pre + n.removesuffix(".weight")) if self.adapter else None
             if lora is not None:
@@ -138,11 +143,11 @@ class QwenReference:
             s = (q[h0:h0 + group] @ k[h0:h0 + group].transpose(-1, -2)) / math.sqrt(hd)
             s = s.masked_fill(causal, float("-inf")).softmax(dim=-1)
             ctx[h0:h0 + group] = s @ v[h0:h0 + group]
-        attn = ctx.transpose(0, 1).reshape(T, cfg.projection_size) @ w["attn.c_proj.weight"].T
+        attn = _linear(ctx.transpose(0, 1).reshape(T, cfg.projection_size), w, "attn.c_proj")
         h = x + attn
         m = rms_norm(h, w["ln_2.weight"], cfg.layer_norm_epsilon)
-        inner = (m @ w["mlp.w1.weight"].T) * torch.nn.functional.silu(m @ w["mlp.w2.weight"].T)
-        return h + inner @ w["mlp.c_proj.weight"].T
+        inner = _linear(m, w, "mlp.w1") * torch.nn.functional.silu(_linear(m, w, "mlp.w2"))
+        return h + _linear(inner, w, "mlp.c_proj")
 
     def final_norm(self, x: torch.Tensor) -> torch.Tensor:
         return rms_norm(x, self._w("transformer.ln_f.weight"), self.cfg.layer_norm_epsilon)
@@ -157,3 +162,19 @@ class QwenReference:
         for i in range(self.cfg.num_layers):
             x = self.block(self.layer_weights(i), x)
         return self.final_norm(x) @ self._w("lm_head.weight").T
+
+
+LINEAR_BIASES = ("attn.c_proj.bias", "mlp.w1.bias", "mlp.w2.bias", "mlp.c_proj.bias")
+
+
+def _linear(x: torch.Tensor, w: dict[str, torch.Tensor], name: str) -> torch.Tensor:
+    """x W^T, plus the bias where the checkpoint stores one."""
+    y = x @ w[f"{name}.weight"].T
+    return y + w[f"{name}.bias"] if f"{name}.bias" in w else y
+
+
+def has_mlp_bias(ckpt) -> bool:
+    """Whether any MLP linear of the checkpoint stores a non-zero bias (quantizers add biases;
+    Qwen's float model has none), read in Qwen's terms, apart from the format's own decision."""
+    names = [n for n in ckpt.tensors if re.fullmatch(r"transformer\.h\.\d+\.mlp\.(w1|w2|c_proj)\.bias", n)]
+    return any(bool(torch.count_nonzero(ckpt.read_tensor(n).float())) for n in names)

@@ -13,7 +13,7 @@ from importlib import resources
 from math import prod
 from pathlib import Path
 
-from .dtypes import FLOAT_NAMES, ITEMSIZE
+from .dtypes import FLOAT_NAMES, ITEMSIZE, torch_dtype
 from .errors import InputError, OutputError
 from .qwen.config import parse_config
 from .storage import header_bytes
@@ -133,21 +133,25 @@ def _trainer_files(out: Path, seed: int) -> None:
 def synthesize(out: str | Path, preset: str = "tiny", *, layers: int | None = None, fmt: str = "safetensors",
                shards: int = 1, dtype: str = "bfloat16", seed: int = 0, chat: bool | None = None,
                buffers: bool = False, trainer: bool = False, gptq: int | None = None, group_size: int | None = None,
-               desc_act: bool = False, sym_zeros: bool = False, progress=None) -> Path:
+               desc_act: bool = False, sym_zeros: bool = False, gptq_style: str = "autogptq", progress=None) -> Path:
     """Write a Qwen-format checkpoint folder; returns its path. `buffers` adds the non-weight
     buffers (rotary inv_freq) some releases carry, which the converter must drop; `trainer`
     makes it look like a Trainer's checkpoint-N/ folder (see `_trainer_files`). `gptq` (4 or 8,
-    or a preset ending in -int4/-int8) writes an Int4/Int8 release instead (see synth_gptq)."""
+    or a preset ending in -int4/-int8) writes an Int4/Int8 release instead, as `gptq_style`'s
+    quantizer writes it (see synth_gptq; "gptqmodel" keeps `dtype` for the dense tensors)."""
     import torch
 
-    from .synth_gptq import GptqTensors, default_group_size, settings
+    from .synth_gptq import STYLES, GptqTensors, default_group_size, settings
 
     out = Path(out)
     gptq = gptq or split_preset(preset)[1]
     if gptq is not None:
         if gptq not in (4, 8):
             raise InputError(f"--gptq {gptq}: the Qwen v1 releases are Int4 and Int8", fix="use --gptq 4 or 8")
-        dtype = "float16"
+        if gptq_style not in STYLES:
+            raise InputError(f"unknown --gptq-style {gptq_style!r}", fix=f"use one of {', '.join(STYLES)}")
+        if gptq_style == "autogptq":
+            dtype = "float16"
     if fmt not in ("safetensors", "bin"):
         raise InputError(f"unknown format {fmt!r}", fix="use safetensors or bin")
     if dtype not in FLOAT_NAMES:
@@ -166,8 +170,8 @@ def synthesize(out: str | Path, preset: str = "tiny", *, layers: int | None = No
     quant = None
     if gptq is not None:
         group = group_size or default_group_size(parse_config(raw, Path("config.json")).hidden_size)
-        quant = GptqTensors(gptq, group, desc_act, sym_zeros, generator)
-        raw["quantization_config"] = settings(gptq, group, desc_act)
+        quant = GptqTensors(gptq, group, desc_act, sym_zeros, generator, gptq_style, FLOAT_NAMES[dtype])
+        raw["quantization_config"] = settings(gptq, group, desc_act, gptq_style)
     out.mkdir(parents=True, exist_ok=True)
     (out / "config.json").write_text(json.dumps(raw, indent=2, sort_keys=True) + "\n")
     if quant is not None:
@@ -185,15 +189,16 @@ def synthesize(out: str | Path, preset: str = "tiny", *, layers: int | None = No
         shapes.insert(1, ("transformer.rotary_emb.inv_freq", (head_dim // 2,)))
     entries = quant.entries(shapes) if quant else [(n, FLOAT_NAMES[dtype], shape) for n, shape in shapes]
     torch_dt = getattr(torch, dtype)
+    dtype_of = {n: d for n, d, _ in entries}
 
     def make(name, shape):
         if name.endswith("inv_freq"):
             d = shape[0] * 2
             return (1.0 / (raw["rotary_emb_base"] ** (torch.arange(0, d, 2).float() / d))).to(torch_dt)
-        if quant is not None and name.endswith((".qweight", ".qzeros", ".scales", ".g_idx")):
+        if quant is not None and quant.owns(name):
             t = quant.make(name, shape)
         else:
-            t = _random(name, shape, generator, torch_dt)
+            t = _random(name, shape, generator, torch_dtype(dtype_of[name]))
         if progress:
             progress(t.numel() * t.element_size())
         return t

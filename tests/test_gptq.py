@@ -222,8 +222,9 @@ def test_quantized_lm_head_tensors_and_wrong_options_are_bad_input(tmp_path, rel
     res = runner.invoke(app, ["convert", str(src), str(tmp_path / "out")])
     assert res.exit_code == 2 and "lm_head.qweight is quantized" in res.output, res.output
     gptq_src, _ = releases[4, 1]
-    res = runner.invoke(app, ["convert", str(gptq_src), str(tmp_path / "o2"), "--dtype", "bfloat16"])
-    assert res.exit_code == 2 and "--dequantize" in res.output
+    res = runner.invoke(app, ["convert", str(gptq_src), str(tmp_path / "o2"), "--dtype", "bfloat16",
+                              "--dequantize", "float32"])
+    assert res.exit_code == 2 and "--dequantize alone" in res.output, res.output
     dense = synthesize(tmp_path / "dense", "tiny", layers=1)
     res = runner.invoke(app, ["convert", str(dense), str(tmp_path / "o3"), "--dequantize", "float32"])
     assert res.exit_code == 2 and "GPTQ checkpoints" in res.output

@@ -219,6 +219,10 @@ def synth(dst: Dst,
               "--group-size", help="GPTQ group size (default 128; 32 at tiny widths).")] = None,
           desc_act: Annotated[bool, typer.Option(
               "--desc-act", help="GPTQ with act-order: a permuted g_idx.")] = False,
+          gptq_style: Annotated[str, typer.Option(
+              "--gptq-style", help="autogptq (zero biases on every quantized linear, float16) | gptqmodel "
+                                   "(--dtype for the dense tensors beside float16 scales, settings under meta)")]
+          = "autogptq",
           adapter: Annotated[Optional[Path], typer.Option(
               "--adapter", help="Write a PEFT LoRA adapter for this Qwen checkpoint into DST instead.")] = None,
           targets: Annotated[str, typer.Option(help="Adapter target_modules, comma-separated.")] = "c_attn",
@@ -242,6 +246,6 @@ def synth(dst: Dst,
         return
 
     path = synthesize(dst, preset, layers=layers, fmt=format, shards=shards, dtype=dtype, seed=seed, trainer=trainer,
-                      gptq=gptq, group_size=group_size, desc_act=desc_act)
+                      gptq=gptq, group_size=group_size, desc_act=desc_act, gptq_style=gptq_style)
     total = sum(p.stat().st_size for p in path.iterdir())
     out.print(f"[green]wrote[/] {path} ({preset}, {format}, {total / 1e9:.3f} GB)")

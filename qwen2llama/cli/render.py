@@ -87,11 +87,17 @@ def plan(console: Console, prepared) -> None:
     casts = len(p.tensors) - copies - zeros - computed.total()
     kinds = [f"{copies} byte copies" + (f" ({columns} by columns)" if columns else ""),
              f"{casts} cast to {NAME_OF[p.dtype]}"] + [f"{n} {label}" for label, n in computed.items()] + \
-        [f"{zeros} zero o_proj biases"]
+        [f"{zeros} zero biases" + ("" if p.mlp_bias else " (o_proj)")]
     console.print(f"output:  {len(p.tensors)} tensors ({', '.join(kinds)}), {p.total_bytes / 1e9:.3f} GB "
                   f"in {len(prepared.shards)} shard(s)")
     if p.dropped:
         console.print(f"dropped: {', '.join(p.dropped)} (buffers, not weights)")
+    if p.zero_dropped:
+        console.print(f"dropped: {len(p.zero_dropped)} all-zero MLP biases a quantizer stored "
+                      "(LLaMA has none; verify re-reads them)")
+    if p.mlp_bias:
+        console.print("biases:  the source's MLP biases are not all zero: written, with mlp_bias true "
+                      "(zeros where a linear has none)")
     for note in ckpt.notes:
         console.print(f"note:    {note}")
 

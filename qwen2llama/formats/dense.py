@@ -13,10 +13,12 @@ FLOATS = tuple(NAME_OF)
 
 @dataclass(frozen=True)
 class Stored:
-    """A tensor a module stores: its shape (from the config) and the element types it may have."""
+    """A tensor a module stores: its shape (from the config) and the element types it may have;
+    `optional`: a source may lack it (the zero biases AutoGPTQ adds to every quantized linear)."""
 
     shape: tuple[int, ...]
     dtypes: tuple[str, ...] = FLOATS
+    optional: bool = False
 
 
 def stored(module: Module, sizes: dict[str, int]) -> dict[str, Stored]:
@@ -28,8 +30,9 @@ def stored(module: Module, sizes: dict[str, int]) -> dict[str, Stored]:
     return out
 
 
-def split_rows(module: Module, layer: int | None, suffix: str, ref: TensorRef, dtype: str) -> list[OutputTensor]:
-    """One stored tensor split by output rows into the module's LLaMA modules."""
+def split_rows(module: Module, layer: int | None, suffix: str, ref: TensorRef, dtype: str | None) -> list[OutputTensor]:
+    """One stored tensor split by output rows into the module's LLaMA modules (`dtype` None: as stored)."""
+    dtype = dtype or ref.dtype
     tensors = []
     for split in module.into:
         start, stop = split.block(ref.shape[0])
@@ -38,16 +41,26 @@ def split_rows(module: Module, layer: int | None, suffix: str, ref: TensorRef, d
     return tensors
 
 
-def zero_biases(module: Module, layer: int | None, out_features: int, dtype: str) -> list[OutputTensor]:
-    """The biases LLaMA expects where Qwen has none (o_proj), as zeros."""
+def zero_biases(module: Module, layer: int | None, out_features: int, dtype: str, every: bool = False
+                ) -> list[OutputTensor]:
+    """The biases LLaMA expects where Qwen has none (o_proj; with `every`, each LLaMA module:
+    `mlp_bias: true` gives gate/up/down biases), as zeros."""
     return [OutputTensor(f"{name_at(s.llama, layer)}.bias", dtype, (out_features // s.count,), None)
-            for s in module.into if s.zero_bias]
+            for s in module.into if s.zero_bias or every]
 
 
 class Dense:
     """Plain floating-point weights (every Qwen v1 release but the Int4/Int8 ones)."""
 
     name = "dense"
+    quantized = False
+    keeps_stored_dtypes = False  # one floating-point type in, one out (--dtype for a mixed source)
+
+    def for_source(self, found: dict) -> Dense:
+        return self
+
+    def dropped(self, found: dict) -> list[TensorRef]:
+        return []
 
     def stored(self, module: Module, sizes: dict[str, int]) -> dict[str, Stored]:
         return stored(module, sizes)

@@ -1,14 +1,21 @@
 """GPTQ (AutoGPTQ's original format): the block linears are stored transposed and packed, so a
 block of output features is a block of *columns*: of `qweight` and `scales`, and of the packed
-columns of `qzeros`; `g_idx` (per input) is copied to each part. Everything else is float16 and
-dense. With `dequantize`, the linears are written as dense weights instead.
+columns of `qzeros`; `g_idx` (per input) is copied to each part. Everything else is dense, kept
+as stored (AutoGPTQ: float16; gptqmodel: the model's dtype, bf16 beside float16 scales) unless
+--dtype casts it. With `dequantize`, the linears are written as dense weights instead.
+
+AutoGPTQ builds every quantized linear with a bias, so its files carry one on `attn.c_proj`,
+`mlp.w1`, `mlp.w2` and `mlp.c_proj` too (zeros where the float layer had none). c_proj's becomes
+`o_proj.bias` (LLaMA has that slot with `attention_bias: true`); the MLP's are dropped when every
+one is zero (the tensors check re-reads them), else all written, with `mlp_bias: true` and zeros
+for a linear that has none.
 """
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 from ..dtypes import torch_dtype
-from ..layout import Module, name_at
+from ..layout import MODULES, Module, name_at
 from ..qwen.quantization import GptqSettings
 from ..storage import OutputTensor, TensorRef, read_ref
 from ..storage.refs import COMPUTE_BLOCK
@@ -67,15 +74,41 @@ class Dequantized:
             yield w.T.contiguous().to(torch_dtype(dtype))
 
 
+def _mlp(module: Module) -> bool:
+    """A block linear that neither Qwen nor LLaMA gives a bias (w1, w2, mlp.c_proj)."""
+    return module.role == "linear" and not module.bias and not any(s.zero_bias for s in module.into)
+
+
+@dataclass(frozen=True)
 class Gptq:
     """A Qwen v1 Int4/Int8 release. `dequantize`: the output dtype for dense linears, or None to
-    keep them quantized (a LLaMA GPTQ folder)."""
+    keep them quantized (a LLaMA GPTQ folder). `mlp_bias`: the source's MLP biases are not all
+    zero, so the output carries them (set by `for_source`)."""
 
+    settings: GptqSettings
+    dequantize: str | None = None
+    mlp_bias: bool = False
     name = "gptq"
 
-    def __init__(self, settings: GptqSettings, dequantize: str | None = None):
-        self.settings = settings
-        self.dequantize = dequantize
+    @property
+    def quantized(self) -> bool:
+        return self.dequantize is None
+
+    @property
+    def keeps_stored_dtypes(self) -> bool:
+        """Without --dtype each tensor keeps its stored type (mixed types are how quantizers write)."""
+        return self.quantized
+
+    def for_source(self, found: dict) -> Gptq:
+        """This format with the MLP-bias decision for the source's tensors."""
+        return replace(self, mlp_bias=any(_nonzero(refs["bias"]) for (qwen, _), refs in found.items()
+                                          if "bias" in refs and _mlp(_module(qwen))))
+
+    def dropped(self, found: dict) -> list[TensorRef]:
+        """Stored tensors the output leaves out because they are zero: the MLP's biases, unless mlp_bias."""
+        if self.mlp_bias:
+            return []
+        return [refs["bias"] for (qwen, _), refs in found.items() if "bias" in refs and _mlp(_module(qwen))]
 
     def stored(self, module: Module, sizes: dict[str, int]) -> dict[str, Stored]:
         if module.role != "linear":
@@ -83,22 +116,27 @@ class Gptq:
         out_f, in_f = (sizes[s] for s in module.features)
         s = self.settings
         groups = s.groups(in_f)
-        stored = {"qweight": Stored((in_f // s.pack, out_f), ("I32",)),
-                  "qzeros": Stored((groups, out_f // s.pack), ("I32",)),
-                  "scales": Stored((groups, out_f)),
-                  "g_idx": Stored((in_f,), ("I32",))}
-        if module.bias:
-            stored["bias"] = Stored((out_f,))
-        return stored
+        return {"qweight": Stored((in_f // s.pack, out_f), ("I32",)),
+                "qzeros": Stored((groups, out_f // s.pack), ("I32",)),
+                "scales": Stored((groups, out_f)),
+                "g_idx": Stored((in_f,), ("I32",)),
+                "bias": Stored((out_f,), optional=not module.bias)}
 
-    def outputs(self, module: Module, layer: int | None, refs: dict[str, TensorRef], dtype: str) -> list[OutputTensor]:
+    def outputs(self, module: Module, layer: int | None, refs: dict[str, TensorRef],
+                dtype: str | None) -> list[OutputTensor]:
+        """`dtype`: of the dense tensors, None to keep each as stored."""
         if module.role != "linear":
             return DENSE.outputs(module, layer, refs, dtype)
         out_f = refs["scales"].shape[1]
         tensors = self._dense(module, layer, refs, dtype) if self.dequantize else self._packed(module, layer, refs)
+        dense_dtype = self.dequantize or dtype
+        has_slot = not _mlp(module) or self.mlp_bias  # LLaMA has a bias here
+        if "bias" in refs and has_slot:
+            return tensors + split_rows(module, layer, "bias", refs["bias"], dense_dtype)
         if "bias" in refs:
-            tensors += split_rows(module, layer, "bias", refs["bias"], dtype if self.dequantize else refs["bias"].dtype)
-        return tensors + zero_biases(module, layer, out_f, dtype)
+            return tensors  # a zero MLP bias: dropped (Gptq.dropped)
+        return tensors + zero_biases(module, layer, out_f, dense_dtype or refs["scales"].dtype,
+                                     every=_mlp(module) and self.mlp_bias)
 
     def _packed(self, module: Module, layer: int | None, refs: dict[str, TensorRef]) -> list[OutputTensor]:
         tensors = []
@@ -124,3 +162,12 @@ class Gptq:
             tensors.append(OutputTensor(f"{name_at(split.llama, layer)}.weight", dtype, (stop - start, in_f), None,
                                         derived=recipe))
         return tensors
+
+
+def _module(qwen: str) -> Module:
+    return next(m for m in MODULES if m.qwen == qwen)
+
+
+def _nonzero(ref: TensorRef) -> bool:
+    """Whether a (small) stored tensor has any non-zero element; -0.0 counts as zero."""
+    return bool(read_ref(ref).float().ne(0).any())

@@ -16,8 +16,11 @@ from ..jsonfile import read_object
 BITS = (4, 8)
 SUPPORTED = ("GPTQ with bits 4 or 8, any group_size (or -1), desc_act true or false, AutoGPTQ's original "
              "checkpoint format, lm_head not quantized (every Qwen v1 Int4/Int8 release)")
-# The keys a LLaMA GPTQ config carries over; the rest (model_name_or_path, ...) describe the old folder.
+# The keys a LLaMA GPTQ config carries over, from the top level (AutoGPTQ) or gptqmodel's `meta`;
+# the rest describe the old folder (model_name_or_path, model_file_base_name) or are refused by
+# current loaders (AutoGPTQ 0.7's `is_marlin_format: false`: gptqmodel 7.7 will not load it).
 KEPT = ("bits", "group_size", "damp_percent", "desc_act", "static_groups", "sym", "true_sequential")
+CARRIED = ("meta", "pack_dtype")  # gptqmodel's, kept as written
 
 
 @dataclass(frozen=True)
@@ -39,7 +42,9 @@ class GptqSettings:
 
     def output_config(self) -> dict:
         """quantization_config for the LLaMA folder: the same settings, nothing Qwen-specific."""
-        out = {k: self.raw[k] for k in KEPT if k in self.raw}
+        meta = self.raw.get("meta") if isinstance(self.raw.get("meta"), dict) else {}
+        out = {k: self.raw.get(k, meta.get(k)) for k in KEPT if k in self.raw or k in meta}
+        out.update({k: self.raw[k] for k in CARRIED if k in self.raw})
         return {**out, "bits": self.bits, "group_size": self.group_size, "desc_act": self.desc_act,
                 "sym": self.sym, "quant_method": "gptq", "checkpoint_format": "gptq"}
 
@@ -52,9 +57,11 @@ def _parse(raw: dict, path: Path) -> GptqSettings:
     method = str(raw.get("quant_method", "gptq")).lower()
     if method != "gptq":
         raise _unsupported(f"quant_method {method!r}", path)
-    fmt = str(raw.get("checkpoint_format", "gptq")).lower()
+    fmt = str(raw.get("checkpoint_format", raw.get("format", "gptq"))).lower()
     if fmt != "gptq":
-        raise _unsupported(f"checkpoint_format {fmt!r} (zero points not stored minus one)", path)
+        raise _unsupported(f"checkpoint_format {fmt!r} (not AutoGPTQ's original packing)", path)
+    if raw.get("is_marlin_format"):
+        raise _unsupported("is_marlin_format true (Marlin's repacked layout)", path)
     bits = raw.get("bits")
     if bits not in BITS:
         raise _unsupported(f"bits {bits!r}", path)

@@ -17,6 +17,7 @@ from ..errors import InputError
 from ..jsonfile import read_object
 from ..llama.reader import LlamaSide, read_output_tensors
 from ..plan import map_source
+from ..reference import has_mlp_bias
 from ..progress import NullProgress, Progress
 from ..qwen.adapter import QwenAdapter, open_adapter
 from ..qwen.checkpoint import Checkpoint, detect_chat
@@ -89,7 +90,8 @@ def verify(src: str | Path | Checkpoint, dst: str | Path, *, quick: bool = False
     checks["tensors"] = check_tensors(ckpt, dst_tensors, quantized="quantization_config" in raw, adapter=adapter)
     side = LlamaSide(dst)
     checks["config"] = check_config(ckpt.config, side.config, raw,
-                                    ckpt.quantization.output_config() if ckpt.quantization else None)
+                                    ckpt.quantization.output_config() if ckpt.quantization else None,
+                                    mlp_bias=has_mlp_bias(ckpt))
     progress.note("comparing tokenizers")
     checks["tokenizer"] = check_tokenizer(dst, encode, texts, chats, _is_chat(dst, ckpt))
     checks["logits"] = check_logits(ckpt, side, encode, texts, chats, quick=quick,
@@ -122,7 +124,8 @@ def verify_golden(dst: str | Path, golden_file: str | Path, *, progress: Progres
     else:
         checks["tensors"] = check(None, note=f"against a golden file: {golden_mod.OLDER}", **against)
     side = LlamaSide(dst)
-    checks["config"] = {**check_config(golden.config, side.config, raw, golden.meta.get("quantization")), **against}
+    checks["config"] = {**check_config(golden.config, side.config, raw, golden.meta.get("quantization"),
+                                       mlp_bias=golden.meta.get("mlp_bias", False)), **against}
     progress.note("comparing tokenizers")
     prompt_set = golden.meta["prompt_set"]
     checks["tokenizer"] = {**check_tokenizer(dst, golden.encode, prompt_set["texts"], prompt_set["chats"],

@@ -26,9 +26,10 @@ def _quantization_failures(raw: dict, source: dict | None) -> list[str]:
     return failures
 
 
-def check_config(q: QwenConfig, c, raw: dict, quantization: dict | None = None) -> dict:
+def check_config(q: QwenConfig, c, raw: dict, quantization: dict | None = None, mlp_bias: bool = False) -> dict:
     """`c` is transformers' LlamaConfig of the folder, `raw` its config.json as written,
-    `quantization` the source's GPTQ settings (GptqSettings.output_config()), if any."""
+    `quantization` the source's GPTQ settings (GptqSettings.output_config()), if any; `mlp_bias`:
+    the source's MLP linears carry non-zero biases (a quantizer's), so the output needs them."""
     rope = getattr(c, "rope_parameters", None) or {}
     theta = rope.get("rope_theta", getattr(c, "rope_theta", None))
     expect = {
@@ -44,7 +45,7 @@ def check_config(q: QwenConfig, c, raw: dict, quantization: dict | None = None) 
         "rope_type": (rope.get("rope_type", "default"), "default"),
         "vocab_size": (c.vocab_size, q.vocab_rows),
         "attention_bias": (c.attention_bias, True),
-        "mlp_bias": (getattr(c, "mlp_bias", False), False),
+        "mlp_bias": (getattr(c, "mlp_bias", False), mlp_bias),
         "tie_word_embeddings": (raw.get("tie_word_embeddings", True), False),
         "hidden_act": (c.hidden_act, "silu"),
         "bos_token_id": (raw.get("bos_token_id"), ENDOFTEXT_ID),

@@ -23,7 +23,7 @@ from .. import __version__
 from ..errors import InputError
 from ..progress import NullProgress
 from ..qwen.config import QwenConfig
-from ..reference import QwenReference
+from ..reference import QwenReference, has_mlp_bias
 from ..tokenizer import read_tiktoken
 from ..tokenizer.files import vocab_digest
 from ..tokens import SPECIAL_IDS
@@ -110,6 +110,7 @@ def record(ckpt, *, prompts: Path | None = None, quick: bool = False, long_promp
         "files": files,
         "quantization": ckpt.quantization.output_config() if ckpt.quantization else None,
         "tensor_digests": digests.record(plan, progress),
+        "mlp_bias": has_mlp_bias(ckpt),
     }
     return tensors, meta
 
@@ -189,6 +190,8 @@ def _check_header(meta: dict, path: Path) -> None:
         raise _bad(path, "greedy_tokens", f"a count from 0 to {MAX_GREEDY}")
     if not _is_int(meta.get("top_k"), 2, MAX_TOP_K):
         raise _bad(path, "top_k", f"a count from 2 to {MAX_TOP_K}")
+    if not isinstance(meta.get("mlp_bias", False), bool):
+        raise _bad(path, "mlp_bias", "true or false")
     if not isinstance(meta.get("chat"), bool):
         raise _bad(path, "chat", "true or false")
     if not isinstance(meta.get("vocab_digest"), str):

@@ -11,30 +11,22 @@ from ..dtypes import NAME_OF, torch_dtype
 from ..plan import build_plan
 from ..qwen.checkpoint import Checkpoint
 from ..storage import OutputTensor, TensorRef, read_ref
+from ..storage.values import byte_chunks
 from .report import check
 
 CHUNK = 16 << 20
-
-
-def _byte_chunks(ref: TensorRef, offset: int, length: int):
-    with open(ref.file, "rb") as fh:
-        fh.seek(offset)
-        while length:
-            k = min(length, CHUNK)
-            yield fh.read(k)
-            length -= k
 
 
 def _same_bytes(want: OutputTensor, got: TensorRef) -> bool:
     offset, length = want.source.rows(want.row_start, want.row_stop)
     if length != got.nbytes:
         return False
-    return all(a == b for a, b in zip(_byte_chunks(want.source, offset, length),
-                                      _byte_chunks(got, got.offset, got.nbytes)))
+    return all(a == b for a, b in zip(byte_chunks(want.source, offset, length),
+                                      byte_chunks(got, got.offset, got.nbytes)))
 
 
 def _all_zero(ref: TensorRef) -> bool:
-    return not any(np.frombuffer(c, dtype=np.uint8).any() for c in _byte_chunks(ref, ref.offset, ref.nbytes))
+    return not any(np.frombuffer(c, dtype=np.uint8).any() for c in byte_chunks(ref, ref.offset, ref.nbytes))
 
 
 def _same_cast(want: OutputTensor, got: TensorRef) -> bool:
@@ -91,14 +83,27 @@ def _expected_plan(ckpt: Checkpoint, dst_tensors: dict[str, TensorRef], quantize
     floats = {r.dtype for r in dst_tensors.values() if r.dtype in NAME_OF}
     others = {r.dtype for r in dst_tensors.values()} - floats
     if ckpt.quantization is not None and quantized:
-        if len(floats) != 1 or others - {"I32"}:
-            return f"output dtypes {sorted(floats | others)}: expected GPTQ's int32 and one floating-point type"
-        return build_plan(ckpt)
+        if not floats or others - {"I32"}:
+            return f"output dtypes {sorted(floats | others)}: expected GPTQ's int32 and floating-point types"
+        kept = build_plan(ckpt)  # each tensor as stored, or the dense ones cast with --dtype
+        if all(dst_tensors[t.name].dtype == t.dtype for t in kept.tensors if t.name in dst_tensors):
+            return kept
+        emb = dst_tensors.get("model.embed_tokens.weight")
+        return build_plan(ckpt, NAME_OF[emb.dtype]) if emb is not None and emb.dtype in NAME_OF else kept
     if len(floats) != 1 or others:
         return f"output dtypes {sorted(floats | others)}: expected one floating-point type"
     if ckpt.quantization is not None:  # a --dequantize conversion
         return build_plan(ckpt, dequantize=NAME_OF[floats.pop()])
     return build_plan(ckpt, NAME_OF[floats.pop()], adapter=adapter)
+
+
+_SIGNLESS = {"F16": (np.uint16, 0x7FFF), "BF16": (np.uint16, 0x7FFF), "F32": (np.uint32, 0x7FFFFFFF)}
+
+
+def _value_zero(ref: TensorRef) -> bool:
+    """Every element +0.0 or -0.0 (read as raw words, apart from the plan's float test)."""
+    word, mask = _SIGNLESS[ref.dtype]
+    return not any((np.frombuffer(c, dtype=word) & mask).any() for c in byte_chunks(ref, ref.offset, ref.nbytes))
 
 
 def compare_planned(expected: dict[str, OutputTensor], dst_tensors: dict[str, TensorRef]) -> dict:
@@ -132,5 +137,8 @@ def check_tensors(ckpt: Checkpoint, dst_tensors: dict[str, TensorRef], quantized
     if isinstance(plan, str):
         return check(False, failures=[plan])
     found = compare_planned({t.name: t for t in plan.tensors}, dst_tensors)
+    found["failures"] += [f"{r.name}: left out of the output as zero, but holds non-zero values"
+                          for r in plan.zero_dropped if not _value_zero(r)]
+    found["dropped_zero"] = len(plan.zero_dropped)
     return check(not found["failures"], **found, output_dtype=NAME_OF[plan.dtype], format=plan.fmt.name,
                  quantized=plan.quantized, merged_adapter=adapter is not None)

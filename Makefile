@@ -57,6 +57,7 @@ bench-7b: setup
 # about 6 GB, 5 minutes).
 E2E := .cache/e2e
 GPTQ_PY := $(E2E)/gptq/bin/python
+AUTOGPTQ_PY := $(E2E)/autogptq/bin/python
 
 $(E2E)/vllm/.installed:
 	$(PYTHON) -m venv $(E2E)/vllm
@@ -81,12 +82,22 @@ $(E2E)/gptq/.installed:
 	$(GPTQ_PY) -m pip install -q --no-deps -e .
 	touch $@
 
-e2e: setup $(E2E)/gptq/.installed $(E2E)/vllm/.installed $(E2E)/mlx/.installed
+# AutoGPTQ 0.7.1 (the tool family of the Qwen Int4/Int8 releases), CPU only, with the torch and
+# transformers of its time; only its packing code runs (tests/e2e_gptq_pack.py).
+$(E2E)/autogptq/.installed:
+	$(PYTHON) -m venv $(E2E)/autogptq
+	$(AUTOGPTQ_PY) -m pip install -q --upgrade pip
+	$(AUTOGPTQ_PY) -m pip install -q "$(TORCH)" "transformers==4.38.2" numpy safetensors
+	BUILD_CUDA_EXT=0 $(AUTOGPTQ_PY) -m pip install -q --no-build-isolation --no-binary auto-gptq --no-deps \
+		auto-gptq==0.7.1
+	touch $@
+
+e2e: setup $(E2E)/gptq/.installed $(E2E)/autogptq/.installed $(E2E)/vllm/.installed $(E2E)/mlx/.installed
 	$(PY) -c "import llama_cpp" 2>/dev/null || CMAKE_BUILD_PARALLEL_LEVEL=2 $(PY) -m pip install \
 		"$$($(PY) -c 'import sys; sys.path.insert(0, "tests"); import llamacpp_source; print(llamacpp_source.sdist())')"
 	$(PY) tests/e2e_llamacpp.py
 	VLLM_CPU_KVCACHE_SPACE=1 $(PY) tests/e2e_runtimes.py
-	$(GPTQ_PY) tests/e2e_gptq.py
+	GPTQMODEL_CPU_WORKERS=2 $(GPTQ_PY) tests/e2e_gptq.py
 
 clean:
 	rm -rf $(VENV) $(DEMO) bench-out e2e-out

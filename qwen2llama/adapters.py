@@ -5,7 +5,7 @@ streams the tensors into a staging folder and publishes it, like a model convers
 from __future__ import annotations
 
 import os
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 from . import __version__, manifest
@@ -14,6 +14,7 @@ from .formats.lora import adapter_outputs, check_base, locate
 from .layout import name_at
 from .llama.writer import ShardWriter
 from .progress import NullProgress, Progress
+from .paths import reads_of, real
 from .publish import check_target, fsync_path, staged_folder
 from .qwen.adapter import QwenAdapter, open_adapter
 from .qwen.checkpoint import Checkpoint
@@ -33,6 +34,7 @@ class PreparedAdapter:
     out: Path | None
     force: bool = False
     hash: str = "blake3"
+    reads: list[Path] = field(default_factory=list)  # what the run reads, and other outputs (paths.py)
 
 
 def _check_settings(adapter: QwenAdapter) -> None:
@@ -75,7 +77,10 @@ def llama_adapter_config(adapter: QwenAdapter, base_name: str | None) -> dict:
 
 
 def prepare_adapter(src: str | Path, out: str | Path | None = None, *, base: str | Path | Checkpoint | None = None,
-                    base_name: str | None = None, force: bool = False, hash: str = "blake3") -> PreparedAdapter:
+                    base_name: str | None = None, force: bool = False, hash: str = "blake3",
+                    protect: list[Path] = ()) -> PreparedAdapter:
+    """Every check before writing. `protect`: more paths the output must keep clear of (the
+    converted base it is verified on, the model folder the same run writes)."""
     if hash not in manifest.HASHES:
         raise InputError(f"unknown --hash {hash!r}", fix=f"use one of {', '.join(manifest.HASHES)}")
     adapter = open_adapter(src)
@@ -84,10 +89,10 @@ def prepare_adapter(src: str | Path, out: str | Path | None = None, *, base: str
     if ckpt is not None:
         check_base(adapter, ckpt)
     prepared = PreparedAdapter(adapter, adapter_outputs(adapter), llama_adapter_config(adapter, base_name), ckpt,
-                               None, force, hash)
+                               None, force, hash, reads_of(adapter, ckpt) + [real(p) for p in protect])
     if out is not None:
         prepared.out = Path(os.path.abspath(out))
-        check_target(prepared.out, force=force, protect=[adapter.folder])
+        check_target(prepared.out, force=force, protect=prepared.reads)
     return prepared
 
 
@@ -112,7 +117,7 @@ def write_adapter(prepared: PreparedAdapter, *, progress: Progress | None = None
     if prepared.out is None:
         raise ValueError("prepare_adapter() was called without an output folder")
     progress = progress or NullProgress()
-    with staged_folder(prepared.out, force=prepared.force, protect=[prepared.adapter.folder]) as staging:
+    with staged_folder(prepared.out, force=prepared.force, protect=prepared.reads) as staging:
         progress.start("adapter", sum(t.nbytes for t in prepared.tensors))
         digests = {WEIGHTS: ShardWriter(staging / WEIGHTS, progress.advance, hash=prepared.hash).write(prepared.tensors)}
         progress.finish()

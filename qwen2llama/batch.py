@@ -20,6 +20,7 @@ from dataclasses import dataclass, field, fields
 from pathlib import Path
 
 from . import manifest
+from .paths import check_output, reads_of
 from .convert import Options, aim, prepare, write
 from .errors import InputError, OutputError, Qwen2LlamaError, VerificationFailed
 from .sources import HUB_ID, open_source
@@ -160,25 +161,51 @@ def take_shard(jobs: list[Job], index: int, count: int) -> list[Job]:
     return ordered[index::count]
 
 
+def _ours(out: Path, record: dict) -> bool:
+    """A folder qwen2llama wrote: its conversion.json follows this tool's schema and every file in
+    the folder is one it recorded (so replacing it loses nothing of anyone else's)."""
+    tool = record.get("tool")
+    if not isinstance(tool, dict) or tool.get("name") != "qwen2llama":
+        return False
+    try:
+        _, files = manifest.recorded_files(record)
+    except manifest.ManifestUnreadable:
+        return False
+    return {p.name for p in out.iterdir()} - {manifest.NAME} <= set(files)
+
+
+def _intact(out: Path, record: dict) -> bool:
+    """Every recorded file present at its recorded size (an older conversion.json records no sizes)."""
+    sizes = record.get("sizes")
+    if not isinstance(sizes, dict) or set(sizes) != set(record["files"]):
+        return False
+    return all((out / name).is_file() and (out / name).stat().st_size == size for name, size in sizes.items())
+
+
 def _state(out: Path, fingerprint: str, need_verify: bool) -> tuple[str, dict | None]:
-    """'absent', 'up to date', 'outdated' (ours, but another source, options or tool version, or not
-    verified), or 'foreign' (a folder qwen2llama did not write)."""
+    """'absent', 'up to date', 'outdated' (ours, but another source, options or tool version, not
+    verified, or a recorded file missing or of another size), or 'foreign' (not proven ours: no
+    conversion.json, an unreadable one, or files it does not record)."""
     if not out.exists():
         return "absent", None
+    if not out.is_dir():
+        return "foreign", None
     try:
         record = manifest.read(out)
     except manifest.ManifestUnreadable:
-        return "outdated", None
-    if record is None:
+        return "foreign", None
+    if record is None or not _ours(out, record):
         return "foreign", None
     verified = isinstance(record.get("verify"), dict) and record["verify"].get("passed") is True
-    if record.get("fingerprint") != fingerprint or (need_verify and not verified):
+    if record.get("fingerprint") != fingerprint or (need_verify and not verified) or not _intact(out, record):
         return "outdated", record
     return "up to date", record
 
 
-def run_job(job: Job, *, verify: bool, quick: bool, force: bool, verify_lock: threading.Lock, progress) -> JobResult:
-    """Convert and verify one job; every outcome becomes a JobResult, nothing is raised."""
+def run_job(job: Job, *, verify: bool, quick: bool, force: bool, verify_lock: threading.Lock, progress,
+            protect: list[Path] = ()) -> JobResult:
+    """Convert and verify one job; every outcome becomes a JobResult, nothing is raised. `protect`:
+    what other jobs read (their sources), which this job's output must keep clear of."""
     t0 = time.perf_counter()
     result = JobResult(job.name, job.src, str(job.out), "bad input")
     verdict: dict = {}
@@ -187,6 +214,7 @@ def run_job(job: Job, *, verify: bool, quick: bool, force: bool, verify_lock: th
         result.notes = list(ckpt.notes)
         prepared = prepare(ckpt, job.options)
         result.gigabytes = round(prepared.plan.total_bytes / 1e9, 3)
+        check_output(job.out, [*prepared.reads, *protect], "the job's output folder")
         state, record = _state(job.out, manifest.fingerprint(prepared), verify)
         if state == "up to date" and not force:
             result.status = "up to date"
@@ -227,23 +255,31 @@ def run_job(job: Job, *, verify: bool, quick: bool, force: bool, verify_lock: th
 
 
 def run_jobs(jobs: list[Job], *, workers: int = 1, verify: bool = True, quick: bool = False, force: bool = False,
-             progress_for=None, on_done=None) -> list[JobResult]:
+             progress_for=None, on_done=None, all_jobs: list[Job] | None = None) -> list[JobResult]:
     """Run every job, `workers` at a time; results in job order. `progress_for(job)` gives a job
-    its progress reporter; `on_done(result)` is called as each job ends."""
+    its progress reporter; `on_done(result)` is called as each job ends. `all_jobs`: the whole
+    list when `jobs` is one shard of it (no output may touch any job's source)."""
     from .progress import NullProgress
 
     check_unique(jobs)
     lock = threading.Lock()
+    protect = sources_of(all_jobs or jobs)
 
     def one(job: Job) -> JobResult:
         result = run_job(job, verify=verify, quick=quick, force=force, verify_lock=lock,
-                         progress=progress_for(job) if progress_for else NullProgress())
+                         progress=progress_for(job) if progress_for else NullProgress(), protect=protect)
         if on_done is not None:
             on_done(result)
         return result
 
     with ThreadPoolExecutor(max_workers=max(1, workers), thread_name_prefix="job") as pool:
         return list(pool.map(one, jobs))
+
+
+def sources_of(jobs: list[Job]) -> list[Path]:
+    """The local sources and bases of jobs, resolved (hub ids are resolved when a job opens them)."""
+    paths = [p for job in jobs for p in (job.src, job.options.base) if p is not None and Path(p).exists()]
+    return reads_of(*paths)
 
 
 def exit_code(results: list[JobResult]) -> int:

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import os
 import shutil
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 from . import manifest
@@ -19,6 +19,7 @@ from .llama.writer import ShardWriter
 from .plan import ConversionPlan, build_plan
 from .errors import InputError
 from .progress import NullProgress, Progress
+from .paths import reads_of
 from .publish import check_target, fsync_path, staged_folder
 from .qwen.adapter import open_adapter
 from .qwen.checkpoint import Checkpoint, detect_chat
@@ -56,6 +57,7 @@ class Prepared:
     options: Options
     out: Path | None  # None: planned only (inspect)
     adapter: object | None = None  # the QwenAdapter merged in, if any
+    reads: list[Path] = field(default_factory=list)  # every path the run reads (paths.py: never written)
 
 
 def prepare(src: str | Path | Checkpoint, options: Options = Options(), out: str | Path | None = None) -> Prepared:
@@ -71,14 +73,15 @@ def prepare(src: str | Path | Checkpoint, options: Options = Options(), out: str
     chat, reason = detect_chat(ckpt, options.kind)
     vocab = ckpt.vocab
     read_tiktoken(vocab)  # every line valid, before anything is written
-    prepared = Prepared(plan, shards, chat, reason, vocab, options, None, adapter)
+    base = [options.base] if options.base and Path(options.base).exists() else []
+    prepared = Prepared(plan, shards, chat, reason, vocab, options, None, adapter, reads_of(ckpt, adapter, *base))
     return prepared if out is None else aim(prepared, out, force=options.force)
 
 
 def aim(prepared: Prepared, out: str | Path, *, force: bool = False) -> Prepared:
     """The same plan, to be written to `out` (checked: see publish.check_target)."""
     out = Path(os.path.abspath(out))
-    check_target(out, force=force, protect=[prepared.plan.checkpoint.folder])
+    check_target(out, force=force, protect=prepared.reads)
     return replace(prepared, out=out, options=replace(prepared.options, force=force))
 
 
@@ -125,7 +128,8 @@ def _write_files(prepared: Prepared, folder: Path, progress: Progress) -> dict:
         if path.name not in digests:
             digests[path.name] = manifest.hash_file(path, prepared.options.hash)
         fsync_path(path)
-    record = manifest.build(prepared, tokenizer_stats, digests)
+    sizes = {name: (folder / name).stat().st_size for name in digests}
+    record = manifest.build(prepared, tokenizer_stats, digests, sizes)
     manifest.write_json(folder / manifest.NAME, record)
     fsync_path(folder / manifest.NAME)
     return record
@@ -139,8 +143,7 @@ def write(prepared: Prepared, *, progress: Progress | None = None, before_publis
     """
     if prepared.out is None:
         raise ValueError("prepare() was called without an output folder")
-    with staged_folder(prepared.out, force=prepared.options.force,
-                       protect=[prepared.plan.checkpoint.folder]) as staging:
+    with staged_folder(prepared.out, force=prepared.options.force, protect=prepared.reads) as staging:
         record = _write_files(prepared, staging, progress or NullProgress())
         if before_publish is not None:
             before_publish(staging)

@@ -65,8 +65,9 @@ def _long_context(cfg) -> dict:
     }
 
 
-def build(prepared, tokenizer: dict, digests: dict[str, str | None]) -> dict:
-    """The manifest of a conversion: `prepared` is convert's plan, `digests` every output file's digest."""
+def build(prepared, tokenizer: dict, digests: dict[str, str | None], sizes: dict[str, int]) -> dict:
+    """The manifest of a conversion: `prepared` is convert's plan, `digests` and `sizes` every
+    output file's digest and byte count (what `batch` checks before calling a folder up to date)."""
     plan = prepared.plan
     ckpt, cfg = plan.checkpoint, plan.checkpoint.config
     return {
@@ -93,6 +94,7 @@ def build(prepared, tokenizer: dict, digests: dict[str, str | None]) -> dict:
         "fingerprint": fingerprint(prepared),
         "hash": prepared.options.hash,
         "files": dict(sorted(digests.items())),
+        "sizes": dict(sorted(sizes.items())),
     }
 
 

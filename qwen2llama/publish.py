@@ -16,19 +16,12 @@ from contextlib import contextmanager
 from pathlib import Path
 
 from .errors import OutputError
+from .paths import check_output, real
 
 STAGING_TAG = ".qwen2llama-staging-"
 OLD_TAG = ".qwen2llama-old-"
 LOCK_TAG = ".qwen2llama-lock"
 EXISTS_FIX = "choose a new folder, or pass --force to replace it once the new one is complete"
-
-
-def _is_inside(child: Path, parent: Path) -> bool:
-    try:
-        child.resolve().relative_to(parent.resolve())
-        return True
-    except ValueError:
-        return False
 
 
 def _pid_alive(pid: int) -> bool:
@@ -68,11 +61,8 @@ def restore_set_aside(out: Path) -> None:
 def check_target(out: Path, *, force: bool, protect: list[Path] = ()) -> None:
     """Refuse targets that would destroy something: an existing folder without --force (also one
     that a killed --force run set aside, which is put back first), a file, a folder inside (or
-    holding) the source."""
-    for p in protect:
-        if _is_inside(out, p) or _is_inside(p, out):
-            raise OutputError(f"the output folder overlaps the source {p}", path=out,
-                              fix="write the converted model to a folder outside the source folder")
+    holding) anything in `protect` (what the run reads) or holding the current folder."""
+    check_output(out, [real(p) for p in protect], "the output folder")  # the path rule (paths.py)
     parent = out.parent if out.parent != Path("") else Path(".")
     if parent.is_dir():
         restore_set_aside(out)
@@ -187,3 +177,18 @@ def staged_folder(out: Path, *, force: bool, protect: list[Path] = ()):
         except BaseException:
             shutil.rmtree(staging, ignore_errors=True)
             raise
+
+
+def write_file(path: Path, write) -> None:
+    """A single output file, whole or not at all: `write(tmp)` fills a hidden file beside `path`,
+    which then replaces it (the caller has checked, paths.check_file_output, that it may)."""
+    path = Path(path)
+    tmp = path.parent / f".{path.name}{STAGING_TAG}{os.getpid()}"
+    try:
+        write(tmp)
+        fsync_path(tmp)
+        os.replace(tmp, path)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
+    fsync_path(path.parent if str(path.parent) else Path("."))

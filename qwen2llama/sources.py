@@ -6,6 +6,7 @@ nothing but those files is ever opened.
 """
 from __future__ import annotations
 
+import os
 import re
 from pathlib import Path
 
@@ -43,7 +44,19 @@ def locate(spec: str | Path, *, weights: bool = True) -> Path:
                          f"({type(exc).__name__}: {exc})"[:500], path=path,
                          fix="check the id and revision, log in (huggingface-cli login) for gated models, "
                              "or unset HF_HUB_OFFLINE to download") from None
+    check_snapshot_links(Path(folder))
     return Path(folder)
+
+
+def check_snapshot_links(snapshot: Path) -> None:
+    """A hub snapshot holds links into its repository's `blobs/`; a link that resolves anywhere
+    else (planted in the cache) would make us read, and copy into the output, a file outside it."""
+    blobs = Path(os.path.realpath(snapshot.parent.parent / "blobs"))
+    for entry in snapshot.rglob("*"):
+        if entry.is_symlink() and blobs not in Path(os.path.realpath(entry)).parents:
+            raise InputError(f"{entry.name} in the hub cache links outside the cache's blobs "
+                             f"({os.path.realpath(entry)})", path=entry,
+                             fix="delete the snapshot folder from the hub cache and download it again")
 
 
 def open_source(spec: str | Path, base: str | Path | None = None) -> Checkpoint:

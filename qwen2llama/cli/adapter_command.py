@@ -38,7 +38,8 @@ def convert_adapter_step(src, qwen_adapter: Path, adapter_out: Path, llama_base:
 
     if base_name is None and llama_base is not None:
         base_name = str(Path(llama_base).resolve())
-    prepared = prepare_adapter(qwen_adapter, adapter_out, base=src, base_name=base_name, force=force, hash=hash)
+    prepared = prepare_adapter(qwen_adapter, adapter_out, base=src, base_name=base_name, force=force, hash=hash,
+                               protect=[llama_base] if llama_base is not None else [])
     render.adapter_plan(out, prepared)
     checkable = prepared.base is not None and llama_base is not None
     if verify and not checkable:

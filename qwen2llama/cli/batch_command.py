@@ -50,12 +50,13 @@ def batch(srcs: Annotated[Optional[list[str]], typer.Argument(
         if not jobs:
             raise InputError("no jobs", fix="give SRC arguments or --jobs-file")
         where = jobs_mod.parse_shard(shard) if shard else jobs_mod.shard_from_env()
+        all_jobs = jobs
         if where is not None:
             jobs = jobs_mod.take_shard(jobs, *where)
             out.print(f"shard {where[0]} of {where[1]}: {len(jobs)} job(s)")
         results = jobs_mod.run_jobs(jobs, workers=workers, verify=verify, quick=quick, force=force,
                                     progress_for=lambda job: render.JobLines(err, job.name),
-                                    on_done=lambda r: render.job_done(out, r))
+                                    on_done=lambda r: render.job_done(out, r), all_jobs=all_jobs)
     render.batch_table(out, results)
     if summary is not None:
         summary.write_text(json.dumps(summary_mod.to_json(results, where), indent=2, sort_keys=True) + "\n")

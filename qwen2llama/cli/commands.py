@@ -7,6 +7,8 @@ from typing import Annotated, Optional
 import typer
 
 from ..errors import InputError
+from ..paths import check_file_output, real
+from ..publish import write_file
 from . import render
 from .app import (BaseOpt, DequantizeOpt, Dst, DtypeOpt, ForceOpt, GoldenOpt, GreedyOpt, JunitOpt, KindOpt, LongPromptOpt, PromptsOpt,
                   QuickOpt, ReportOpt, ShardSizeOpt, Src, command, err, out)
@@ -91,12 +93,17 @@ def convert(src: Src, dst: Dst, shard_size: ShardSizeOpt = "5GB", dtype: DtypeOp
                       str(adapter) if merge else None)
     prepared = prepare(src, options, dst)
     render.plan(out, prepared)
+    # every output location, before the first byte is written (paths.py)
+    for path, what in ((golden, "the golden file"), (report, "the report")):
+        if path is not None:
+            check_file_output(path, prepared.reads, force=force or what == "the report", what=what, inside=[dst])
     adapter_dst = None
     if adapter is not None and not merge:
         from ..adapters import prepare_adapter
 
         adapter_dst = adapter_out or dst.parent / f"{dst.name}-adapter"
-        prepare_adapter(adapter, adapter_dst, base=prepared.plan.checkpoint, force=force)  # every check, early
+        prepare_adapter(adapter, adapter_dst, base=prepared.plan.checkpoint, force=force,
+                        protect=[*prepared.reads, prepared.out])  # every check, early
     if dry_run:
         out.print("dry run: the checkpoint, the vocabulary and the output location are usable; nothing written")
         return
@@ -126,7 +133,7 @@ def _record_golden(ckpt, path: Path, *, quick=False, prompts=None, long_prompt=N
         files = {"hash": record["hash"], "files": record["files"]}
     tensors, meta = golden_mod.record(ckpt, prompts=prompts, quick=quick, long_prompt=long_prompt,
                                       progress=render.TerminalProgress(err), files=files, plan=plan)
-    golden_mod.write(path, tensors, meta)
+    write_file(path, lambda tmp: golden_mod.write(tmp, tensors, meta))
     out.print(f"golden file: {path} ({path.stat().st_size / 1e6:.2f} MB, {len(meta['prompts'])} prompts, "
               f"{len(meta['tensor_digests']['tensors'])} tensor digests)")
 
@@ -134,14 +141,17 @@ def _record_golden(ckpt, path: Path, *, quick=False, prompts=None, long_prompt=N
 @command
 def golden(src: Src, file: Annotated[Path, typer.Argument(help="The golden file to write (safetensors).")],
            prompts: PromptsOpt = None, quick: QuickOpt = False, long_prompt: LongPromptOpt = None,
-           base: BaseOpt = None, dtype: DtypeOpt = None, dequantize: DequantizeOpt = None):
+           base: BaseOpt = None, dtype: DtypeOpt = None, dequantize: DequantizeOpt = None,
+           force: Annotated[bool, typer.Option("--force", help="Replace FILE if it exists.")] = False):
     """Record what `verify OUT --golden FILE` needs from the Qwen reference on SRC, so that CI can
     verify a converted folder without the source checkpoint. --dtype / --dequantize: the tensor
     digests describe the conversion made with the same option."""
+    from ..paths import reads_of
     from ..plan import build_plan
     from ..sources import open_source
 
     ckpt = open_source(src, base)
+    check_file_output(file, reads_of(ckpt), force=force, what="the golden file")
     _record_golden(ckpt, file, quick=quick, prompts=prompts, long_prompt=long_prompt,
                    plan=build_plan(ckpt, dtype, dequantize))
 
@@ -170,6 +180,10 @@ def verify(first: Annotated[str, typer.Argument(
         raise InputError("verify needs SRC and DST, or DST and --golden FILE",
                          fix="qwen2llama verify SRC DST, or qwen2llama verify DST --golden FILE")
     src, dst = (None, Path(first)) if golden is not None else (first, Path(second))
+    reads = [real(p) for p in (src, dst, golden, base, adapter, llama_adapter) if p is not None and Path(p).exists()]
+    for path, what in ((report, "the report"), (junit, "the JUnit file")):
+        if path is not None:  # never into a folder being verified; replacing an old report is fine
+            check_file_output(path, reads, force=True, what=what)
     if llama_adapter is not None:
         if adapter is None or golden is not None:
             raise InputError("--llama-adapter needs SRC, DST and --adapter (the Qwen adapter it came from)",

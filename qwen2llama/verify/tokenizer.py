@@ -71,7 +71,7 @@ def check_tokenizer(dst: Path, encode, texts, chats, chat: bool) -> dict:
         return check(False, failures=["no tokenizer files (tokenizer.json, vocab.json + merges.txt, "
                                       "tokenizer_config.json): AutoTokenizer cannot load the folder"])
     try:
-        tok = AutoTokenizer.from_pretrained(dst)
+        tok = AutoTokenizer.from_pretrained(dst, trust_remote_code=False)  # never a folder's code, never a prompt
     except Exception as exc:
         first_line = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
         return check(False, failures=[f"AutoTokenizer cannot load the folder ({', '.join(present)}): "

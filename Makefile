@@ -92,12 +92,20 @@ $(E2E)/autogptq/.installed:
 		auto-gptq==0.7.1
 	touch $@
 
-e2e: setup $(E2E)/gptq/.installed $(E2E)/autogptq/.installed $(E2E)/vllm/.installed $(E2E)/mlx/.installed
+# A single-node Slurm cluster (Debian's packages; the daemons are started and stopped by
+# tests/e2e_slurm.py itself, with a private slurm.conf). Needs root.
+$(E2E)/slurm/.installed:
+	command -v slurmctld >/dev/null || (apt-get update -qq && apt-get install -y -qq slurmctld slurmd slurm-client munge)
+	mkdir -p $(E2E)/slurm && touch $@
+
+e2e: setup $(E2E)/gptq/.installed $(E2E)/autogptq/.installed $(E2E)/vllm/.installed $(E2E)/mlx/.installed \
+		$(E2E)/slurm/.installed
 	$(PY) -c "import llama_cpp" 2>/dev/null || CMAKE_BUILD_PARALLEL_LEVEL=2 $(PY) -m pip install \
 		"$$($(PY) -c 'import sys; sys.path.insert(0, "tests"); import llamacpp_source; print(llamacpp_source.sdist())')"
 	$(PY) tests/e2e_llamacpp.py
 	VLLM_CPU_KVCACHE_SPACE=1 $(PY) tests/e2e_runtimes.py
 	GPTQMODEL_CPU_WORKERS=2 $(GPTQ_PY) tests/e2e_gptq.py
+	$(PY) tests/e2e_slurm.py
 
 clean:
 	rm -rf $(VENV) $(DEMO) bench-out e2e-out

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import glob
 import os
-import re
 import threading
 import time
 import tomllib
@@ -23,9 +22,13 @@ from . import manifest
 from .paths import check_output, reads_of
 from .convert import Options, aim, prepare, write
 from .errors import InputError, OutputError, Qwen2LlamaError, VerificationFailed
+from .progress import NullProgress, Progress
+from .resume import output_state
+from .schemas import JobFields, JobsFile, validated
+from .sharding import parse_shard, shard_from_env, take_shard  # noqa: F401  (part of this API)
 from .sources import HUB_ID, open_source
 
-JOB_KEYS = {"src", "out"} | {f.name for f in fields(Options)} - {"force"}
+JOB_KEYS = {"src", "out"} | {f.name for f in fields(Options)} - {"force"}  # = schemas.JobFields (tested)
 
 
 @dataclass
@@ -83,30 +86,29 @@ def expand(specs: list[str]) -> list[str]:
     return out
 
 
-def _options(table: dict, where: str, defaults: Options) -> Options:
-    unknown = set(table) - JOB_KEYS
-    if unknown:
-        raise InputError(f"{where}: unknown key(s) {', '.join(sorted(unknown))}", fix=f"use {', '.join(sorted(JOB_KEYS))}")
-    values = {k: v for k, v in table.items() if k not in ("src", "out")}
+def _options(fields_: JobFields, defaults: Options) -> Options:
+    values = fields_.model_dump(exclude_none=True, exclude={"src", "out"})
     return Options(**{**{f.name: getattr(defaults, f.name) for f in fields(Options)}, **values})
 
 
 def jobs_from_file(path: Path, out_root: Path | None, defaults: Options) -> list[Job]:
     """A TOML jobs file: optional `out_root` and `[defaults]`, then `[[jobs]]` with `src` and optional
-    `out`, `dtype`, `kind`, `shard_size`, `base`, `checksums`, `hash`."""
+    `out`, `dtype`, `kind`, `shard_size`, `base`, `checksums`, `hash` (schemas.JobsFile)."""
+    fix = "fix the jobs file (examples/jobs.toml shows every key)"
     try:
         data = tomllib.loads(Path(path).read_text(encoding="utf-8"))
-    except (OSError, UnicodeDecodeError, tomllib.TOMLDecodeError) as exc:
-        raise InputError(f"cannot read the jobs file ({exc})", path=path, fix="fix the TOML") from None
-    root = out_root or (Path(data["out_root"]) if "out_root" in data else None)
-    defaults = _options(data.get("defaults", {}), f"{path} [defaults]", defaults)
-    jobs = []
-    for k, table in enumerate(data.get("jobs", [])):
-        if not isinstance(table, dict) or not isinstance(table.get("src"), str):
-            raise InputError(f"jobs[{k}] has no src", path=path, fix='each [[jobs]] needs src = "..."')
-        jobs.append(_job(table["src"], table.get("out"), root, _options(table, f"{path} jobs[{k}]", defaults)))
-    if not jobs:
+    except (OSError, UnicodeDecodeError, tomllib.TOMLDecodeError, RecursionError) as exc:
+        raise InputError(f"cannot read the jobs file ({type(exc).__name__}: {exc})"[:300], path=path, fix=fix) from None
+    if not data.get("jobs"):
         raise InputError("the jobs file lists no [[jobs]]", path=path, fix='add [[jobs]] tables with src = "..."')
+    spec = validated(JobsFile, data, path, fix)
+    root = out_root or (Path(spec.out_root) if spec.out_root else None)
+    defaults = _options(spec.defaults, defaults)
+    jobs = []
+    for k, table in enumerate(spec.jobs):
+        if table.src is None:
+            raise InputError(f"jobs.{k} has no src", path=path, fix='each [[jobs]] needs src = "..."')
+        jobs.append(_job(table.src, table.out, root, _options(table, defaults)))
     return jobs
 
 
@@ -131,75 +133,43 @@ def check_unique(jobs: list[Job]) -> None:
         seen[key] = job.src
 
 
-def shard_from_env(env=os.environ) -> tuple[int, int] | None:
-    """(index, count) from a Slurm array job or a Kubernetes Indexed Job, if this is one."""
-    if "SLURM_ARRAY_TASK_ID" in env:
-        task, low = int(env["SLURM_ARRAY_TASK_ID"]), int(env.get("SLURM_ARRAY_TASK_MIN", 0))
-        step = int(env.get("SLURM_ARRAY_TASK_STEP", 1))
-        count = int(env.get("SLURM_ARRAY_TASK_COUNT") or (int(env["SLURM_ARRAY_TASK_MAX"]) - low) // step + 1)
-        return (task - low) // step, count
-    if "JOB_COMPLETION_INDEX" in env:
-        if "QWEN2LLAMA_SHARD_COUNT" not in env:
-            raise InputError("JOB_COMPLETION_INDEX is set but not QWEN2LLAMA_SHARD_COUNT",
-                             fix="set QWEN2LLAMA_SHARD_COUNT to the Job's completions (see examples/)")
-        return int(env["JOB_COMPLETION_INDEX"]), int(env["QWEN2LLAMA_SHARD_COUNT"])
-    return None
+class JobCancelled(KeyboardInterrupt):
+    """Raised inside a job once the batch was interrupted: unwinds it like Ctrl-C (staging removed)."""
 
 
-def parse_shard(text: str) -> tuple[int, int]:
-    m = re.fullmatch(r"(\d+)/(\d+)", text.strip())
-    if not m or not int(m.group(1)) < int(m.group(2)):
-        raise InputError(f"--shard {text!r}: expected I/N with 0 <= I < N", fix="e.g. --shard 0/4")
-    return int(m.group(1)), int(m.group(2))
+class BatchInterrupted(KeyboardInterrupt):
+    """The batch was stopped by a signal; `results` are the jobs that had ended before it."""
+
+    def __init__(self, results: list[JobResult], pending: list[Job]):
+        super().__init__()
+        self.results, self.pending = results, pending
 
 
-def take_shard(jobs: list[Job], index: int, count: int) -> list[Job]:
-    """Every count-th job by output path, starting at index: N shards cover each job exactly once."""
-    if not 0 <= index < count:
-        raise InputError(f"shard {index} of {count} does not exist", fix="0 <= index < count")
-    ordered = sorted(jobs, key=lambda j: str(os.path.abspath(j.out)))
-    return ordered[index::count]
+class _Cancellable(Progress):
+    """A job's progress reporter that stops the job once the batch is cancelled: the writer reports
+    every megabyte and verify every layer, so a signal takes effect within a block."""
 
+    def __init__(self, inner: Progress, cancel: threading.Event):
+        self.inner, self.cancel = inner, cancel
 
-def _ours(out: Path, record: dict) -> bool:
-    """A folder qwen2llama wrote: its conversion.json follows this tool's schema and every file in
-    the folder is one it recorded (so replacing it loses nothing of anyone else's)."""
-    tool = record.get("tool")
-    if not isinstance(tool, dict) or tool.get("name") != "qwen2llama":
-        return False
-    try:
-        _, files = manifest.recorded_files(record)
-    except manifest.ManifestUnreadable:
-        return False
-    return {p.name for p in out.iterdir()} - {manifest.NAME} <= set(files)
+    def _check(self) -> None:
+        if self.cancel.is_set():
+            raise JobCancelled
 
+    def start(self, label, total, unit="B"):
+        self._check()
+        self.inner.start(label, total, unit)
 
-def _intact(out: Path, record: dict) -> bool:
-    """Every recorded file present at its recorded size (an older conversion.json records no sizes)."""
-    sizes = record.get("sizes")
-    if not isinstance(sizes, dict) or set(sizes) != set(record["files"]):
-        return False
-    return all((out / name).is_file() and (out / name).stat().st_size == size for name, size in sizes.items())
+    def advance(self, n):
+        self._check()
+        self.inner.advance(n)
 
+    def finish(self):
+        self.inner.finish()
 
-def _state(out: Path, fingerprint: str, need_verify: bool) -> tuple[str, dict | None]:
-    """'absent', 'up to date', 'outdated' (ours, but another source, options or tool version, not
-    verified, or a recorded file missing or of another size), or 'foreign' (not proven ours: no
-    conversion.json, an unreadable one, or files it does not record)."""
-    if not out.exists():
-        return "absent", None
-    if not out.is_dir():
-        return "foreign", None
-    try:
-        record = manifest.read(out)
-    except manifest.ManifestUnreadable:
-        return "foreign", None
-    if record is None or not _ours(out, record):
-        return "foreign", None
-    verified = isinstance(record.get("verify"), dict) and record["verify"].get("passed") is True
-    if record.get("fingerprint") != fingerprint or (need_verify and not verified) or not _intact(out, record):
-        return "outdated", record
-    return "up to date", record
+    def note(self, message):
+        self._check()
+        self.inner.note(message)
 
 
 def run_job(job: Job, *, verify: bool, quick: bool, force: bool, verify_lock: threading.Lock, progress,
@@ -215,7 +185,7 @@ def run_job(job: Job, *, verify: bool, quick: bool, force: bool, verify_lock: th
         prepared = prepare(ckpt, job.options)
         result.gigabytes = round(prepared.plan.total_bytes / 1e9, 3)
         check_output(job.out, [*prepared.reads, *protect], "the job's output folder")
-        state, record = _state(job.out, manifest.fingerprint(prepared), verify)
+        state, record = output_state(job.out, manifest.fingerprint(prepared), verify)
         if state == "up to date" and not force:
             result.status = "up to date"
             result.max_abs_logit_diff = (record.get("verify") or {}).get("max_abs_logit_diff")
@@ -235,9 +205,15 @@ def run_job(job: Job, *, verify: bool, quick: bool, force: bool, verify_lock: th
             outcome.write(job.report)
             manifest.record_verification(staging, outcome)
             outcome.raise_if_failed()
+            progress.note("publishing")  # the last point a signal stops the job
 
-        job.out.parent.mkdir(parents=True, exist_ok=True)
-        write(aim(prepared, job.out, force=state != "absent"), progress=progress, before_publish=before_publish)
+        try:
+            job.out.parent.mkdir(parents=True, exist_ok=True)
+        except OSError as exc:
+            raise OutputError(f"cannot create the output's folder ({exc.strerror})", path=job.out.parent,
+                              fix="choose a --out-root you can write to") from None
+        write(aim(prepared, job.out, force=state != "absent"), progress=progress,
+              before_publish=before_publish if verify else lambda staging: progress.note("publishing"))
         result.status = "passed" if verify else "converted"
     except VerificationFailed:
         result.status = "failed"
@@ -258,22 +234,45 @@ def run_jobs(jobs: list[Job], *, workers: int = 1, verify: bool = True, quick: b
              progress_for=None, on_done=None, all_jobs: list[Job] | None = None) -> list[JobResult]:
     """Run every job, `workers` at a time; results in job order. `progress_for(job)` gives a job
     its progress reporter; `on_done(result)` is called as each job ends. `all_jobs`: the whole
-    list when `jobs` is one shard of it (no output may touch any job's source)."""
-    from .progress import NullProgress
-
+    list when `jobs` is one shard of it (no output may touch any job's source). A signal stops
+    the running jobs at their next block and raises BatchInterrupted (nothing published after it)."""
     check_unique(jobs)
     lock = threading.Lock()
     protect = sources_of(all_jobs or jobs)
+    cancel = threading.Event()
 
-    def one(job: Job) -> JobResult:
-        result = run_job(job, verify=verify, quick=quick, force=force, verify_lock=lock,
-                         progress=progress_for(job) if progress_for else NullProgress(), protect=protect)
+    def one(job: Job) -> JobResult | None:
+        if cancel.is_set():
+            return None
+        try:
+            result = run_job(job, verify=verify, quick=quick, force=force, verify_lock=lock,
+                             progress=_Cancellable(progress_for(job) if progress_for else NullProgress(), cancel),
+                             protect=protect)
+        except JobCancelled:
+            return None
         if on_done is not None:
             on_done(result)
         return result
 
     with ThreadPoolExecutor(max_workers=max(1, workers), thread_name_prefix="job") as pool:
-        return list(pool.map(one, jobs))
+        futures = [pool.submit(one, job) for job in jobs]
+        try:
+            return [f.result() for f in futures]
+        except KeyboardInterrupt:  # Ctrl-C or SIGTERM, in this (the main) thread
+            cancel.set()
+            for f in futures:
+                f.cancel()
+            ended = [r for f in futures if not f.cancelled() and (r := _ended(f)) is not None]
+            raise BatchInterrupted(ended, [j for j, f in zip(jobs, futures) if f.cancelled() or _ended(f) is None]
+                                   ) from None
+
+
+def _ended(future) -> JobResult | None:
+    """The result of a job that ran to its end (waiting for one still unwinding), else None."""
+    try:
+        return future.result()
+    except BaseException:
+        return None
 
 
 def sources_of(jobs: list[Job]) -> list[Path]:

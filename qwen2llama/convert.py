@@ -100,16 +100,18 @@ def _write_files(prepared: Prepared, folder: Path, progress: Progress) -> dict:
                                  hash=prepared.options.hash if prepared.options.checksums else None)
             digests[name] = writer.write(tensors)
         progress.finish()
+        if cached:
+            tokenizer_cache.copy_into(cached[0], folder)
+            tokenizer_stats = cached[1]
+        else:
+            tokenizer_stats = tokenizer_job.result()
+            tokenizer_cache.store(cache_key, folder, tokenizer_stats)
     except BaseException:
+        # also while waiting for the child: it must be gone before the staging folder is removed,
+        # or it writes into a folder being deleted and leaves it behind
         if tokenizer_job is not None:
             tokenizer_job.cancel()
         raise
-    if cached:
-        tokenizer_cache.copy_into(cached[0], folder)
-        tokenizer_stats = cached[1]
-    else:
-        tokenizer_stats = tokenizer_job.result()
-        tokenizer_cache.store(cache_key, folder, tokenizer_stats)
     if len(prepared.shards) > 1:
         index = {"metadata": {"total_size": plan.total_bytes},
                  "weight_map": dict(sorted((t.name, n) for n, ts in prepared.shards for t in ts))}

@@ -12,7 +12,7 @@ def read_object(path: Path, *, fix: str, what: str = "is not a valid JSON object
     """The JSON object in `path`; a missing, unreadable or non-object file raises InputError."""
     try:
         data = json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, ValueError):
+    except (OSError, ValueError, RecursionError):  # RecursionError: nesting deeper than Python's stack
         data = None
     if not isinstance(data, dict):
         raise InputError(f"{path.name} {what}", path=path, fix=fix)

@@ -137,7 +137,7 @@ def read(folder: Path) -> dict | None:
         return None
     try:
         data = json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, ValueError) as exc:
+    except (OSError, ValueError, RecursionError) as exc:
         raise ManifestUnreadable(f"{NAME} is not valid JSON ({exc})"[:200]) from None
     if not isinstance(data, dict):
         raise ManifestUnreadable(f"{NAME} is not a JSON object")

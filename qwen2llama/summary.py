@@ -5,13 +5,15 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import xml.etree.ElementTree as ET
-from dataclasses import asdict, dataclass, field, fields
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 from . import __version__
 from .batch import JobResult, exit_code
 from .errors import InputError
+from .schemas import Summary, validated
 
 FORMAT = 1
 
@@ -24,15 +26,16 @@ def to_json(results: list[JobResult], shard: tuple[int, int] | None = None) -> d
 
 def read_summaries(paths: list[Path]) -> list[JobResult]:
     """The job results of several summaries (one per shard), each job once."""
-    names = {f.name for f in fields(JobResult)}
+    fix = "pass the files that `batch --summary` wrote"
+    if not paths:
+        raise InputError("--summarize needs the summary files", fix="qwen2llama batch --summarize summaries/*.json")
     results: dict[str, JobResult] = {}
     for path in paths:
         try:
             data = json.loads(Path(path).read_text(encoding="utf-8"))
-            jobs = [JobResult(**{k: v for k, v in job.items() if k in names}) for job in data["jobs"]]
-        except (OSError, ValueError, KeyError, TypeError) as exc:
-            raise InputError(f"not a batch summary ({type(exc).__name__}: {exc})"[:300], path=path,
-                             fix="pass the files that `batch --summary` wrote") from None
+        except (OSError, ValueError, RecursionError) as exc:
+            raise InputError(f"not a batch summary ({type(exc).__name__}: {exc})"[:300], path=path, fix=fix) from None
+        jobs = [JobResult(**job.model_dump()) for job in validated(Summary, data, path, fix).jobs]
         for job in jobs:
             if job.out in results:
                 raise InputError(f"job {job.name} ({job.out}) appears in two summaries", path=path,
@@ -58,24 +61,33 @@ class Case:
     properties: dict[str, str] = field(default_factory=dict)
 
 
+# Characters XML 1.0 cannot hold (control characters, in a job name from a jobs file say): written
+# as U+FFFD, so the file stays well-formed.
+_NOT_XML = re.compile("[^\t\n\r\x20-\ud7ff\ue000-\ufffd\U00010000-\U0010ffff]")
+
+
+def _x(text) -> str:
+    return _NOT_XML.sub("\ufffd", str(text))
+
+
 def junit(suite: str, cases: list[Case]) -> str:
     count = {o: sum(c.outcome == o for c in cases) for o in ("failed", "error", "skipped")}
     total = f"{sum(c.seconds for c in cases):.2f}"
     attrs = dict(tests=str(len(cases)), failures=str(count["failed"]), errors=str(count["error"]), time=total)
     root = ET.Element("testsuites", name="qwen2llama", **attrs)
-    ts = ET.SubElement(root, "testsuite", name=suite, skipped=str(count["skipped"]), **attrs)
+    ts = ET.SubElement(root, "testsuite", name=_x(suite), skipped=str(count["skipped"]), **attrs)
     for c in cases:
-        case = ET.SubElement(ts, "testcase", classname=c.classname, name=c.name, time=f"{c.seconds:.2f}")
+        case = ET.SubElement(ts, "testcase", classname=_x(c.classname), name=_x(c.name), time=f"{c.seconds:.2f}")
         if c.properties:
             props = ET.SubElement(case, "properties")
             for key, value in c.properties.items():
-                ET.SubElement(props, "property", name=key, value=str(value))
+                ET.SubElement(props, "property", name=_x(key), value=_x(value))
         if c.outcome != "passed":
             tag = {"failed": "failure", "error": "error", "skipped": "skipped"}[c.outcome]
-            node = ET.SubElement(case, tag, message=(c.lines or [c.outcome])[0][:300])
+            node = ET.SubElement(case, tag, message=_x((c.lines or [c.outcome])[0][:300]))
             if tag != "skipped":
                 node.set("type", c.outcome)
-                node.text = "\n".join(c.lines)
+                node.text = _x("\n".join(c.lines))
     ET.indent(root)
     return '<?xml version="1.0" encoding="utf-8"?>\n' + ET.tostring(root, encoding="unicode") + "\n"
 

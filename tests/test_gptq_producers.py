@@ -9,7 +9,6 @@ import shutil
 
 import pytest
 import torch
-from safetensors import safe_open
 from typer.testing import CliRunner
 
 from qwen2llama.cli import app
@@ -19,18 +18,11 @@ from qwen2llama.synth import synthesize
 from qwen2llama.verify import verify
 
 from defects import edit_weights
+from test_gptq import _tensors
 
 LAYERS = 2
 MLP = ("mlp.w2", "mlp.w1", "mlp.c_proj")  # -> gate, up, down
 LLAMA_MLP = ("mlp.gate_proj", "mlp.up_proj", "mlp.down_proj")
-
-
-def _tensors(folder) -> dict[str, torch.Tensor]:
-    out = {}
-    for path in sorted(folder.glob("*.safetensors")):
-        with safe_open(str(path), framework="pt") as fh:
-            out.update({k: fh.get_tensor(k) for k in fh.keys()})
-    return out
 
 
 @pytest.fixture(scope="module")

@@ -54,9 +54,16 @@ def batch(srcs: Annotated[Optional[list[str]], typer.Argument(
         if where is not None:
             jobs = jobs_mod.take_shard(jobs, *where)
             out.print(f"shard {where[0]} of {where[1]}: {len(jobs)} job(s)")
-        results = jobs_mod.run_jobs(jobs, workers=workers, verify=verify, quick=quick, force=force,
-                                    progress_for=lambda job: render.JobLines(err, job.name),
-                                    on_done=lambda r: render.job_done(out, r), all_jobs=all_jobs)
+        try:
+            results = jobs_mod.run_jobs(jobs, workers=workers, verify=verify, quick=quick, force=force,
+                                        progress_for=lambda job: render.JobLines(err, job.name),
+                                        on_done=lambda r: render.job_done(out, r), all_jobs=all_jobs)
+        except jobs_mod.BatchInterrupted as stop:
+            published = [r.name for r in stop.results if r.exit_code == 0]
+            missing = [r.name for r in stop.results if r.exit_code != 0] + [j.name for j in stop.pending]
+            err.print(f"[yellow]interrupted[/]: published before the signal: {', '.join(published) or 'none'}; "
+                      f"not published: {', '.join(missing) or 'none'} (their temporary files were removed)")
+            raise typer.Exit(130) from None
     render.batch_table(out, results)
     if summary is not None:
         summary.write_text(json.dumps(summary_mod.to_json(results, where), indent=2, sort_keys=True) + "\n")

@@ -15,6 +15,7 @@ from __future__ import annotations
 from dataclasses import dataclass, replace
 
 from ..dtypes import torch_dtype
+from ..errors import InputError
 from ..layout import MODULES, Module, name_at
 from ..qwen.quantization import GptqSettings
 from ..storage import OutputTensor, TensorRef, read_ref
@@ -100,7 +101,11 @@ class Gptq:
         return self.quantized
 
     def for_source(self, found: dict) -> Gptq:
-        """This format with the MLP-bias decision for the source's tensors."""
+        """This format with the MLP-bias decision for the source's tensors (whose `g_idx` must
+        index existing groups: a value out of range would crash, or write a wrong model)."""
+        for refs in found.values():
+            if "g_idx" in refs:
+                _check_groups(refs["g_idx"], refs["scales"].shape[0])
         return replace(self, mlp_bias=any(_nonzero(refs["bias"]) for (qwen, _), refs in found.items()
                                           if "bias" in refs and _mlp(_module(qwen))))
 
@@ -162,6 +167,14 @@ class Gptq:
             tensors.append(OutputTensor(f"{name_at(split.llama, layer)}.weight", dtype, (stop - start, in_f), None,
                                         derived=recipe))
         return tensors
+
+
+def _check_groups(g_idx: TensorRef, groups: int) -> None:
+    g = read_ref(g_idx)
+    if g.numel() and (int(g.min()) < 0 or int(g.max()) >= groups):
+        raise InputError(f"tensor {g_idx.name} holds group {int(g.min()) if int(g.min()) < 0 else int(g.max())}, "
+                         f"but the scales have {groups} groups", path=g_idx.file,
+                         fix="restore the checkpoint files the quantizer wrote")
 
 
 def _module(qwen: str) -> Module:

@@ -86,6 +86,12 @@ def _saved_module(name: str, adapter: QwenAdapter) -> str:
 def adapter_outputs(adapter: QwenAdapter) -> list[OutputTensor]:
     """Every tensor of the converted adapter, in the table's order of modules."""
     located = {path: _linear(path, adapter) for path in adapter.factors}
+    for path, (module, _) in located.items():
+        rows = adapter.factors[path].b.shape[0]
+        if rows % len(module.into):
+            raise InputError(f"{path}: lora_B has {rows} rows, which do not split into {len(module.into)} equal "
+                             f"parts ({', '.join(s.llama.rsplit('.', 1)[-1] for s in module.into)})",
+                             path=adapter.factors[path].b.file, fix="restore the adapter file PEFT wrote")
     out = []
     for path in sorted(located, key=_order):
         out += factor_outputs(adapter.factors[path], *located[path])

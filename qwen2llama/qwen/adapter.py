@@ -15,6 +15,7 @@ from pathlib import Path
 
 from ..errors import InputError
 from ..jsonfile import read_object
+from ..schemas import AdapterConfig, validated
 from ..storage import TensorRef
 from ..storage.weights import read_shards
 
@@ -77,9 +78,7 @@ def read_adapter_config(folder: Path) -> dict:
     config = read_object(path, fix="restore it")
     if config.get("peft_type") != "LORA":
         raise _refuse(f"peft_type {config.get('peft_type')!r}", path)
-    for key in ("r", "lora_alpha"):
-        if isinstance(config.get(key), bool) or not isinstance(config.get(key), (int, float)) or config[key] <= 0:
-            raise InputError(f"adapter_config.json: {key} is {config.get(key)!r}", path=path, fix="restore it")
+    validated(AdapterConfig, config, path, fix="restore the adapter_config.json PEFT wrote", where="adapter_config.json: ")
     if config.get("fan_in_fan_out"):
         raise _refuse("fan_in_fan_out true (Qwen v1's linears are nn.Linear; this adapter was made for "
                       "transposed Conv1D weights)", path)

@@ -168,7 +168,7 @@ def read_raw_config(folder: Path) -> Any:
                          fix="point SRC at the folder that holds config.json and the weights")
     try:
         raw = json.loads(path.read_text(encoding="utf-8"))
-    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+    except (json.JSONDecodeError, UnicodeDecodeError, RecursionError) as exc:
         raise InputError(f"config.json is not valid JSON ({exc})", path=path,
                          fix="restore the config.json that came with the checkpoint") from None
     return raw

@@ -12,6 +12,7 @@ from pathlib import Path
 
 from ..errors import InputError
 from ..jsonfile import read_object
+from ..schemas import GptqConfig, validated
 
 BITS = (4, 8)
 SUPPORTED = ("GPTQ with bits 4 or 8, any group_size (or -1), desc_act true or false, AutoGPTQ's original "
@@ -57,6 +58,7 @@ def _parse(raw: dict, path: Path) -> GptqSettings:
     method = str(raw.get("quant_method", "gptq")).lower()
     if method != "gptq":
         raise _unsupported(f"quant_method {method!r}", path)
+    validated(GptqConfig, raw, path, fix="restore the settings the quantizer wrote", where=f"{path.name}: ")
     fmt = str(raw.get("checkpoint_format", raw.get("format", "gptq"))).lower()
     if fmt != "gptq":
         raise _unsupported(f"checkpoint_format {fmt!r} (not AutoGPTQ's original packing)", path)

@@ -50,7 +50,7 @@ def read_safetensors_header(path: Path) -> dict[str, TensorRef]:
     n, header_bytes_, size = _header_json(path)
     try:
         header = json.loads(header_bytes_)
-    except (json.JSONDecodeError, UnicodeDecodeError):
+    except (json.JSONDecodeError, UnicodeDecodeError, RecursionError):
         raise InputError("safetensors header is not valid JSON", path=path, fix=FIX) from None
     if not isinstance(header, dict):
         raise InputError("safetensors header is not a JSON object", path=path, fix=FIX)

@@ -32,7 +32,7 @@ def read_index(index_path: Path) -> tuple[dict[str, str], list[str]]:
     try:
         weight_map = json.loads(index_path.read_text(encoding="utf-8"))["weight_map"]
         ok = isinstance(weight_map, dict) and all(isinstance(v, str) for v in weight_map.values())
-    except (OSError, ValueError, KeyError, TypeError):
+    except (OSError, ValueError, KeyError, TypeError, RecursionError):
         ok = False
     if not ok:
         raise InputError("the shard index is unreadable or has no weight_map", path=index_path,

@@ -149,5 +149,5 @@ def tokens_from_vocab_json(path: Path) -> list[bytes] | None:
         inverse = {ch: b for b, ch in enumerate(byte_alphabet())}
         by_id = {i: bytes(inverse[ch] for ch in spelled) for spelled, i in vocab.items() if i < N_REGULAR}
         return [by_id[i] for i in range(len(by_id))]
-    except (OSError, ValueError, KeyError, TypeError, AttributeError):
+    except (OSError, ValueError, KeyError, TypeError, AttributeError, RecursionError):
         return None

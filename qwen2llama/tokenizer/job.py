@@ -27,5 +27,7 @@ class TokenizerJob:
         return json.loads(out)
 
     def cancel(self) -> None:
-        self.proc.kill()
+        """Kill the child and wait for it (a no-op once it has exited)."""
+        if self.proc.poll() is None:
+            self.proc.kill()
         self.proc.wait()

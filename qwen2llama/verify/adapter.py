@@ -52,7 +52,7 @@ def check_adapter_config(adapter: QwenAdapter, out: Path, scalings: dict[str, fl
     Qwen adapter scales the module (`scalings`: peft_scalings of the loaded model)."""
     try:
         config = json.loads((out / "adapter_config.json").read_text(encoding="utf-8"))
-    except (OSError, ValueError):
+    except (OSError, ValueError, RecursionError):
         return check(False, failures=["adapter_config.json is missing or not JSON"])
     failures = []
     for path, f in adapter.factors.items():

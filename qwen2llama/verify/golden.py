@@ -158,7 +158,7 @@ def read(path: str | Path) -> Golden:
         raise InputError("the golden file does not exist", path=path, fix=FIX) from None
     except KeyError:
         raise InputError("not a qwen2llama golden file (no golden header)", path=path, fix=FIX) from None
-    except Exception as exc:  # truncated or corrupt: safetensors says so in its own words
+    except (Exception, RecursionError) as exc:  # truncated or corrupt, or nested too deep
         raise InputError(f"the golden file is unreadable ({type(exc).__name__}: {exc})"[:300], path=path,
                          fix=FIX) from None
     if not isinstance(meta, dict) or meta.get("format") not in READS:

@@ -28,7 +28,7 @@ def load_prompts(path: Path | None, quick: bool) -> tuple[list[str], list[list[d
         data = json.loads(text)
         texts, chats = list(data.get("texts", [])), list(data.get("chats", []))
         ok = all(isinstance(t, str) for t in texts) and bool(texts + chats)
-    except (OSError, ValueError, AttributeError):
+    except (OSError, ValueError, AttributeError, RecursionError):
         ok = False
     if not ok:
         raise InputError("the prompt set is unreadable: expected JSON {\"texts\": [...], \"chats\": [[...]]}",

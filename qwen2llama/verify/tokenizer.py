@@ -47,7 +47,7 @@ def _stop_failures(dst: Path, chat: bool) -> list[str]:
     else:
         try:
             gen = json.loads(path.read_text(encoding="utf-8"))
-        except (OSError, ValueError) as exc:
+        except (OSError, ValueError, RecursionError) as exc:
             return [f"generation_config.json is not valid JSON ({exc})"[:200]]
         if not isinstance(gen, dict):
             return ["generation_config.json is not a JSON object"]

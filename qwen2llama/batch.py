@@ -98,7 +98,8 @@ def jobs_from_file(path: Path, out_root: Path | None, defaults: Options) -> list
     try:
         data = tomllib.loads(Path(path).read_text(encoding="utf-8"))
     except (OSError, UnicodeDecodeError, tomllib.TOMLDecodeError, RecursionError) as exc:
-        raise InputError(f"cannot read the jobs file ({type(exc).__name__}: {exc})"[:300], path=path, fix=fix) from None
+        raise InputError(f"cannot read the jobs file ({type(exc).__name__}: {exc})"[:300], path=path,
+                         fix=fix) from None
     if not data.get("jobs"):
         raise InputError("the jobs file lists no [[jobs]]", path=path, fix='add [[jobs]] tables with src = "..."')
     spec = validated(JobsFile, data, path, fix)
@@ -245,8 +246,8 @@ def run_jobs(jobs: list[Job], *, workers: int = 1, verify: bool = True, quick: b
         if cancel.is_set():
             return None
         try:
-            result = run_job(job, verify=verify, quick=quick, force=force, verify_lock=lock,
-                             progress=_Cancellable(progress_for(job) if progress_for else NullProgress(), cancel),
+            progress = _Cancellable(progress_for(job) if progress_for else NullProgress(), cancel)
+            result = run_job(job, verify=verify, quick=quick, force=force, verify_lock=lock, progress=progress,
                              protect=protect)
         except JobCancelled:
             return None
@@ -263,8 +264,8 @@ def run_jobs(jobs: list[Job], *, workers: int = 1, verify: bool = True, quick: b
             for f in futures:
                 f.cancel()
             ended = [r for f in futures if not f.cancelled() and (r := _ended(f)) is not None]
-            raise BatchInterrupted(ended, [j for j, f in zip(jobs, futures) if f.cancelled() or _ended(f) is None]
-                                   ) from None
+            pending = [j for j, f in zip(jobs, futures) if f.cancelled() or _ended(f) is None]
+            raise BatchInterrupted(ended, pending) from None
 
 
 def _ended(future) -> JobResult | None:

@@ -89,7 +89,8 @@ def build(prepared, tokenizer: dict, digests: dict[str, str | None], sizes: dict
         "merged_adapter": str(prepared.adapter.folder.resolve()) if prepared.adapter is not None else None,
         "dropped_tensors": plan.dropped,
         **({"dropped_zero_tensors": sorted(r.name for r in plan.zero_dropped)} if plan.zero_dropped else {}),
-        **({"mlp_bias": "the source's MLP biases are not all zero: written, mlp_bias true"} if plan.mlp_bias else {}),
+        **({"mlp_bias": "the source's MLP biases are not all zero: written, mlp_bias true"}
+           if plan.mlp_bias else {}),
         "tokenizer": tokenizer,
         "fingerprint": fingerprint(prepared),
         "hash": prepared.options.hash,

@@ -47,7 +47,8 @@ def check_output(path: str | Path, reads: Iterable[Path], what: str = "the outpu
     for r in reads:
         if _inside(target, r) or _inside(r, target):
             raise OutputError(f"{what} overlaps the source or another input of this run ({r})", path=path,
-                              fix="write outputs outside every input (source, --base, adapters, converted base)")
+                              fix="write outputs outside every input (source, --base, adapters, "
+                                  "converted base)")
     if _inside(real(os.getcwd()), target):
         raise OutputError(f"{what} {path} is the current folder or holds it", path=path,
                           fix="name a new folder for the output")
@@ -61,12 +62,14 @@ def check_file_output(path: str | Path, reads: Iterable[Path], *, force: bool, w
     check_output(path, reads, what)
     for folder in inside:
         if _inside(real(path), real(folder)):
-            raise OutputError(f"{what} {path} lies inside the output folder {folder}, which this run replaces",
+            raise OutputError(f"{what} {path} lies inside the output folder {folder}, which this run "
+                              "replaces",
                               path=path, fix="write it beside the output folder, not into it")
     if path.is_dir():
         raise OutputError(f"{what} is a folder", path=path, fix="give a file name")
     if path.exists() and not force:
-        raise OutputError(f"{what} already exists", path=path, fix="choose a new file name, or pass --force to replace it")
+        raise OutputError(f"{what} already exists", path=path,
+                          fix="choose a new file name, or pass --force to replace it")
     parent = path.parent if str(path.parent) else Path(".")
     if not parent.is_dir():
         raise OutputError(f"the folder for {what} does not exist", path=parent, fix="create it first")

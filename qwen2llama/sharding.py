@@ -37,8 +37,9 @@ def shard_from_env(env=os.environ) -> tuple[int, int] | None:
         count = count or (high - low) // step + 1
         if high < low or (high - low) % step or (high - low) // step + 1 != count or task < low or \
                 task > high or (task - low) % step:
-            raise InputError(f"the Slurm array is not a plain range (task {task}, MIN {low}, MAX {high}, STEP {step}, "
-                             f"COUNT {count}): its task ids do not number {count} shards", fix=SHARD_FIX)
+            raise InputError(f"the Slurm array is not a plain range (task {task}, MIN {low}, MAX {high}, "
+                             f"STEP {step}, COUNT {count}): its task ids do not number {count} shards",
+                             fix=SHARD_FIX)
         return (task - low) // step, count
     if "JOB_COMPLETION_INDEX" in env:
         if "QWEN2LLAMA_SHARD_COUNT" not in env:

@@ -223,3 +223,13 @@ def test_verify_never_offers_to_run_a_folders_code(model, tmp_path):  # 9
     assert result.exit_code == 1, result.output
     assert "custom code" not in result.output.lower() and "remote code ran" not in result.output
     assert "tokenizer" in result.output and "FAIL" in result.output
+
+
+def test_batch_summaries_and_adapter_reports_follow_the_rule(model, tmp_path):  # 3, 5
+    src, out, lora = model
+    before = digest_tree(src)
+    refused("batch", src, "--out-root", tmp_path / "o", "--summary", src / "config.json", "--no-verify")
+    refused("batch", src, "--out-root", tmp_path / "o", "--junit", tmp_path / "o" / "src" / "b.xml", "--no-verify",
+            needle="inside the output folder")
+    refused("adapter", lora, tmp_path / "a", "--report", lora / "adapter_config.json")
+    assert digest_tree(src) == before and not (tmp_path / "o").exists() and not (tmp_path / "a").exists()

@@ -38,8 +38,8 @@ def convert_adapter_step(src, qwen_adapter: Path, adapter_out: Path, llama_base:
 
     if base_name is None and llama_base is not None:
         base_name = str(Path(llama_base).resolve())
-    prepared = prepare_adapter(qwen_adapter, adapter_out, base=src, base_name=base_name, force=force, hash=hash,
-                               protect=[llama_base] if llama_base is not None else [])
+    prepared = prepare_adapter(qwen_adapter, adapter_out, base=src, base_name=base_name, force=force,
+                               hash=hash, protect=[llama_base] if llama_base is not None else [])
     render.adapter_plan(out, prepared)
     checkable = prepared.base is not None and llama_base is not None
     if verify and not checkable:
@@ -74,5 +74,10 @@ def adapter(src_adapter: AdapterSrc,
 
     Example: qwen2llama adapter ./my-qwen-lora ./my-llama-lora --base ./Qwen-7B-Chat --llama-base ./Qwen-7B-Chat-llama
     """
+    if report is not None:
+        from ..paths import check_file_output, reads_of
+
+        reads = reads_of(*(p for p in (src_adapter, base, llama_base) if p and Path(p).exists()))
+        check_file_output(report, reads, force=True, what="the report", inside=[dst])
     convert_adapter_step(base, src_adapter, dst, llama_base, force=force, verify=verify, quick=quick, report=report,
                          base_name=base_name)

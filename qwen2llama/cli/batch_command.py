@@ -8,6 +8,7 @@ from typing import Annotated, Optional
 import typer
 
 from . import render
+from ..paths import check_file_output, reads_of
 from .app import (BaseOpt, DtypeOpt, KindOpt, QuickOpt, ShardSizeOpt, command, err, out)
 
 
@@ -40,7 +41,14 @@ def batch(srcs: Annotated[Optional[list[str]], typer.Argument(
     from ..convert import Options
     from ..errors import InputError
 
+    def check_reports(reads: list[Path], outputs: list[Path]) -> None:
+        """--summary and --junit: under the path rule, and never inside a job's output folder."""
+        for path, what in ((summary, "the summary"), (junit, "the JUnit file")):
+            if path is not None:
+                check_file_output(path, reads, force=True, what=what, inside=outputs)
+
     if summarize:
+        check_reports(reads_of(*(srcs or [])), [])
         results, where = summary_mod.read_summaries([Path(p) for p in srcs or []]), None
     else:
         options = Options(shard_size, dtype, kind, base=base)
@@ -51,6 +59,8 @@ def batch(srcs: Annotated[Optional[list[str]], typer.Argument(
             raise InputError("no jobs", fix="give SRC arguments or --jobs-file")
         where = jobs_mod.parse_shard(shard) if shard else jobs_mod.shard_from_env()
         all_jobs = jobs
+        reads = jobs_mod.sources_of(jobs) + reads_of(*([jobs_file] if jobs_file else []))
+        check_reports(reads, [j.out for j in jobs])
         if where is not None:
             jobs = jobs_mod.take_shard(jobs, *where)
             out.print(f"shard {where[0]} of {where[1]}: {len(jobs)} job(s)")
@@ -61,8 +71,9 @@ def batch(srcs: Annotated[Optional[list[str]], typer.Argument(
         except jobs_mod.BatchInterrupted as stop:
             published = [r.name for r in stop.results if r.exit_code == 0]
             missing = [r.name for r in stop.results if r.exit_code != 0] + [j.name for j in stop.pending]
-            err.print(f"[yellow]interrupted[/]: published before the signal: {', '.join(published) or 'none'}; "
-                      f"not published: {', '.join(missing) or 'none'} (their temporary files were removed)")
+            err.print("[yellow]interrupted[/]: published before the signal: "
+                      f"{', '.join(published) or 'none'}; not published: {', '.join(missing) or 'none'} "
+                      "(their temporary files were removed)")
             raise typer.Exit(130) from None
     render.batch_table(out, results)
     if summary is not None:

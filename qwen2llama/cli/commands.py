@@ -96,7 +96,8 @@ def convert(src: Src, dst: Dst, shard_size: ShardSizeOpt = "5GB", dtype: DtypeOp
     # every output location, before the first byte is written (paths.py)
     for path, what in ((golden, "the golden file"), (report, "the report")):
         if path is not None:
-            check_file_output(path, prepared.reads, force=force or what == "the report", what=what, inside=[dst])
+            check_file_output(path, prepared.reads, force=force or what == "the report", what=what,
+                              inside=[dst])
     adapter_dst = None
     if adapter is not None and not merge:
         from ..adapters import prepare_adapter
@@ -180,7 +181,8 @@ def verify(first: Annotated[str, typer.Argument(
         raise InputError("verify needs SRC and DST, or DST and --golden FILE",
                          fix="qwen2llama verify SRC DST, or qwen2llama verify DST --golden FILE")
     src, dst = (None, Path(first)) if golden is not None else (first, Path(second))
-    reads = [real(p) for p in (src, dst, golden, base, adapter, llama_adapter) if p is not None and Path(p).exists()]
+    reads = [real(p) for p in (src, dst, golden, base, adapter, llama_adapter)
+             if p is not None and Path(p).exists()]
     for path, what in ((report, "the report"), (junit, "the JUnit file")):
         if path is not None:  # never into a folder being verified; replacing an old report is fine
             check_file_output(path, reads, force=True, what=what)
@@ -234,8 +236,9 @@ def synth(dst: Dst,
           desc_act: Annotated[bool, typer.Option(
               "--desc-act", help="GPTQ with act-order: a permuted g_idx.")] = False,
           gptq_style: Annotated[str, typer.Option(
-              "--gptq-style", help="autogptq (zero biases on every quantized linear, float16) | gptqmodel "
-                                   "(--dtype for the dense tensors beside float16 scales, settings under meta)")]
+              "--gptq-style", help="autogptq (zero biases on every quantized linear, float16) | "
+                                   "gptqmodel (--dtype for the dense tensors beside float16 scales, "
+                                   "settings under meta)")]
           = "autogptq",
           adapter: Annotated[Optional[Path], typer.Option(
               "--adapter", help="Write a PEFT LoRA adapter for this Qwen checkpoint into DST instead.")] = None,

@@ -30,7 +30,8 @@ def stored(module: Module, sizes: dict[str, int]) -> dict[str, Stored]:
     return out
 
 
-def split_rows(module: Module, layer: int | None, suffix: str, ref: TensorRef, dtype: str | None) -> list[OutputTensor]:
+def split_rows(module: Module, layer: int | None, suffix: str, ref: TensorRef,
+               dtype: str | None) -> list[OutputTensor]:
     """One stored tensor split by output rows into the module's LLaMA modules (`dtype` None: as stored)."""
     dtype = dtype or ref.dtype
     tensors = []

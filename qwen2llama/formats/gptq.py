@@ -172,8 +172,9 @@ class Gptq:
 def _check_groups(g_idx: TensorRef, groups: int) -> None:
     g = read_ref(g_idx)
     if g.numel() and (int(g.min()) < 0 or int(g.max()) >= groups):
-        raise InputError(f"tensor {g_idx.name} holds group {int(g.min()) if int(g.min()) < 0 else int(g.max())}, "
-                         f"but the scales have {groups} groups", path=g_idx.file,
+        bad = int(g.min()) if int(g.min()) < 0 else int(g.max())
+        raise InputError(f"tensor {g_idx.name} holds group {bad}, but the scales have {groups} groups",
+                         path=g_idx.file,
                          fix="restore the checkpoint files the quantizer wrote")
 
 

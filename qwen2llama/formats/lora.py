@@ -89,8 +89,9 @@ def adapter_outputs(adapter: QwenAdapter) -> list[OutputTensor]:
     for path, (module, _) in located.items():
         rows = adapter.factors[path].b.shape[0]
         if rows % len(module.into):
-            raise InputError(f"{path}: lora_B has {rows} rows, which do not split into {len(module.into)} equal "
-                             f"parts ({', '.join(s.llama.rsplit('.', 1)[-1] for s in module.into)})",
+            parts = ", ".join(s.llama.rsplit(".", 1)[-1] for s in module.into)
+            raise InputError(f"{path}: lora_B has {rows} rows, which do not split into {len(module.into)} "
+                             f"equal parts ({parts})",
                              path=adapter.factors[path].b.file, fix="restore the adapter file PEFT wrote")
     out = []
     for path in sorted(located, key=_order):

@@ -78,7 +78,8 @@ def read_adapter_config(folder: Path) -> dict:
     config = read_object(path, fix="restore it")
     if config.get("peft_type") != "LORA":
         raise _refuse(f"peft_type {config.get('peft_type')!r}", path)
-    validated(AdapterConfig, config, path, fix="restore the adapter_config.json PEFT wrote", where="adapter_config.json: ")
+    validated(AdapterConfig, config, path, fix="restore the adapter_config.json PEFT wrote",
+              where="adapter_config.json: ")
     if config.get("fan_in_fan_out"):
         raise _refuse("fan_in_fan_out true (Qwen v1's linears are nn.Linear; this adapter was made for "
                       "transposed Conv1D weights)", path)

@@ -12,43 +12,15 @@ from pathlib import Path
 
 from . import __version__
 from .dtypes import NAME_OF
+from .storage.digest import HASHES, hash_file, new_hash, sha256_file  # noqa: F401  (this module's API too)
 
 NAME = "conversion.json"
-# Digest algorithms for the output files; conversion.json names the one it used ("hash"; sha256
-# when absent, as before it was recorded). BLAKE3 is the default: about 5x less CPU per byte than
-# sha256 (9.5 vs 1.95 GB/s per core here, see README "Batch jobs"); sha256 matches the hub's LFS ids.
-HASHES = ("blake3", "sha256")
-
-
 class ManifestUnreadable(Exception):
     """conversion.json exists but does not follow the schema; the message says how."""
 
 
 def write_json(path: Path, obj) -> None:
     path.write_text(json.dumps(obj, indent=2, sort_keys=True, ensure_ascii=False) + "\n", encoding="utf-8")
-
-
-def new_hash(algorithm: str):
-    """A hash object with update() and hexdigest() for one of HASHES."""
-    if algorithm == "blake3":
-        from blake3 import blake3
-
-        return blake3(max_threads=1)
-    if algorithm == "sha256":
-        return hashlib.sha256()
-    raise ValueError(f"unknown hash {algorithm!r}")
-
-
-def hash_file(path: Path, algorithm: str) -> str:
-    h = new_hash(algorithm)
-    with open(path, "rb") as fh:
-        while chunk := fh.read(1 << 22):
-            h.update(chunk)
-    return h.hexdigest()
-
-
-def sha256_file(path: Path) -> str:
-    return hash_file(path, "sha256")
 
 
 def _long_context(cfg) -> dict:

@@ -40,7 +40,10 @@ GPTQ_RELEASES = [f"qwen-{size}-chat-int{bits}" for size in ("1_8b", "7b", "14b",
 
 
 def vocab_path() -> Path:
-    return Path(str(ASSETS / "qwen.tiktoken"))
+    """The bundled qwen.tiktoken (the same file sources.bundled_vocab substitutes)."""
+    from .sources import bundled_vocab
+
+    return bundled_vocab()
 
 
 GPTQ_SUFFIXES = {"-int4": 4, "-int8": 8}  # "qwen-7b-chat-int4": the 7B chat preset as its Int4 release

@@ -28,7 +28,6 @@ out = Console(highlight=False, soft_wrap=True)
 Src = Annotated[str, typer.Argument(
     help="Qwen v1 checkpoint: a folder (config.json, weights, qwen.tiktoken) or a hub id owner/name[@revision].")]
 Dst = Annotated[Path, typer.Argument(help="Output folder; created atomically, must not exist unless --force.")]
-Converted = Annotated[Path, typer.Argument(help="The converted LLaMA folder.")]
 DtypeOpt = Annotated[Optional[str], typer.Option(
     "--dtype", help="bfloat16 | float16 | float32 (default: keep the source's).")]
 DequantizeOpt = Annotated[Optional[str], typer.Option(

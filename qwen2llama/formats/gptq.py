@@ -19,7 +19,7 @@ from ..errors import InputError
 from ..layout import MODULES, Module, name_at
 from ..qwen.quantization import GptqSettings
 from ..storage import OutputTensor, TensorRef, read_ref
-from ..storage.refs import COMPUTE_BLOCK
+from ..storage.refs import COMPUTE_BLOCK, row_blocks
 from .dense import DENSE, Stored, split_rows, zero_biases
 
 QUANTIZED = ("qweight", "qzeros", "scales")  # split by columns; g_idx is copied whole
@@ -67,9 +67,7 @@ class Dequantized:
         groups = read_ref(self.g_idx).long()
         zeros = unpack(read_ref(self.qzeros), self.bits, along=1) + 1
         scales = read_ref(self.scales).float()
-        step = max(1, COMPUTE_BLOCK // (4 * groups.numel()))
-        for o0 in range(self.start, self.stop, step):
-            o1 = min(o0 + step, self.stop)
+        for o0, o1 in row_blocks(self.start, self.stop, 4 * groups.numel(), COMPUTE_BLOCK):
             q = unpack(words[:, o0:o1], self.bits, along=0)
             w = scales[groups, o0:o1] * (q - zeros[groups, o0:o1]).float()
             yield w.T.contiguous().to(torch_dtype(dtype))

@@ -14,7 +14,7 @@ from ..errors import InputError
 from ..layout import AFTER_LAYERS, MODULES, Module, feature_sizes, name_at
 from ..qwen.adapter import PREFIX, LoraFactors, QwenAdapter
 from ..storage import OutputTensor, TensorRef, read_ref
-from ..storage.refs import COMPUTE_BLOCK
+from ..storage.refs import COMPUTE_BLOCK, row_blocks
 from .dense import split_rows
 
 def _template(module: Module) -> re.Pattern:
@@ -164,9 +164,7 @@ class Merged:
 
     def blocks(self, dtype: str):
         a = read_ref(self.factors.a).float()
-        step = max(1, COMPUTE_BLOCK // (4 * self.weight.shape[1]))
-        for r0 in range(self.start, self.stop, step):
-            r1 = min(r0 + step, self.stop)
+        for r0, r1 in row_blocks(self.start, self.stop, 4 * self.weight.shape[1], COMPUTE_BLOCK):
             w = read_ref(self.weight, r0, r1).float() + self.factors.scaling * (read_ref(self.factors.b, r0, r1).float() @ a)
             if self.factors.magnitude is not None:
                 m = read_ref(self.factors.magnitude, r0, r1).float()

@@ -16,8 +16,9 @@ import numpy as np
 
 from ..dtypes import ITEMSIZE, torch_dtype
 from ..errors import InputError, OutputError
-from ..manifest import new_hash
+from ..storage.digest import new_hash
 from ..storage import OutputTensor, header_bytes, read_ref
+from ..storage.refs import row_blocks
 
 CHUNK = 1 << 20  # bytes per read, write and worker task: small enough to stay in the CPU cache
 CAST_BLOCK = 16 << 20  # source bytes per conversion step when the dtype changes
@@ -168,11 +169,9 @@ class ShardWriter:
         src, (c0, c1) = t.source, t.cols
         item = ITEMSIZE[src.dtype]
         row_bytes = src.nbytes // src.shape[0]
-        step = max(1, CHUNK // row_bytes)
         first = 0
         with open(src.file, "rb") as fh:
-            for start in range(t.row_start, t.row_stop, step):
-                stop = min(start + step, t.row_stop)
+            for start, stop in row_blocks(t.row_start, t.row_stop, row_bytes, CHUNK):
                 offset, length = src.rows(start, stop)
                 buf = bytearray(length)
                 if os.preadv(fh.fileno(), [buf], offset) != length:
@@ -202,10 +201,8 @@ class ShardWriter:
 
         src = t.source
         row_bytes = max(1, src.nbytes // src.shape[0])
-        step = max(1, CAST_BLOCK // row_bytes)
         target = torch_dtype(t.dtype)
-        for start in range(t.row_start, t.row_stop, step):
-            stop = min(start + step, t.row_stop)
+        for start, stop in row_blocks(t.row_start, t.row_stop, row_bytes, CAST_BLOCK):
             block = read_ref(src, start, stop)
             if not torch.isfinite(block).all():
                 first_bad = int(torch.nonzero(~torch.isfinite(block.reshape(-1)))[0])

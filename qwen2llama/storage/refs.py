@@ -32,6 +32,13 @@ class TensorRef:
 COMPUTE_BLOCK = 16 << 20  # float32 bytes a computed tensor produces per step
 
 
+def row_blocks(start: int, stop: int, row_bytes: int, budget: int) -> Iterator[tuple[int, int]]:
+    """[a, b) row ranges covering [start, stop), each about `budget` bytes (at least one row)."""
+    step = max(1, budget // max(1, row_bytes))
+    for a in range(start, stop, step):
+        yield a, min(a + step, stop)
+
+
 class Derived(Protocol):
     """A tensor computed from stored ones (formats.gptq.Dequantized, formats.lora.Merged)."""
 

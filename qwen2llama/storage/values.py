@@ -9,7 +9,7 @@ from __future__ import annotations
 from collections.abc import Iterator
 
 from ..dtypes import torch_dtype
-from .refs import COMPUTE_BLOCK, OutputTensor, TensorRef, read_ref
+from .refs import COMPUTE_BLOCK, OutputTensor, TensorRef, read_ref, row_blocks
 
 CHUNK = 16 << 20  # bytes per read
 
@@ -29,13 +29,6 @@ def byte_chunks(ref: TensorRef, offset: int, length: int) -> Iterator[bytes]:
 
 def ref_chunks(ref: TensorRef) -> Iterator[bytes]:
     return byte_chunks(ref, ref.offset, ref.nbytes)
-
-
-def row_blocks(start: int, stop: int, row_bytes: int, budget: int = CHUNK) -> Iterator[tuple[int, int]]:
-    """[a, b) row ranges covering [start, stop), each about `budget` bytes (at least one row)."""
-    step = max(1, budget // max(1, row_bytes))
-    for a in range(start, stop, step):
-        yield a, min(a + step, stop)
 
 
 def output_chunks(t: OutputTensor) -> Iterator:
@@ -58,7 +51,7 @@ def output_chunks(t: OutputTensor) -> Iterator:
     src = t.source
     row_bytes = src.nbytes // src.shape[0] if src.shape and src.shape[0] else src.nbytes
     if t.cols is not None:
-        for a, b in row_blocks(t.row_start, t.row_stop, row_bytes):
+        for a, b in row_blocks(t.row_start, t.row_stop, row_bytes, CHUNK):
             yield raw(read_ref(src, a, b)[:, t.cols[0]:t.cols[1]])
     elif t.is_byte_copy:
         yield from byte_chunks(src, *src.rows(t.row_start, t.row_stop))
@@ -68,7 +61,7 @@ def output_chunks(t: OutputTensor) -> Iterator:
 
 
 def digest(chunks, algorithm: str) -> str:
-    from ..manifest import new_hash
+    from .digest import new_hash
 
     h = new_hash(algorithm)
     for chunk in chunks:

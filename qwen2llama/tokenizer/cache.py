@@ -15,7 +15,7 @@ import tempfile
 from pathlib import Path
 
 from .. import __version__
-from ..manifest import sha256_file
+from ..storage.digest import sha256_file
 from .files import TOKENIZER_FILES
 
 ENV = "QWEN2LLAMA_TOKENIZER_CACHE"

@@ -11,10 +11,11 @@ from ..dtypes import NAME_OF, torch_dtype
 from ..plan import build_plan
 from ..qwen.checkpoint import Checkpoint
 from ..storage import OutputTensor, TensorRef, read_ref
-from ..storage.values import byte_chunks
+from ..storage.refs import row_blocks
+from ..storage.values import CHUNK, byte_chunks
 from .report import check
 
-CHUNK = 16 << 20
+
 
 
 def _same_bytes(want: OutputTensor, got: TensorRef) -> bool:
@@ -31,9 +32,7 @@ def _all_zero(ref: TensorRef) -> bool:
 
 def _same_cast(want: OutputTensor, got: TensorRef) -> bool:
     src = want.source
-    step = max(1, CHUNK // max(1, src.nbytes // src.shape[0]))
-    for start in range(want.row_start, want.row_stop, step):
-        stop = min(start + step, want.row_stop)
+    for start, stop in row_blocks(want.row_start, want.row_stop, src.nbytes // src.shape[0], CHUNK):
         a = read_ref(src, start, stop).to(torch_dtype(want.dtype))
         b = read_ref(got, start - want.row_start, stop - want.row_start)
         if not torch.equal(a.contiguous().view(torch.uint8), b.contiguous().view(torch.uint8)):
@@ -43,9 +42,7 @@ def _same_cast(want: OutputTensor, got: TensorRef) -> bool:
 
 def _same_columns(want: OutputTensor, got: TensorRef) -> bool:
     src, (c0, c1) = want.source, want.cols
-    step = max(1, CHUNK // max(1, src.nbytes // src.shape[0]))
-    for start in range(want.row_start, want.row_stop, step):
-        stop = min(start + step, want.row_stop)
+    for start, stop in row_blocks(want.row_start, want.row_stop, src.nbytes // src.shape[0], CHUNK):
         a = read_ref(src, start, stop)[:, c0:c1].contiguous().view(torch.uint8)
         if not torch.equal(a, read_ref(got, start - want.row_start, stop - want.row_start).view(torch.uint8)):
             return False

@@ -20,7 +20,7 @@ from .plan import ConversionPlan, build_plan
 from .errors import InputError
 from .progress import NullProgress, Progress
 from .paths import reads_of
-from .publish import check_target, fsync_path, staged_folder
+from .publish import check_target, fsync_path, signals_deferred, staged_folder
 from .qwen.adapter import open_adapter
 from .qwen.checkpoint import Checkpoint, detect_chat
 from .sources import open_source
@@ -93,7 +93,8 @@ def _write_files(prepared: Prepared, folder: Path, progress: Progress) -> dict:
     digests: dict[str, str | None] = {}
     cache_key = tokenizer_cache.key(prepared.vocab, prepared.chat, cfg.seq_length)
     cached = tokenizer_cache.lookup(cache_key)
-    tokenizer_job = None if cached else TokenizerJob(prepared.vocab, folder, prepared.chat, cfg.seq_length)
+    with signals_deferred():  # a child started but not yet recorded would outlive a Ctrl-C
+        tokenizer_job = None if cached else TokenizerJob(prepared.vocab, folder, prepared.chat, cfg.seq_length)
     try:
         progress.start("weights", plan.total_bytes)
         for name, tensors in prepared.shards:
@@ -111,7 +112,8 @@ def _write_files(prepared: Prepared, folder: Path, progress: Progress) -> dict:
         # also while waiting for the child: it must be gone before the staging folder is removed,
         # or it writes into a folder being deleted and leaves it behind
         if tokenizer_job is not None:
-            tokenizer_job.cancel()
+            with signals_deferred():
+                tokenizer_job.cancel()
         raise
     if len(prepared.shards) > 1:
         index = {"metadata": {"total_size": plan.total_bytes},

@@ -12,6 +12,8 @@ import errno
 import fcntl
 import os
 import shutil
+import signal
+import threading
 from contextlib import contextmanager
 from pathlib import Path
 
@@ -98,6 +100,26 @@ def fsync_path(path: Path) -> None:
 
 
 @contextmanager
+def signals_deferred():
+    """SIGINT and SIGTERM wait until the block ends, then raise KeyboardInterrupt as usual: for
+    steps a signal must not cut in half (starting a child process and recording it, cleaning
+    up). Python runs signal handlers in the main thread only, so elsewhere this changes nothing."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    held: list[int] = []
+    wanted = [s for s in (signal.SIGINT, signal.SIGTERM) if signal.getsignal(s) != signal.SIG_IGN]
+    previous = {s: signal.signal(s, lambda signum, frame: held.append(signum)) for s in wanted}
+    try:
+        yield
+    finally:
+        for s, handler in previous.items():
+            signal.signal(s, handler)
+        if held:
+            raise KeyboardInterrupt
+
+
+@contextmanager
 def target_lock(out: Path):
     """Hold an exclusive lock on `out` for the run; a second run for the same target fails at once."""
     path = out.parent / f".{out.name}{LOCK_TAG}"
@@ -169,13 +191,14 @@ def staged_folder(out: Path, *, force: bool, protect: list[Path] = ()):
         check_target(out, force=force, protect=protect)  # again, now that no other run can change it
         remove_stale(out)
         staging = out.parent / f".{out.name}{STAGING_TAG}{os.getpid()}"
-        staging.mkdir()
         try:
+            staging.mkdir()  # inside the try: a signal right after it still removes the folder
             yield staging
             fsync_path(staging)
             publish(staging, out, force=force)
         except BaseException:
-            shutil.rmtree(staging, ignore_errors=True)
+            with signals_deferred():  # a second Ctrl-C must not cut the clean-up short
+                shutil.rmtree(staging, ignore_errors=True)
             raise
 
 

@@ -128,6 +128,7 @@ def test_a_resharded_honest_copy_passes(bin_files, golden_file, converted, tmp_p
         sum(8 + int.from_bytes(p.read_bytes()[:8], "little") for p in converted[VARIANT].glob("*.safetensors"))
 
 
+@pytest.mark.slow
 def test_digests_follow_the_recorded_dtype(sources, converted, tmp_path):
     """A golden file recorded for --dtype float32 fails a bf16 folder by dtype, and passes its float32 conversion."""
     path = tmp_path / "f32.safetensors"
@@ -141,6 +142,7 @@ def test_digests_follow_the_recorded_dtype(sources, converted, tmp_path):
     assert verify_golden(out, path)["checks"]["tensors"]["passed"] is True
 
 
+@pytest.mark.slow
 def test_format_1_files_still_verify_and_say_what_they_cannot_check(golden_file, converted, tmp_path):
     golden = golden_mod.read(golden_file)
     meta = {k: v for k, v in golden.meta.items() if k != "tensor_digests"}

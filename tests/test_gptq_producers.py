@@ -20,6 +20,8 @@ from qwen2llama.verify import verify
 from defects import edit_weights
 from test_gptq import _tensors
 
+pytestmark = pytest.mark.slow  # eight conversions and verifies; tests/test_gptq.py covers the inner loop
+
 LAYERS = 2
 MLP = ("mlp.w2", "mlp.w1", "mlp.c_proj")  # -> gate, up, down
 LLAMA_MLP = ("mlp.gate_proj", "mlp.up_proj", "mlp.down_proj")

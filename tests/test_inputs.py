@@ -127,6 +127,7 @@ def test_adapter_config_values_of_the_wrong_type(tiny, tmp_path, edit, needle):
     assert not (tmp_path / "out").exists()
 
 
+@pytest.mark.slow
 def test_c_attn_lora_b_that_does_not_split_in_three_is_refused_without_base(tiny, tmp_path):
     src, _ = tiny
     lora = synthesize_adapter(tmp_path / "lora", src, seed=1)
@@ -173,6 +174,7 @@ VALUES = st.one_of(st.none(), st.booleans(), st.integers(-2, 2**40), st.floats(a
                    st.lists(st.integers(), max_size=2), st.dictionaries(st.text(max_size=3), st.integers(), max_size=2))
 
 
+@pytest.mark.slow
 @settings(max_examples=40, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
 @given(data=st.data())
 def test_random_mutations_of_the_json_files_are_bad_input_never_a_traceback(tiny, tmp_path_factory, data):

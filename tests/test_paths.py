@@ -70,6 +70,7 @@ def test_golden_never_overwrites_an_input_or_an_existing_file(model, tmp_path, f
         assert existing.read_bytes()[:8] != b"someone'"
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("force", [[], ["--force"]])
 def test_base_and_merged_adapter_are_never_replaced(model, tmp_path, force):  # 3
     src, out, lora = model
@@ -122,6 +123,7 @@ def test_golden_and_report_locations_are_checked_before_anything_is_written(mode
     assert digest_tree(dst) == before
 
 
+@pytest.mark.slow
 def test_batch_never_writes_over_another_jobs_source(model, tmp_path):  # 3
     src, _, _ = model
     a = shutil.copytree(src, tmp_path / "a")
@@ -150,6 +152,7 @@ def test_a_jobs_file_cannot_name_the_current_folder(model, tmp_path, monkeypatch
     assert (work / "notes.txt").read_text() == "mine" and jobs.is_file()
 
 
+@pytest.mark.slow
 def test_batch_replaces_only_what_it_proves_it_wrote(model, tmp_path):  # 1
     src, out, _ = model
     for name, plant in [("corrupt", lambda f: (f / "conversion.json").write_text("{not json")),
@@ -166,6 +169,7 @@ def test_batch_replaces_only_what_it_proves_it_wrote(model, tmp_path):  # 1
         assert digest_tree(folder) == before, name
 
 
+@pytest.mark.slow
 def test_batch_rerun_redoes_an_output_with_a_missing_or_cut_file(model, tmp_path):  # 7
     src, _, _ = model
     jobs = tmp_path / "jobs.toml"
@@ -184,6 +188,7 @@ def test_batch_rerun_redoes_an_output_with_a_missing_or_cut_file(model, tmp_path
     assert again.exit_code == 0 and (dst / "merges.txt").is_file(), again.output
 
 
+@pytest.mark.slow
 def test_hub_cache_blobs_are_never_an_output_and_links_outside_are_refused(model, tmp_path):  # 3, 8
     """In a child process: huggingface_hub reads HF_HOME when it is imported."""
     src, _, _ = model

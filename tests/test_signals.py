@@ -62,6 +62,7 @@ def test_a_signal_stops_a_batch_promptly_and_publishes_nothing_after_it(big, tmp
     assert "published before the signal: a" in text and "not published: b" in text, text
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("signum", [signal.SIGINT, signal.SIGTERM])
 def test_a_signal_while_the_tokenizer_child_runs_leaves_no_staging(tmp_path, signum):
     src = synthesize(tmp_path / "src", "tiny", layers=1)

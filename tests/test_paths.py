@@ -218,16 +218,44 @@ def test_hub_cache_blobs_are_never_an_output_and_links_outside_are_refused(model
 
 
 def test_verify_never_offers_to_run_a_folders_code(model, tmp_path):  # 9
+    """On a terminal (a pty), where transformers would ask "run the custom code? [y/N]": no prompt,
+    no code run, a failed check."""
+    import pty
+    import select
+    import subprocess
+    import sys
+    import time
+
     src, out, _ = model
     dst = shutil.copytree(out, tmp_path / "dst")
     config = json.loads((dst / "tokenizer_config.json").read_text())
     config["auto_map"] = {"AutoTokenizer": ["tokenization_evil.EvilTokenizer", None]}
+    config["tokenizer_class"] = "EvilTokenizer"  # only the remote code knows it
     (dst / "tokenizer_config.json").write_text(json.dumps(config))
-    (dst / "tokenization_evil.py").write_text("raise SystemExit('remote code ran')\n")
-    result = CliRunner().invoke(app, ["verify", str(src), str(dst), "--quick"], input="y\n")
-    assert result.exit_code == 1, result.output
-    assert "custom code" not in result.output.lower() and "remote code ran" not in result.output
-    assert "tokenizer" in result.output and "FAIL" in result.output
+    (dst / "tokenization_evil.py").write_text("open(__file__ + '.ran', 'w').close()\n")
+    master, slave = pty.openpty()
+    proc = subprocess.Popen([sys.executable, "-m", "qwen2llama", "verify", str(src), str(dst), "--quick"],
+                            stdin=slave, stdout=slave, stderr=slave, close_fds=True)
+    os.close(slave)
+    text, end = b"", time.monotonic() + 240
+    while time.monotonic() < end:
+        ready, _, _ = select.select([master], [], [], 0.5)
+        if ready:
+            try:
+                chunk = os.read(master, 4096)
+            except OSError:
+                break
+            text += chunk
+            if b"[y/N]" in text:
+                os.write(master, b"y\n")  # what a user pressing y would do: must never be asked
+        elif proc.poll() is not None:
+            break
+    proc.wait(timeout=60)
+    os.close(master)
+    output = text.decode(errors="replace")
+    assert "[y/N]" not in output, output[-2000:]  # never asked
+    assert not (dst / "tokenization_evil.py.ran").exists()
+    assert proc.returncode == 1, output[-2000:]
 
 
 def test_batch_summaries_and_adapter_reports_follow_the_rule(model, tmp_path):  # 3, 5

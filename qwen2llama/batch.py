@@ -196,16 +196,15 @@ def run_job(job: Job, *, verify: bool, quick: bool, force: bool, verify_lock: th
                               fix="choose another output folder, or pass --force to replace it")
 
         def before_publish(staging: Path) -> None:
-            if not verify:
-                return
-            from .verify import verify as run_verify  # torch and transformers: only when verifying
+            if verify:
+                from .verify import verify as run_verify  # torch and transformers: only when verifying
 
-            with verify_lock:  # one verify at a time: it is the memory-hungry step
-                outcome = run_verify(ckpt, staging, quick=quick, progress=progress, display=job.out)
-            verdict.update(outcome)
-            outcome.write(job.report)
-            manifest.record_verification(staging, outcome)
-            outcome.raise_if_failed()
+                with verify_lock:  # one verify at a time: it is the memory-hungry step
+                    outcome = run_verify(ckpt, staging, quick=quick, progress=progress, display=job.out)
+                verdict.update(outcome)
+                outcome.write(job.report)
+                manifest.record_verification(staging, outcome)
+                outcome.raise_if_failed()
             progress.note("publishing")  # the last point a signal stops the job
 
         try:
@@ -213,8 +212,7 @@ def run_job(job: Job, *, verify: bool, quick: bool, force: bool, verify_lock: th
         except OSError as exc:
             raise OutputError(f"cannot create the output's folder ({exc.strerror})", path=job.out.parent,
                               fix="choose a --out-root you can write to") from None
-        write(aim(prepared, job.out, force=state != "absent"), progress=progress,
-              before_publish=before_publish if verify else lambda staging: progress.note("publishing"))
+        write(aim(prepared, job.out, force=state != "absent"), progress=progress, before_publish=before_publish)
         result.status = "passed" if verify else "converted"
     except VerificationFailed:
         result.status = "failed"
@@ -263,9 +261,9 @@ def run_jobs(jobs: list[Job], *, workers: int = 1, verify: bool = True, quick: b
             cancel.set()
             for f in futures:
                 f.cancel()
-            ended = [r for f in futures if not f.cancelled() and (r := _ended(f)) is not None]
-            pending = [j for j, f in zip(jobs, futures) if f.cancelled() or _ended(f) is None]
-            raise BatchInterrupted(ended, pending) from None
+            outcomes = [None if f.cancelled() else _ended(f) for f in futures]
+            raise BatchInterrupted([r for r in outcomes if r is not None],
+                                   [j for j, r in zip(jobs, outcomes) if r is None]) from None
 
 
 def _ended(future) -> JobResult | None:
@@ -278,8 +276,7 @@ def _ended(future) -> JobResult | None:
 
 def sources_of(jobs: list[Job]) -> list[Path]:
     """The local sources and bases of jobs, resolved (hub ids are resolved when a job opens them)."""
-    paths = [p for job in jobs for p in (job.src, job.options.base) if p is not None and Path(p).exists()]
-    return reads_of(*paths)
+    return reads_of(*(p for job in jobs for p in (job.src, job.options.base)))
 
 
 def exit_code(results: list[JobResult]) -> int:

@@ -73,9 +73,8 @@ def prepare(src: str | Path | Checkpoint, options: Options = Options(), out: str
     chat, reason = detect_chat(ckpt, options.kind)
     vocab = ckpt.vocab
     read_tiktoken(vocab)  # every line valid, before anything is written
-    base = [options.base] if options.base and Path(options.base).exists() else []
-    reads = reads_of(ckpt, adapter, *base)
-    prepared = Prepared(plan, shards, chat, reason, vocab, options, None, adapter, reads)
+    prepared = Prepared(plan, shards, chat, reason, vocab, options, None, adapter,
+                        reads_of(ckpt, adapter, options.base))
     return prepared if out is None else aim(prepared, out, force=options.force)
 
 

@@ -26,13 +26,15 @@ def _inside(child: Path, parent: Path) -> bool:
 def reads_of(*sources) -> list[Path]:
     """Every path the given inputs read: a checkpoint (its folder, weight files and the files it
     took from elsewhere: --base, the bundled vocabulary), an adapter (its folder and files), or a
-    plain path; each resolved."""
+    plain path; each resolved. None and a plain path that does not exist (a hub id, which is
+    resolved when it is opened) are skipped."""
     out: list[Path] = []
     for src in sources:
         if src is None:
             continue
         if isinstance(src, (str, Path)):
-            out.append(real(src))
+            if Path(src).exists():
+                out.append(real(src))
             continue
         out.append(real(src.folder))
         out += [real(p) for p in getattr(src, "files", ())]

@@ -37,7 +37,7 @@ class ConversionPlan:
     @property
     def mlp_bias(self) -> bool:
         """Whether the output's MLP linears have biases (config.json `mlp_bias`)."""
-        return bool(getattr(self.fmt, "mlp_bias", False))
+        return self.fmt.mlp_bias
 
     @property
     def total_bytes(self) -> int:
@@ -131,7 +131,7 @@ def _implied_by(ckpt: Checkpoint) -> str:
 def choose_dtype(ckpt: Checkpoint, requested: str | None, fmt=DENSE) -> str | None:
     """The output dtype of floating-point tensors: as requested, else the source's single one;
     None where the format keeps each tensor as stored (GPTQ's mix of types)."""
-    dequantize = getattr(fmt, "dequantize", None)
+    dequantize = fmt.dequantize
     if requested is not None:
         if requested not in FLOAT_NAMES:
             raise InputError(f"unknown --dtype {requested!r}", fix=f"use one of {', '.join(FLOAT_NAMES)}")

@@ -77,7 +77,7 @@ def adapter(src_adapter: AdapterSrc,
     if report is not None:
         from ..paths import check_file_output, reads_of
 
-        reads = reads_of(*(p for p in (src_adapter, base, llama_base) if p and Path(p).exists()))
-        check_file_output(report, reads, force=True, what="the report", inside=[dst])
+        check_file_output(report, reads_of(src_adapter, base, llama_base), force=True, what="the report",
+                          inside=[dst])
     convert_adapter_step(base, src_adapter, dst, llama_base, force=force, verify=verify, quick=quick, report=report,
                          base_name=base_name)

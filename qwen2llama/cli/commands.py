@@ -7,7 +7,7 @@ from typing import Annotated, Optional
 import typer
 
 from ..errors import InputError
-from ..paths import check_file_output, real
+from ..paths import check_file_output, reads_of
 from ..publish import write_file
 from . import render
 from .app import (BaseOpt, DequantizeOpt, Dst, DtypeOpt, ForceOpt, GoldenOpt, GreedyOpt, JunitOpt, KindOpt, LongPromptOpt, PromptsOpt,
@@ -94,10 +94,9 @@ def convert(src: Src, dst: Dst, shard_size: ShardSizeOpt = "5GB", dtype: DtypeOp
     prepared = prepare(src, options, dst)
     render.plan(out, prepared)
     # every output location, before the first byte is written (paths.py)
-    for path, what in ((golden, "the golden file"), (report, "the report")):
+    for path, what, replace_ok in ((golden, "the golden file", force), (report, "the report", True)):
         if path is not None:
-            check_file_output(path, prepared.reads, force=force or what == "the report", what=what,
-                              inside=[dst])
+            check_file_output(path, prepared.reads, force=replace_ok, what=what, inside=[dst])
     adapter_dst = None
     if adapter is not None and not merge:
         from ..adapters import prepare_adapter
@@ -147,7 +146,6 @@ def golden(src: Src, file: Annotated[Path, typer.Argument(help="The golden file 
     """Record what `verify OUT --golden FILE` needs from the Qwen reference on SRC, so that CI can
     verify a converted folder without the source checkpoint. --dtype / --dequantize: the tensor
     digests describe the conversion made with the same option."""
-    from ..paths import reads_of
     from ..plan import build_plan
     from ..sources import open_source
 
@@ -181,8 +179,7 @@ def verify(first: Annotated[str, typer.Argument(
         raise InputError("verify needs SRC and DST, or DST and --golden FILE",
                          fix="qwen2llama verify SRC DST, or qwen2llama verify DST --golden FILE")
     src, dst = (None, Path(first)) if golden is not None else (first, Path(second))
-    reads = [real(p) for p in (src, dst, golden, base, adapter, llama_adapter)
-             if p is not None and Path(p).exists()]
+    reads = reads_of(src, dst, golden, base, adapter, llama_adapter)
     for path, what in ((report, "the report"), (junit, "the JUnit file")):
         if path is not None:  # never into a folder being verified; replacing an old report is fine
             check_file_output(path, reads, force=True, what=what)

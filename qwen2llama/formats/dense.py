@@ -55,6 +55,8 @@ class Dense:
 
     name = "dense"
     quantized = False
+    dequantize = None
+    mlp_bias = False
     keeps_stored_dtypes = False  # one floating-point type in, one out (--dtype for a mixed source)
 
     def for_source(self, found: dict) -> Dense:

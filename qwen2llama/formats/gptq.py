@@ -104,14 +104,11 @@ class Gptq:
         for refs in found.values():
             if "g_idx" in refs:
                 _check_groups(refs["g_idx"], refs["scales"].shape[0])
-        return replace(self, mlp_bias=any(_nonzero(refs["bias"]) for (qwen, _), refs in found.items()
-                                          if "bias" in refs and _mlp(_module(qwen))))
+        return replace(self, mlp_bias=any(_nonzero(ref) for ref in _mlp_biases(found)))
 
     def dropped(self, found: dict) -> list[TensorRef]:
         """Stored tensors the output leaves out because they are zero: the MLP's biases, unless mlp_bias."""
-        if self.mlp_bias:
-            return []
-        return [refs["bias"] for (qwen, _), refs in found.items() if "bias" in refs and _mlp(_module(qwen))]
+        return [] if self.mlp_bias else _mlp_biases(found)
 
     def stored(self, module: Module, sizes: dict[str, int]) -> dict[str, Stored]:
         if module.role != "linear":
@@ -176,8 +173,10 @@ def _check_groups(g_idx: TensorRef, groups: int) -> None:
                          fix="restore the checkpoint files the quantizer wrote")
 
 
-def _module(qwen: str) -> Module:
-    return next(m for m in MODULES if m.qwen == qwen)
+def _mlp_biases(found: dict) -> list[TensorRef]:
+    """The biases a quantizer stored on the MLP linears (map_source's found: (module, layer) -> refs)."""
+    modules = {m.qwen: m for m in MODULES}
+    return [refs["bias"] for (qwen, _), refs in found.items() if "bias" in refs and _mlp(modules[qwen])]
 
 
 def _nonzero(ref: TensorRef) -> bool:

@@ -22,12 +22,17 @@ def new_hash(algorithm: str):
     raise ValueError(f"unknown hash {algorithm!r}")
 
 
-def hash_file(path: Path, algorithm: str) -> str:
+def digest(chunks, algorithm: str) -> str:
+    """The hex digest of a stream of buffers."""
     h = new_hash(algorithm)
-    with open(path, "rb") as fh:
-        while chunk := fh.read(1 << 22):
-            h.update(chunk)
+    for chunk in chunks:
+        h.update(chunk)
     return h.hexdigest()
+
+
+def hash_file(path: Path, algorithm: str) -> str:
+    with open(path, "rb") as fh:
+        return digest(iter(lambda: fh.read(1 << 22), b""), algorithm)
 
 
 def sha256_file(path: Path) -> str:

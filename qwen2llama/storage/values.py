@@ -1,8 +1,9 @@
 """The bytes a tensor holds, a bounded block at a time: of a stored tensor (`ref_chunks`) and of a
-planned output tensor as the conversion defines it (`output_chunks`), and their digests.
+planned output tensor as the conversion defines it (`output_chunks`).
 
-Golden files record `output_digest` of every planned tensor from the source alone; a later
-verify compares `ref_digest` of what a folder holds, whatever its shards or file format.
+Golden files record the digest of every planned tensor's `output_chunks` from the source alone; a
+later verify compares the digest of each tensor's `ref_chunks` in a folder, whatever its shards or
+file format.
 """
 from __future__ import annotations
 
@@ -58,12 +59,3 @@ def output_chunks(t: OutputTensor) -> Iterator:
     else:
         for a, b in row_blocks(t.row_start, t.row_stop, row_bytes, COMPUTE_BLOCK):
             yield raw(read_ref(src, a, b).to(torch_dtype(t.dtype)))
-
-
-def digest(chunks, algorithm: str) -> str:
-    from .digest import new_hash
-
-    h = new_hash(algorithm)
-    for chunk in chunks:
-        h.update(chunk)
-    return h.hexdigest()

@@ -14,7 +14,8 @@ from ..dtypes import ITEMSIZE, NAME_OF
 from ..errors import InputError
 from ..progress import NullProgress, Progress
 from ..storage import TensorRef
-from ..storage.values import digest, output_chunks, ref_chunks
+from ..storage.digest import digest
+from ..storage.values import output_chunks, ref_chunks
 from .report import check
 
 ALGORITHM = "blake3"

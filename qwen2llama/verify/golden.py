@@ -167,8 +167,8 @@ def read(path: str | Path) -> Golden:
                          f"(written by qwen2llama {version}); this version reads formats "
                          f"{', '.join(map(str, READS))}", path=path,
                          fix="verify with the qwen2llama version that wrote it, or record it again")
-    _check_header(meta, path)
-    _check_numbers(meta, tensors, path)
+    cfg = _check_header(meta, path)
+    _check_numbers(meta, tensors, path, cfg.vocab_rows)
     return Golden(path, meta, tensors)
 
 
@@ -180,8 +180,8 @@ def _is_int(v, lo: int, hi: int) -> bool:
     return isinstance(v, int) and not isinstance(v, bool) and lo <= v <= hi
 
 
-def _check_header(meta: dict, path: Path) -> None:
-    """Every header field verify reads, of its type and within bounds."""
+def _check_header(meta: dict, path: Path) -> QwenConfig:
+    """Every header field verify reads, of its type and within bounds; returns the Qwen config."""
     prompts = meta.get("prompts")
     if not isinstance(prompts, list) or not 1 <= len(prompts) <= MAX_PROMPTS or \
             not all(isinstance(p, str) for p in prompts):
@@ -205,17 +205,17 @@ def _check_header(meta: dict, path: Path) -> None:
                                             for v in ids.values()):
         raise _bad(path, "tokenizer.ids", "an object of token id lists")
     try:
-        QwenConfig(**meta["qwen_config"])
+        cfg = QwenConfig(**meta["qwen_config"])
     except (KeyError, TypeError, ValueError) as exc:
         raise _bad(path, "qwen_config", f"a Qwen config ({exc})"[:200]) from None
     if meta["format"] >= 2:
         digests.validate(meta.get("tensor_digests"), path)
+    return cfg
 
 
-def _check_numbers(meta: dict, tensors: dict[str, torch.Tensor], path: Path) -> None:
-    """Every recorded tensor present, of its shape and kind, ids in range, values finite: a NaN
-    would make every comparison with it pass."""
-    rows = QwenConfig(**meta["qwen_config"]).vocab_rows
+def _check_numbers(meta: dict, tensors: dict[str, torch.Tensor], path: Path, rows: int) -> None:
+    """Every recorded tensor present, of its shape and kind, ids below `rows` (the vocabulary),
+    values finite: a NaN would make every comparison with it pass."""
     k = meta["top_k"]
 
     def need(name: str, shape: tuple, floating: bool) -> torch.Tensor:

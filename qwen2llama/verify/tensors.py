@@ -26,8 +26,14 @@ def _same_bytes(want: OutputTensor, got: TensorRef) -> bool:
                                       byte_chunks(got, got.offset, got.nbytes)))
 
 
-def _all_zero(ref: TensorRef) -> bool:
-    return not any(np.frombuffer(c, dtype=np.uint8).any() for c in byte_chunks(ref, ref.offset, ref.nbytes))
+_SIGNLESS = {"F16": (np.uint16, 0x7FFF), "BF16": (np.uint16, 0x7FFF), "F32": (np.uint32, 0x7FFFFFFF)}
+
+
+def _all_zero(ref: TensorRef, negative_zero: bool = False) -> bool:
+    """Every byte zero; with `negative_zero`, every element +0.0 or -0.0 (raw words with the sign
+    bit masked: apart from the plan's own float test)."""
+    word, mask = _SIGNLESS[ref.dtype] if negative_zero else (np.uint8, 0xFF)
+    return not any((np.frombuffer(c, dtype=word) & mask).any() for c in byte_chunks(ref, ref.offset, ref.nbytes))
 
 
 def _same_cast(want: OutputTensor, got: TensorRef) -> bool:
@@ -94,15 +100,6 @@ def _expected_plan(ckpt: Checkpoint, dst_tensors: dict[str, TensorRef], quantize
     return build_plan(ckpt, NAME_OF[floats.pop()], adapter=adapter)
 
 
-_SIGNLESS = {"F16": (np.uint16, 0x7FFF), "BF16": (np.uint16, 0x7FFF), "F32": (np.uint32, 0x7FFFFFFF)}
-
-
-def _value_zero(ref: TensorRef) -> bool:
-    """Every element +0.0 or -0.0 (read as raw words, apart from the plan's float test)."""
-    word, mask = _SIGNLESS[ref.dtype]
-    return not any((np.frombuffer(c, dtype=word) & mask).any() for c in byte_chunks(ref, ref.offset, ref.nbytes))
-
-
 def compare_planned(expected: dict[str, OutputTensor], dst_tensors: dict[str, TensorRef]) -> dict:
     """Every planned tensor against the one written: failures, counts, whether a cast narrowed."""
     failures = [f"missing: {n}" for n in sorted(set(expected) - set(dst_tensors))]
@@ -135,7 +132,7 @@ def check_tensors(ckpt: Checkpoint, dst_tensors: dict[str, TensorRef], quantized
         return check(False, failures=[plan])
     found = compare_planned({t.name: t for t in plan.tensors}, dst_tensors)
     found["failures"] += [f"{r.name}: left out of the output as zero, but holds non-zero values"
-                          for r in plan.zero_dropped if not _value_zero(r)]
+                          for r in plan.zero_dropped if not _all_zero(r, negative_zero=True)]
     found["dropped_zero"] = len(plan.zero_dropped)
     return check(not found["failures"], **found, output_dtype=NAME_OF[plan.dtype], format=plan.fmt.name,
                  quantized=plan.quantized, merged_adapter=adapter is not None)

@@ -77,3 +77,17 @@ def test_a_signal_while_the_tokenizer_child_runs_leaves_no_staging(tmp_path, sig
     assert "Traceback" not in stderr
     time.sleep(0.5)  # a child that outlived the parent would still be writing now
     assert not out.exists() and not list(tmp_path.glob(f".out{STAGING_TAG}*"))
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("signum", [signal.SIGINT, signal.SIGTERM])
+def test_a_signal_during_golden_recording_writes_no_file(big, tmp_path, signum):
+    src, _ = big
+    golden = tmp_path / "g.safetensors"
+    proc = spawn("golden", src, golden)
+    time.sleep(2)  # recording from 1.8B widths takes well over that
+    proc.send_signal(signum)
+    stdout, stderr = proc.communicate(timeout=60)
+    assert proc.returncode == 130, stdout + stderr
+    assert "Traceback" not in stderr
+    assert not golden.exists() and not list(tmp_path.glob(".g.safetensors*"))

@@ -17,20 +17,21 @@ def main(src: str, dst: str) -> None:
     cfg = json.loads((src_p / "config.json").read_text())
     proj = cfg["num_attention_heads"] * cfg["kv_channels"]
     out = {"model.embed_tokens.weight": state.pop("transformer.wte.weight"),
-           "model.norm.weight": state.pop("transformer.ln_f.weight"), "lm_head.weight": state.pop("lm_head.weight")}
+           "model.norm.weight": state.pop("transformer.ln_f.weight"),
+           "lm_head.weight": state.pop("lm_head.weight")}
     for i in range(cfg["num_hidden_layers"]):
-        q, l = f"transformer.h.{i}.", f"model.layers.{i}."
+        q, ll = f"transformer.h.{i}.", f"model.layers.{i}."
         w, b = state.pop(q + "attn.c_attn.weight"), state.pop(q + "attn.c_attn.bias")
         for k, part in enumerate("qkv"):
-            out[f"{l}self_attn.{part}_proj.weight"] = w[k * proj:(k + 1) * proj].clone()
-            out[f"{l}self_attn.{part}_proj.bias"] = b[k * proj:(k + 1) * proj].clone()
-        out[l + "self_attn.o_proj.weight"] = state.pop(q + "attn.c_proj.weight")
-        out[l + "self_attn.o_proj.bias"] = torch.zeros(cfg["hidden_size"], dtype=w.dtype)
-        out[l + "mlp.gate_proj.weight"] = state.pop(q + "mlp.w2.weight")
-        out[l + "mlp.up_proj.weight"] = state.pop(q + "mlp.w1.weight")
-        out[l + "mlp.down_proj.weight"] = state.pop(q + "mlp.c_proj.weight")
-        out[l + "input_layernorm.weight"] = state.pop(q + "ln_1.weight")
-        out[l + "post_attention_layernorm.weight"] = state.pop(q + "ln_2.weight")
+            out[f"{ll}self_attn.{part}_proj.weight"] = w[k * proj:(k + 1) * proj].clone()
+            out[f"{ll}self_attn.{part}_proj.bias"] = b[k * proj:(k + 1) * proj].clone()
+        out[ll + "self_attn.o_proj.weight"] = state.pop(q + "attn.c_proj.weight")
+        out[ll + "self_attn.o_proj.bias"] = torch.zeros(cfg["hidden_size"], dtype=w.dtype)
+        out[ll + "mlp.gate_proj.weight"] = state.pop(q + "mlp.w2.weight")
+        out[ll + "mlp.up_proj.weight"] = state.pop(q + "mlp.w1.weight")
+        out[ll + "mlp.down_proj.weight"] = state.pop(q + "mlp.c_proj.weight")
+        out[ll + "input_layernorm.weight"] = state.pop(q + "ln_1.weight")
+        out[ll + "post_attention_layernorm.weight"] = state.pop(q + "ln_2.weight")
     save_file(out, dst_p / "model.safetensors", metadata={"format": "pt"})
 
 

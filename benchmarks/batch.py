@@ -43,7 +43,8 @@ def command(name: str, srcs: list[Path], dst: Path) -> list[str]:
         return ["bash", "-c", " && ".join(f"{PY} -m qwen2llama convert {s} {dst}/{k} --no-verify"
                                           for k, s in enumerate(srcs))]
     workers = name.rsplit(" ", 1)[-1]
-    return [PY, "-m", "qwen2llama", "batch", *map(str, srcs), "--out-root", str(dst), "--no-verify", "--jobs", workers]
+    return [PY, "-m", "qwen2llama", "batch", *map(str, srcs), "--out-root", str(dst), "--no-verify", "--jobs",
+            workers]
 
 
 def main() -> None:
@@ -58,7 +59,8 @@ def main() -> None:
             shutil.rmtree(dst, ignore_errors=True)
             dst.mkdir()
             os.sync()
-            subprocess.run(["bash", "-c", "cat " + " ".join(f"{s}/*.safetensors" for s in srcs) + " > /dev/null"],
+            subprocess.run(["bash", "-c",
+                            "cat " + " ".join(f"{s}/*.safetensors" for s in srcs) + " > /dev/null"],
                            check=True)
             runs[name].append(measured(command(name, srcs, dst)))
             shutil.rmtree(dst, ignore_errors=True)
@@ -69,11 +71,14 @@ def main() -> None:
                 "peak_rss_mib": round(statistics.median(r[1] for r in v), 1),
                 "runs": [{"seconds": round(w, 2), "peak_rss_mib": m, "cpu_seconds": c} for w, m, c in v]}
             for n, v in runs.items()}
-    (OUT / "batch.json").write_text(json.dumps({"gigabytes": gb, "repeats": REPEATS, "rows": rows}, indent=2) + "\n")
-    print(f"\n{COUNT} checkpoints at Qwen-7B widths, 2 layers each, {gb:.2f} GB in all; {REPEATS} runs each\n")
+    (OUT / "batch.json").write_text(json.dumps({"gigabytes": gb, "repeats": REPEATS, "rows": rows},
+                                               indent=2) + "\n")
+    print(f"\n{COUNT} checkpoints at Qwen-7B widths, 2 layers each, {gb:.2f} GB in all; "
+          f"{REPEATS} runs each\n")
     print("| what | seconds (median) | CPU s | CPU s per GB | peak RSS MiB |\n|---|---|---|---|---|")
     for name, row in rows.items():
-        print(f"| {name} | {row['seconds']} | {row['cpu_seconds']} | {row['cpu_seconds_per_gb']} | {row['peak_rss_mib']} |")
+        print(f"| {name} | {row['seconds']} | {row['cpu_seconds']} | {row['cpu_seconds_per_gb']} | "
+              f"{row['peak_rss_mib']} |")
 
 
 if __name__ == "__main__":

@@ -53,15 +53,18 @@ def _copy_rows(sources: dict[str, Path]) -> dict:
 def _verify(src: Path, extra: list[str]) -> dict:
     dst, report = OUT / "dst-gptq-verify", OUT / "verify-gptq.json"
     shutil.rmtree(dst, ignore_errors=True)
-    convert_s, convert_rss, _ = measured([PY, "-m", "qwen2llama", "convert", str(src), str(dst), "--no-verify", *extra])
-    wall, rss, _ = measured([PY, "-m", "qwen2llama", "verify", str(src), str(dst), "--quick", "--report", str(report)])
+    convert_s, convert_rss, _ = measured([PY, "-m", "qwen2llama", "convert", str(src), str(dst),
+                                          "--no-verify", *extra])
+    wall, rss, _ = measured([PY, "-m", "qwen2llama", "verify", str(src), str(dst), "--quick", "--report",
+                             str(report)])
     data = json.loads(report.read_text())
     shutil.rmtree(dst, ignore_errors=True)
     logits = data["checks"]["logits"]
-    return {"convert_seconds": round(convert_s, 2), "convert_peak_rss_mib": convert_rss, "seconds": round(wall, 1),
+    return {"convert_seconds": round(convert_s, 2), "convert_peak_rss_mib": convert_rss,
+            "seconds": round(wall, 1),
             "peak_rss_mib": rss, "passed": data["passed"], "max_abs_logit_diff": logits["max_abs_logit_diff"],
             "top1_agreement": logits["top1_agreement"],
-            "tensors_identical": f"{data['checks']['tensors']['identical']}/{data['checks']['tensors']['tensors']}"}
+            "tensors_identical": "{identical}/{tensors}".format(**data["checks"]["tensors"])}
 
 
 def main() -> None:
@@ -89,7 +92,8 @@ def main() -> None:
         v = results[key]
         print(f"{key}: convert {v['convert_seconds']} s / {v['convert_peak_rss_mib']} MiB; verify --quick "
               f"{v['seconds']} s, peak RSS {v['peak_rss_mib']} MiB, tensors {v['tensors_identical']}, "
-              f"max |Δlogit| {v['max_abs_logit_diff']:.2e}, top-1 {v['top1_agreement']}, passed={v['passed']}")
+              f"max |Δlogit| {v['max_abs_logit_diff']:.2e}, top-1 {v['top1_agreement']}, "
+              f"passed={v['passed']}")
 
 
 if __name__ == "__main__":

@@ -32,7 +32,8 @@ PY = sys.executable
 def measured(cmd: list[str], env: dict | None = None) -> tuple[float, float, float]:
     """(wall seconds, peak RSS MiB, CPU seconds) of cmd, run as the only child of a fresh wrapper."""
     t0 = time.perf_counter()
-    result = subprocess.run([PY, str(ROOT / "benchmarks" / "peak_rss.py"), *cmd], capture_output=True, text=True,
+    result = subprocess.run([PY, str(ROOT / "benchmarks" / "peak_rss.py"), *cmd], capture_output=True,
+                            text=True,
                             env={**os.environ, **(env or {})})
     wall = time.perf_counter() - t0
     if result.returncode:
@@ -74,9 +75,11 @@ def bench_copy(src: Path) -> dict:
             else:
                 cmd = [PY, str(ROOT / "benchmarks" / "baseline_load_all.py"), str(src), str(dst)]
             os.sync()  # start each run with no dirty pages from the last one, the source in the page cache
-            subprocess.run(["cat", *map(str, src.glob("*.safetensors"))], stdout=subprocess.DEVNULL, check=True)
+            subprocess.run(["cat", *map(str, src.glob("*.safetensors"))], stdout=subprocess.DEVNULL,
+                           check=True)
             time.sleep(1)
-            runs[name].append(measured(cmd, {"QWEN2LLAMA_TOKENIZER_CACHE": "off"} if name == CACHE_OFF else None))
+            runs[name].append(measured(cmd,
+                                       {"QWEN2LLAMA_TOKENIZER_CACHE": "off"} if name == CACHE_OFF else None))
             shutil.rmtree(dst, ignore_errors=True)
             os.sync()
     size = folder_bytes(src)
@@ -84,11 +87,13 @@ def bench_copy(src: Path) -> dict:
     for name, values in runs.items():
         wall = statistics.median(v[0] for v in values)
         rows[name] = {"seconds": round(wall, 2), "gb_per_s": round(size / 1e9 / wall, 2),
-                      "min_s": round(min(v[0] for v in values), 2), "max_s": round(max(v[0] for v in values), 2),
+                      "min_s": round(min(v[0] for v in values), 2),
+                      "max_s": round(max(v[0] for v in values), 2),
                       "cpu_seconds": round(statistics.median(v[2] for v in values), 2),
                       "cpu_seconds_per_gb": round(statistics.median(v[2] for v in values) / (size / 1e9), 2),
                       "peak_rss_mib": round(statistics.median(v[1] for v in values), 1),
-                      "runs": [{"seconds": round(w, 2), "peak_rss_mib": r, "cpu_seconds": c} for w, r, c in values]}
+                      "runs": [{"seconds": round(w, 2), "peak_rss_mib": r, "cpu_seconds": c} for w, r,
+                               c in values]}
     cp = rows["cp -r"]["seconds"]
     return {"source_bytes": size, "rows": rows,
             "ratio_convert_to_cp": round(rows["qwen2llama convert --no-verify"]["seconds"] / cp, 2),
@@ -131,14 +136,17 @@ from qwen2llama.tokenizer.files import build_tokenizer
 ours, (_, merges) = build_tokenizer(read_tiktoken(vocab_path()))
 t1 = time.perf_counter()
 from transformers.convert_slow_tokenizer import TikTokenConverter
-theirs = TikTokenConverter(vocab_file=str(vocab_path()), pattern=PATTERN, extra_special_tokens=SPECIAL_TOKENS).converted()
+theirs = TikTokenConverter(vocab_file=str(vocab_path()), pattern=PATTERN,
+                           extra_special_tokens=SPECIAL_TOKENS).converted()
 t2 = time.perf_counter()
 their_merges = len(json.loads(theirs.to_str())["model"]["merges"])
-print(json.dumps({"ours_s": t1 - t0, "generic_s": t2 - t1, "ours_merges": len(merges), "generic_merges": their_merges}))
+print(json.dumps({"ours_s": t1 - t0, "generic_s": t2 - t1, "ours_merges": len(merges),
+                  "generic_merges": their_merges}))
 """ % str(ROOT)
     runs = []
     for _ in range(REPEATS):
-        runs.append(json.loads(subprocess.run([PY, "-c", code], capture_output=True, text=True, check=True).stdout))
+        runs.append(json.loads(subprocess.run([PY, "-c", code], capture_output=True, text=True,
+                                              check=True).stdout))
     return {"ours_seconds": round(statistics.median(r["ours_s"] for r in runs), 2),
             "generic_seconds": round(statistics.median(r["generic_s"] for r in runs), 2),
             "ours_merges": runs[0]["ours_merges"], "generic_merges": runs[0]["generic_merges"]}
@@ -150,10 +158,11 @@ def bench_verify(src: Path) -> dict:
     subprocess.run([PY, "-m", "qwen2llama", "convert", str(src), str(dst), "--no-verify"], check=True,
                    capture_output=True)
     report = OUT / "verify-report.json"
-    wall, rss, _ = measured([PY, "-m", "qwen2llama", "verify", str(src), str(dst), "--quick", "--report", str(report)])
+    wall, rss, _ = measured([PY, "-m", "qwen2llama", "verify", str(src), str(dst), "--quick", "--report",
+                             str(report)])
     data = json.loads(report.read_text())
     layers = data["checks"]["logits"]["layers"]
-    per_layer = statistics.median(l["seconds_reference"] + l["seconds_llama"] for l in layers)
+    per_layer = statistics.median(row["seconds_reference"] + row["seconds_llama"] for row in layers)
     golden = OUT / "golden.safetensors"
     rec_wall, rec_rss, _ = measured([PY, "-m", "qwen2llama", "golden", str(src), str(golden), "--quick"])
     gold_wall, gold_rss, _ = measured([PY, "-m", "qwen2llama", "verify", str(dst), "--golden", str(golden),
@@ -190,10 +199,12 @@ def bench_cpu_parts() -> dict:
     folder = OUT / "tokenizer-job"
     shutil.rmtree(folder, ignore_errors=True)
     folder.mkdir()
-    wall, _, cpu = measured([PY, "-m", "qwen2llama.tokenizer", str(vocab_path()), str(folder), "chat", "8192"])
+    wall, _, cpu = measured([PY, "-m", "qwen2llama.tokenizer", str(vocab_path()), str(folder), "chat",
+                             "8192"])
     shutil.rmtree(folder)
     return {"sha256_gb_per_s_one_core": round(hash_speed("sha256"), 2),
-            "blake3_gb_per_s_one_core": round(hash_speed("blake3"), 2), "tokenizer_job_seconds": round(wall, 2),
+            "blake3_gb_per_s_one_core": round(hash_speed("blake3"), 2),
+            "tokenizer_job_seconds": round(wall, 2),
             "tokenizer_job_cpu_seconds": round(cpu, 2)}
 
 
@@ -212,7 +223,8 @@ def print_copy_table(copy: dict, cpu_parts: dict) -> None:
           f"convert/(cp + sync) = {copy['ratio_convert_to_cp_sync']}")
     b3, sha = cpu_parts["blake3_gb_per_s_one_core"], cpu_parts["sha256_gb_per_s_one_core"]
     print(f"CPU: convert used {convert_cpu} CPU-seconds, so on {cores} cores it cannot take less than "
-          f"{convert_cpu / cores:.2f} s. Digests of {gb:.2f} GB: BLAKE3 at {b3} GB/s per core {gb / b3:.2f} s, "
+          f"{convert_cpu / cores:.2f} s. Digests of {gb:.2f} GB: BLAKE3 at {b3} GB/s per core "
+          f"{gb / b3:.2f} s, "
           f"sha256 at {sha} GB/s {gb / sha:.2f} s; the tokenizer files job when not cached "
           f"{cpu_parts['tokenizer_job_cpu_seconds']} s")
 
@@ -254,9 +266,11 @@ def main() -> None:
     if ONLY_COPY:
         return
     binrow, tok, ver = results["bin"], results["tokenizer"], results["verify"]
-    print(f".bin input ({binrow['source_bytes'] / 1e9:.2f} GB, one file): convert --no-verify {binrow['seconds']} s, "
+    print(f".bin input ({binrow['source_bytes'] / 1e9:.2f} GB, one file): convert --no-verify "
+          f"{binrow['seconds']} s, "
           f"peak RSS {binrow['peak_rss_mib']} MiB (largest tensor {binrow['largest_tensor_mib']} MiB)")
-    print(f"tokenizer: ours {tok['ours_seconds']} s, {tok['ours_merges']} merges; transformers TikTokenConverter "
+    print(f"tokenizer: ours {tok['ours_seconds']} s, {tok['ours_merges']} merges; transformers "
+          "TikTokenConverter "
           f"{tok['generic_seconds']} s, {tok['generic_merges']} merges")
     print_verify(ver)
 
@@ -264,7 +278,8 @@ def main() -> None:
 def print_verify(ver: dict) -> None:
     print(f"verify --quick: {ver['seconds']} s, peak RSS {ver['peak_rss_mib']} MiB, "
           f"{ver['seconds_per_layer_both_sides']} s per layer (both sides), passed={ver['passed']}")
-    print(f"golden --quick (record): {ver['golden_record_seconds']} s, peak RSS {ver['golden_record_peak_rss_mib']} MiB, "
+    print(f"golden --quick (record): {ver['golden_record_seconds']} s, peak RSS "
+          f"{ver['golden_record_peak_rss_mib']} MiB, "
           f"{ver['golden_file_mb']} MB; verify --golden: {ver['golden_verify_seconds']} s, peak RSS "
           f"{ver['golden_verify_peak_rss_mib']} MiB, max |Δlogit| {ver['golden_max_abs_logit_diff']:.2e}, "
           f"passed={ver['golden_verify_passed']}")

@@ -76,7 +76,8 @@ def llama_adapter_config(adapter: QwenAdapter, base_name: str | None) -> dict:
     return cfg
 
 
-def prepare_adapter(src: str | Path, out: str | Path | None = None, *, base: str | Path | Checkpoint | None = None,
+def prepare_adapter(src: str | Path, out: str | Path | None = None, *,
+                    base: str | Path | Checkpoint | None = None,
                     base_name: str | None = None, force: bool = False, hash: str = "blake3",
                     protect: list[Path] = ()) -> PreparedAdapter:
     """Every check before writing. `protect`: more paths the output must keep clear of (the
@@ -88,7 +89,8 @@ def prepare_adapter(src: str | Path, out: str | Path | None = None, *, base: str
     ckpt = base if isinstance(base, Checkpoint) or base is None else open_source(base)
     if ckpt is not None:
         check_base(adapter, ckpt)
-    prepared = PreparedAdapter(adapter, adapter_outputs(adapter), llama_adapter_config(adapter, base_name), ckpt,
+    prepared = PreparedAdapter(adapter, adapter_outputs(adapter), llama_adapter_config(adapter, base_name),
+                               ckpt,
                                None, force, hash, reads_of(adapter, ckpt) + [real(p) for p in protect])
     if out is not None:
         prepared.out = Path(os.path.abspath(out))
@@ -111,7 +113,8 @@ def _manifest(prepared: PreparedAdapter, digests: dict) -> dict:
     }
 
 
-def write_adapter(prepared: PreparedAdapter, *, progress: Progress | None = None, before_publish=None) -> dict:
+def write_adapter(prepared: PreparedAdapter, *, progress: Progress | None = None,
+                  before_publish=None) -> dict:
     """Write the converted adapter into a staging folder and publish it; returns its manifest.
     `before_publish(staging)` runs on the complete folder (the CLI verifies there)."""
     if prepared.out is None:
@@ -119,7 +122,8 @@ def write_adapter(prepared: PreparedAdapter, *, progress: Progress | None = None
     progress = progress or NullProgress()
     with staged_folder(prepared.out, force=prepared.force, protect=prepared.reads) as staging:
         progress.start("adapter", sum(t.nbytes for t in prepared.tensors))
-        digests = {WEIGHTS: ShardWriter(staging / WEIGHTS, progress.advance, hash=prepared.hash).write(prepared.tensors)}
+        digests = {WEIGHTS: ShardWriter(staging / WEIGHTS, progress.advance,
+                                        hash=prepared.hash).write(prepared.tensors)}
         progress.finish()
         manifest.write_json(staging / "adapter_config.json", prepared.config)
         digests["adapter_config.json"] = manifest.hash_file(staging / "adapter_config.json", prepared.hash)

@@ -79,7 +79,8 @@ def expand(specs: list[str]) -> list[str]:
         if any(c in spec for c in "*?["):
             found = sorted(glob.glob(spec))
             if not found:
-                raise InputError(f"{spec} matches nothing", fix="check the pattern (quote it so the shell leaves it)")
+                raise InputError(f"{spec} matches nothing",
+                                 fix="check the pattern (quote it so the shell leaves it)")
             out += found
         else:
             out.append(spec)
@@ -101,7 +102,8 @@ def jobs_from_file(path: Path, out_root: Path | None, defaults: Options) -> list
         raise InputError(f"cannot read the jobs file ({type(exc).__name__}: {exc})"[:300], path=path,
                          fix=fix) from None
     if not data.get("jobs"):
-        raise InputError("the jobs file lists no [[jobs]]", path=path, fix='add [[jobs]] tables with src = "..."')
+        raise InputError("the jobs file lists no [[jobs]]", path=path,
+                         fix='add [[jobs]] tables with src = "..."')
     spec = validated(JobsFile, data, path, fix)
     root = out_root or (Path(spec.out_root) if spec.out_root else None)
     defaults = _options(spec.defaults, defaults)
@@ -115,7 +117,8 @@ def jobs_from_file(path: Path, out_root: Path | None, defaults: Options) -> list
 
 def _job(src: str, out: str | None, out_root: Path | None, options: Options) -> Job:
     if out is None and out_root is None:
-        raise InputError(f"no output folder for {src}", fix="pass --out-root, or give out = ... in the jobs file")
+        raise InputError(f"no output folder for {src}",
+                         fix="pass --out-root, or give out = ... in the jobs file")
     target = Path(out) if out is not None else out_root / output_name(src)
     return Job(target.name, src, target, options)
 
@@ -212,11 +215,13 @@ def run_job(job: Job, *, verify: bool, quick: bool, force: bool, verify_lock: th
         except OSError as exc:
             raise OutputError(f"cannot create the output's folder ({exc.strerror})", path=job.out.parent,
                               fix="choose a --out-root you can write to") from None
-        write(aim(prepared, job.out, force=state != "absent"), progress=progress, before_publish=before_publish)
+        write(aim(prepared, job.out, force=state != "absent"), progress=progress,
+              before_publish=before_publish)
         result.status = "passed" if verify else "converted"
     except VerificationFailed:
         result.status = "failed"
-        result.failures = [f"{name}: {line}" for name, c in verdict["checks"].items() for line in c.get("failures", [])]
+        result.failures = [f"{name}: {line}" for name,
+                           c in verdict["checks"].items() for line in c.get("failures", [])]
     except Qwen2LlamaError as exc:
         result.failures = str(exc).splitlines()
     except Exception as exc:  # a bug, not bad input: keep the other jobs going, say what happened
@@ -229,7 +234,8 @@ def run_job(job: Job, *, verify: bool, quick: bool, force: bool, verify_lock: th
     return result
 
 
-def run_jobs(jobs: list[Job], *, workers: int = 1, verify: bool = True, quick: bool = False, force: bool = False,
+def run_jobs(jobs: list[Job], *, workers: int = 1, verify: bool = True, quick: bool = False,
+             force: bool = False,
              progress_for=None, on_done=None, all_jobs: list[Job] | None = None) -> list[JobResult]:
     """Run every job, `workers` at a time; results in job order. `progress_for(job)` gives a job
     its progress reporter; `on_done(result)` is called as each job ends. `all_jobs`: the whole
@@ -245,7 +251,8 @@ def run_jobs(jobs: list[Job], *, workers: int = 1, verify: bool = True, quick: b
             return None
         try:
             progress = _Cancellable(progress_for(job) if progress_for else NullProgress(), cancel)
-            result = run_job(job, verify=verify, quick=quick, force=force, verify_lock=lock, progress=progress,
+            result = run_job(job, verify=verify, quick=quick, force=force, verify_lock=lock,
+                             progress=progress,
                              protect=protect)
         except JobCancelled:
             return None

@@ -60,7 +60,8 @@ class Prepared:
     reads: list[Path] = field(default_factory=list)  # every path the run reads (paths.py: never written)
 
 
-def prepare(src: str | Path | Checkpoint, options: Options = Options(), out: str | Path | None = None) -> Prepared:
+def prepare(src: str | Path | Checkpoint, options: Options = Options(),
+            out: str | Path | None = None) -> Prepared:
     """Check the source, the options, the vocabulary and (when given) the output location; plan the output.
     `src` is a folder, a hub id, or a checkpoint already opened with `sources.open_source`."""
     if options.hash not in manifest.HASHES:
@@ -93,7 +94,8 @@ def _write_files(prepared: Prepared, folder: Path, progress: Progress) -> dict:
     cache_key = tokenizer_cache.key(prepared.vocab, prepared.chat, cfg.seq_length)
     cached = tokenizer_cache.lookup(cache_key)
     with signals_deferred():  # a child started but not yet recorded would outlive a Ctrl-C
-        tokenizer_job = None if cached else TokenizerJob(prepared.vocab, folder, prepared.chat, cfg.seq_length)
+        tokenizer_job = None if cached else TokenizerJob(prepared.vocab, folder, prepared.chat,
+                                                         cfg.seq_length)
     try:
         progress.start("weights", plan.total_bytes)
         for name, tensors in prepared.shards:
@@ -124,7 +126,8 @@ def _write_files(prepared: Prepared, folder: Path, progress: Progress) -> dict:
         config["quantization_config"] = ckpt.quantization.output_config()
         manifest.write_json(folder / "quantize_config.json", ckpt.quantization.output_config())
     manifest.write_json(folder / "config.json", config)
-    manifest.write_json(folder / "generation_config.json", generation_config(prepared.chat, ckpt.generation_config()))
+    manifest.write_json(folder / "generation_config.json",
+                        generation_config(prepared.chat, ckpt.generation_config()))
     for name in COPIED_FILES:
         if name in ckpt.companions:
             shutil.copyfile(ckpt.companions[name], folder / name)

@@ -30,7 +30,8 @@ def main(src: str, dst: str) -> int:
         ids = tok(text)["input_ids"]
         with torch.no_grad():
             got = model(torch.tensor([ids])).logits[0]
-            out = model.generate(torch.tensor([ids]), max_new_tokens=6, do_sample=False)[0, len(ids):].tolist()
+            out = model.generate(torch.tensor([ids]), max_new_tokens=6,
+                                 do_sample=False)[0, len(ids):].tolist()
         want = ref.logits(ids)
         seq = list(ids)
         for _ in range(len(out)):
@@ -42,7 +43,8 @@ def main(src: str, dst: str) -> int:
         table.add_row(repr(text), str(len(ids)), f"{diff:.2e}", repr(tok.decode(out)), str(same))
     console.print(table)
     rel = TOL_EXACT["max_abs_logit_diff_rel"]
-    console.print(f"worst max |Δlogit| {worst:.2e}; {len(PROMPTS) - failed}/{len(PROMPTS)} prompts pass verify's rule "
+    console.print(f"worst max |Δlogit| {worst:.2e}; {len(PROMPTS) - failed}/{len(PROMPTS)} prompts pass "
+                  "verify's rule "
                   f"(max |Δlogit| <= {rel:g} x max(1, max |logit|), greedy identical); "
                   "random weights, so the text itself is noise")
     return 1 if failed else 0

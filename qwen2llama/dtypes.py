@@ -1,7 +1,8 @@
 """Element types by their safetensors names, the one vocabulary used across the package."""
 from __future__ import annotations
 
-ITEMSIZE = {"F64": 8, "F32": 4, "F16": 2, "BF16": 2, "I64": 8, "I32": 4, "I16": 2, "I8": 1, "U8": 1, "BOOL": 1}
+ITEMSIZE = {"F64": 8, "F32": 4, "F16": 2, "BF16": 2, "I64": 8, "I32": 4, "I16": 2, "I8": 1, "U8": 1,
+            "BOOL": 1}
 
 # The floating-point types a weight may have, by their CLI / config.json names.
 FLOAT_NAMES = {"float32": "F32", "float16": "F16", "bfloat16": "BF16"}

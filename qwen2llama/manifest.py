@@ -81,9 +81,11 @@ def fingerprint(prepared) -> str:
         if (ckpt.folder / name).is_file():
             small[name] = sha256_file(ckpt.folder / name)
     weights = {p.name: [(st := p.stat()).st_size, st.st_mtime_ns] for p in ckpt.files}
-    what = {"tool": __version__, "dtype": plan.dtype, "chat": prepared.chat, "checksums": prepared.options.checksums,
+    what = {"tool": __version__, "dtype": plan.dtype, "chat": prepared.chat,
+            "checksums": prepared.options.checksums,
             "hash": prepared.options.hash,
-            "shards": [[name, len(tensors)] for name, tensors in prepared.shards], "weights": weights, "files": small}
+            "shards": [[name, len(tensors)] for name, tensors in prepared.shards], "weights": weights,
+            "files": small}
     if plan.fmt.name != "dense":  # keys only where they apply: other fingerprints stay as they were
         what["format"] = [plan.fmt.name, plan.quantized]
     if prepared.adapter is not None:

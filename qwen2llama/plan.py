@@ -77,7 +77,8 @@ def _unknown(ckpt: Checkpoint, name: str, ref: TensorRef) -> InputError:
                           fix=f"qwen2llama converts {SUPPORTED}")
     return InputError(f"unknown tensor {name} (shape {list(ref.shape)}): not part of a Qwen v1 model",
                       path=ref.file, fix="qwen2llama converts unmodified Qwen v1 checkpoints only; "
-                      "merge or remove adapters and extra heads first (`qwen2llama adapter` converts a PEFT adapter)")
+                      "merge or remove adapters and extra heads first (`qwen2llama adapter` converts a "
+                      "PEFT adapter)")
 
 
 def map_source(ckpt: Checkpoint, fmt=None) -> SourceMap:
@@ -102,7 +103,8 @@ def map_source(ckpt: Checkpoint, fmt=None) -> SourceMap:
                              path=ref.file, fix=CONFIG_FIX)
         want = fmt.stored(module, sizes)[suffix]
         if ref.shape != want.shape:
-            raise InputError(f"tensor {name} has shape {list(ref.shape)}, {_implied_by(ckpt)} {list(want.shape)}",
+            raise InputError(f"tensor {name} has shape {list(ref.shape)}, {_implied_by(ckpt)} "
+                             f"{list(want.shape)}",
                              path=ref.file, fix=CONFIG_FIX)
         if ref.dtype not in want.dtypes:
             if want.dtypes[0] in NAME_OF:
@@ -143,9 +145,11 @@ def choose_dtype(ckpt: Checkpoint, requested: str | None, fmt=DENSE) -> str | No
         return dequantize
     if fmt.keeps_stored_dtypes:
         return None
-    dtypes = {ref.dtype for name, ref in ckpt.tensors.items() if not layout.is_dropped(name) and ref.dtype in NAME_OF}
+    dtypes = {ref.dtype for name,
+              ref in ckpt.tensors.items() if not layout.is_dropped(name) and ref.dtype in NAME_OF}
     if len(dtypes) != 1:
-        raise InputError(f"the checkpoint mixes weight dtypes ({', '.join(sorted(dtypes))})", path=ckpt.folder,
+        raise InputError(f"the checkpoint mixes weight dtypes ({', '.join(sorted(dtypes))})",
+                         path=ckpt.folder,
                          fix="choose the output type with --dtype bfloat16|float16|float32")
     return dtypes.pop()  # map_source has checked that every weight is a float type
 
@@ -162,8 +166,10 @@ def build_plan(ckpt: Checkpoint, dtype: str | None = None, dequantize: str | Non
                for t in fmt.outputs(module, layer, source.found[module.qwen, layer], out_dtype)]
     if adapter is not None:
         if fmt is not DENSE:
-            raise InputError("--merge needs dense base weights; this base is a GPTQ release", path=ckpt.folder,
-                             fix="convert the adapter on its own (`qwen2llama adapter`) and serve it with LoRA")
+            raise InputError("--merge needs dense base weights; this base is a GPTQ release",
+                             path=ckpt.folder,
+                             fix="convert the adapter on its own (`qwen2llama adapter`) and serve "
+                                 "it with LoRA")
         lora.check_base(adapter, ckpt)
         tensors = lora.merge_into(tensors, adapter)
     # the type config.json names: the embedding's where the format keeps each tensor as stored

@@ -70,7 +70,8 @@ def check_target(out: Path, *, force: bool, protect: list[Path] = ()) -> None:
         restore_set_aside(out)
     if out.exists() or out.is_symlink():
         if not out.is_dir() or out.is_symlink():
-            raise OutputError("the output path exists and is not a folder", path=out, fix="choose another path")
+            raise OutputError("the output path exists and is not a folder", path=out,
+                              fix="choose another path")
         if not force:
             raise OutputError("the output folder already exists", path=out, fix=EXISTS_FIX)
     if not parent.is_dir():

@@ -132,7 +132,8 @@ class QwenReference:
         qkv = a @ w["attn.c_attn.weight"].T + w["attn.c_attn.bias"]
         q, k, v = qkv.split(cfg.projection_size, dim=-1)
         q, k, v = (t.view(T, nh, hd).transpose(0, 1) for t in (q, k, v))  # [heads, T, hd]
-        cos, sin = rotary_tables(T, hd, cfg.rotary_emb_base, ntk_alpha(T, cfg.seq_length, cfg.use_dynamic_ntk))
+        cos, sin = rotary_tables(T, hd, cfg.rotary_emb_base, ntk_alpha(T, cfg.seq_length,
+                                                                       cfg.use_dynamic_ntk))
         q = q * cos + rotate_half(q) * sin
         k = k * cos + rotate_half(k) * sin
         q = q * logn_scale(T, cfg.seq_length, cfg.use_logn_attn)[None, :, None]

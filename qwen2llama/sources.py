@@ -14,7 +14,8 @@ from .errors import InputError
 from .qwen.checkpoint import COMPANIONS, Checkpoint, open_checkpoint
 from .tokens import VOCAB_SIZE
 
-WEIGHT_PATTERNS = ["*.safetensors", "model.safetensors.index.json", "pytorch_model*.bin", "pytorch_model.bin.index.json"]
+WEIGHT_PATTERNS = ["*.safetensors", "model.safetensors.index.json", "pytorch_model*.bin",
+                   "pytorch_model.bin.index.json"]
 COMPANION_PATTERNS = ["config.json", "generation_config.json", "qwen.tiktoken", "LICENSE*", "NOTICE*"]
 HUB_ID = re.compile(r"^[A-Za-z0-9][\w.-]*/[\w.-]+(@[\w./-]+)?$")
 
@@ -31,7 +32,8 @@ def locate(spec: str | Path, *, weights: bool = True) -> Path:
     if path.exists() or not HUB_ID.match(str(spec)):
         if not path.exists():
             raise InputError(f"{spec!s} is not a folder, nor a hub id (owner/name[@revision])", path=path,
-                             fix="give the checkpoint folder, or a Hugging Face model id such as Qwen/Qwen-7B-Chat")
+                             fix="give the checkpoint folder, or a Hugging Face model id such as "
+                                 "Qwen/Qwen-7B-Chat")
         return path
     repo, _, revision = str(spec).partition("@")
     from huggingface_hub import snapshot_download
@@ -72,12 +74,15 @@ def open_source(spec: str | Path, base: str | Path | None = None) -> Checkpoint:
                 ckpt.notes.append(f"{name} taken from --base {base}")
     if ckpt.vocab is None:
         if ckpt.config.vocab_rows < VOCAB_SIZE:
-            raise InputError(f"no qwen.tiktoken, and the embedding has {ckpt.config.vocab_rows} rows, fewer than "
+            raise InputError(f"no qwen.tiktoken, and the embedding has {ckpt.config.vocab_rows} "
+                             "rows, fewer than "
                              f"Qwen v1's {VOCAB_SIZE} tokens: the bundled vocabulary cannot be assumed",
                              path=ckpt.folder / "qwen.tiktoken",
-                             fix="copy the model's qwen.tiktoken into the folder, or pass --base with its release")
+                             fix="copy the model's qwen.tiktoken into the folder, or pass --base "
+                                 "with its release")
         ckpt.companions["qwen.tiktoken"] = bundled_vocab()
-        ckpt.notes.append("no qwen.tiktoken: used the bundled Qwen v1 vocabulary (every Qwen v1 release ships "
+        ckpt.notes.append("no qwen.tiktoken: used the bundled Qwen v1 vocabulary (every Qwen v1 "
+                          "release ships "
                           "the same file)")
     if "generation_config.json" not in ckpt.companions:
         ckpt.notes.append("no generation_config.json: Qwen's stop tokens are written; chat or base as stated "

@@ -28,13 +28,15 @@ def read_summaries(paths: list[Path]) -> list[JobResult]:
     """The job results of several summaries (one per shard), each job once."""
     fix = "pass the files that `batch --summary` wrote"
     if not paths:
-        raise InputError("--summarize needs the summary files", fix="qwen2llama batch --summarize summaries/*.json")
+        raise InputError("--summarize needs the summary files",
+                         fix="qwen2llama batch --summarize summaries/*.json")
     results: dict[str, JobResult] = {}
     for path in paths:
         try:
             data = json.loads(Path(path).read_text(encoding="utf-8"))
         except (OSError, ValueError, RecursionError) as exc:
-            raise InputError(f"not a batch summary ({type(exc).__name__}: {exc})"[:300], path=path, fix=fix) from None
+            raise InputError(f"not a batch summary ({type(exc).__name__}: {exc})"[:300], path=path,
+                             fix=fix) from None
         jobs = [JobResult(**job.model_dump()) for job in validated(Summary, data, path, fix).jobs]
         for job in jobs:
             if job.out in results:
@@ -77,7 +79,8 @@ def junit(suite: str, cases: list[Case]) -> str:
     root = ET.Element("testsuites", name="qwen2llama", **attrs)
     ts = ET.SubElement(root, "testsuite", name=_x(suite), skipped=str(count["skipped"]), **attrs)
     for c in cases:
-        case = ET.SubElement(ts, "testcase", classname=_x(c.classname), name=_x(c.name), time=f"{c.seconds:.2f}")
+        case = ET.SubElement(ts, "testcase", classname=_x(c.classname), name=_x(c.name),
+                             time=f"{c.seconds:.2f}")
         if c.properties:
             props = ET.SubElement(case, "properties")
             for key, value in c.properties.items():
@@ -96,7 +99,8 @@ def to_junit(results: list[JobResult]) -> str:
     """A test case per batch job; a failed verify is a failure, bad input an error."""
     outcome = {0: "passed", 1: "failed", 2: "error"}
     return junit("qwen2llama batch", [
-        Case(r.name, "qwen2llama.batch", r.seconds, outcome[r.exit_code], [f"{r.status}: {line}" for line in r.failures],
+        Case(r.name, "qwen2llama.batch", r.seconds, outcome[r.exit_code],
+             [f"{r.status}: {line}" for line in r.failures],
              {"source": r.src, "output": r.out, "status": r.status, "max_abs_logit_diff": _logit(r),
               "gigabytes": r.gigabytes}) for r in results])
 
@@ -113,7 +117,8 @@ def verify_junit(result: dict) -> str:
         mine = [f for f in result["checks"]["logits"]["failures"] if f.startswith(f"{row['prompt']!r}:")]
         cases.append(Case(f"logits: {row['prompt']}", "qwen2llama.verify.logits", 0.0,
                           "failed" if mine else "passed", mine,
-                          {"tokens": row["tokens"], "max_abs_logit_diff": f"{row['max_abs_logit_diff']:.3g}"}))
+                          {"tokens": row["tokens"],
+                           "max_abs_logit_diff": f"{row['max_abs_logit_diff']:.3g}"}))
     return junit(f"qwen2llama verify {result['output']}", cases)
 
 
@@ -141,7 +146,8 @@ def to_markdown(results: list[JobResult], title: str = "qwen2llama batch") -> st
              "| job | source | verdict | max \\|Δlogit\\| | seconds | GB |", "|---|---|---|---|---|---|"]
     for r in results:
         verdict = r.status if not r.exit_code else f"**{r.status}**"
-        lines.append(f"| {r.name} | `{r.src}` | {verdict} | {_logit(r)} | {r.seconds:.1f} | {r.gigabytes:.2f} |")
+        lines.append(f"| {r.name} | `{r.src}` | {verdict} | {_logit(r)} | {r.seconds:.1f} | "
+                     f"{r.gigabytes:.2f} |")
     failing = [r for r in results if r.exit_code]
     for r in failing:
         lines += ["", f"**{r.name}** ({r.status}):", *[f"- {line}" for line in r.failures[:10]]]

@@ -25,14 +25,16 @@ VOCAB_FILES = ("qwen.tiktoken", "LICENSE", "NOTICE")
 # generation_config.json of the releases: chat models use ChatML, base models raw text.
 GENERATION = {
     True: {"chat_format": "chatml", "do_sample": True, "eos_token_id": 151643, "max_new_tokens": 512,
-           "max_window_size": 6144, "pad_token_id": 151643, "repetition_penalty": 1.1, "top_k": 0, "top_p": 0.8},
+           "max_window_size": 6144, "pad_token_id": 151643, "repetition_penalty": 1.1, "top_k": 0,
+           "top_p": 0.8},
     False: {"chat_format": "raw", "do_sample": True, "eos_token_id": 151643, "max_new_tokens": 512,
             "pad_token_id": 151643, "stop_words_ids": [[151643]], "top_k": 0, "top_p": 0.8},
 }
 
 
 def preset_names() -> list[str]:
-    return sorted(p.name[:-5] for p in CONFIGS.iterdir() if p.name.endswith(".json") and p.name != "prompts.json")
+    return sorted(p.name[:-5] for p in CONFIGS.iterdir()
+                  if p.name.endswith(".json") and p.name != "prompts.json")
 
 
 # The GPTQ releases by name: the chat model's widths, quantized (see synth_gptq).
@@ -64,7 +66,8 @@ def load_preset(name: str) -> dict:
     path = CONFIGS / f"{name}.json"
     if not path.is_file():
         raise InputError(f"unknown preset {name!r}",
-                         fix=f"choose one of: {', '.join(preset_names() + GPTQ_RELEASES)} (any with -int4/-int8)")
+                         fix=f"choose one of: {', '.join(preset_names() + GPTQ_RELEASES)} (any with "
+                             "-int4/-int8)")
     return json.loads(path.read_text())
 
 
@@ -126,7 +129,8 @@ def _trainer_files(out: Path, seed: int) -> None:
 
     for name in ("qwen.tiktoken", "LICENSE", "NOTICE", "generation_config.json", "tokenizer_config.json"):
         (out / name).unlink()
-    torch.save({"state": {0: {"exp_avg": torch.zeros(4)}}, "param_groups": [{"lr": 1e-5}]}, out / "optimizer.pt")
+    torch.save({"state": {0: {"exp_avg": torch.zeros(4)}}, "param_groups": [{"lr": 1e-5}]},
+               out / "optimizer.pt")
     torch.save({"last_epoch": seed}, out / "scheduler.pt")
     torch.save({"python": seed, "cpu": torch.zeros(2, dtype=torch.uint8)}, out / "rng_state.pth")
     torch.save({"learning_rate": 1e-5}, out / "training_args.bin")
@@ -135,8 +139,10 @@ def _trainer_files(out: Path, seed: int) -> None:
 
 def synthesize(out: str | Path, preset: str = "tiny", *, layers: int | None = None, fmt: str = "safetensors",
                shards: int = 1, dtype: str = "bfloat16", seed: int = 0, chat: bool | None = None,
-               buffers: bool = False, trainer: bool = False, gptq: int | None = None, group_size: int | None = None,
-               desc_act: bool = False, sym_zeros: bool = False, gptq_style: str = "autogptq", progress=None) -> Path:
+               buffers: bool = False, trainer: bool = False, gptq: int | None = None,
+               group_size: int | None = None,
+               desc_act: bool = False, sym_zeros: bool = False, gptq_style: str = "autogptq",
+               progress=None) -> Path:
     """Write a Qwen-format checkpoint folder; returns its path. `buffers` adds the non-weight
     buffers (rotary inv_freq) some releases carry, which the converter must drop; `trainer`
     makes it look like a Trainer's checkpoint-N/ folder (see `_trainer_files`). `gptq` (4 or 8,
@@ -150,7 +156,8 @@ def synthesize(out: str | Path, preset: str = "tiny", *, layers: int | None = No
     gptq = gptq or split_preset(preset)[1]
     if gptq is not None:
         if gptq not in (4, 8):
-            raise InputError(f"--gptq {gptq}: the Qwen v1 releases are Int4 and Int8", fix="use --gptq 4 or 8")
+            raise InputError(f"--gptq {gptq}: the Qwen v1 releases are Int4 and Int8",
+                             fix="use --gptq 4 or 8")
         if gptq_style not in STYLES:
             raise InputError(f"unknown --gptq-style {gptq_style!r}", fix=f"use one of {', '.join(STYLES)}")
         if gptq_style == "autogptq":

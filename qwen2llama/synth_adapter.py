@@ -23,7 +23,8 @@ def _targeted(targets: list[str], layers: int, only: list[int] | None) -> list[s
     return [p for p in paths if any(p == t or p.endswith("." + t) for t in targets)]
 
 
-def synthesize_adapter(out: str | Path, base: str | Path, *, targets: tuple[str, ...] = ("c_attn",), r: int = 8,
+def synthesize_adapter(out: str | Path, base: str | Path, *, targets: tuple[str, ...] = ("c_attn",),
+                       r: int = 8,
                        alpha: float = 16, rslora: bool = False, dora: bool = False,
                        modules_to_save: tuple[str, ...] = (), rank_pattern: dict | None = None,
                        alpha_pattern: dict | None = None, layers_to_transform: list[int] | None = None,
@@ -35,16 +36,19 @@ def synthesize_adapter(out: str | Path, base: str | Path, *, targets: tuple[str,
 
     out, ckpt = Path(out), open_checkpoint(base)
     if ckpt.quantization is not None:
-        raise InputError("synthesized adapters are for dense bases", path=base, fix="give a dense Qwen checkpoint")
+        raise InputError("synthesized adapters are for dense bases", path=base,
+                         fix="give a dense Qwen checkpoint")
     if out.exists() and any(out.iterdir()):
         raise OutputError("the output folder exists and is not empty", path=out, fix="choose a new folder")
     unknown = [m for m in modules_to_save if m not in SAVED]
     if unknown:
         raise InputError(f"modules_to_save {unknown}", fix=f"choose from {', '.join(SAVED)}")
     gen = torch.Generator().manual_seed(seed)
-    config = {"peft_type": "LORA", "r": r, "lora_alpha": alpha, "lora_dropout": 0.05, "target_modules": list(targets),
+    config = {"peft_type": "LORA", "r": r, "lora_alpha": alpha, "lora_dropout": 0.05,
+              "target_modules": list(targets),
               "modules_to_save": list(modules_to_save) or None, "use_rslora": rslora, "use_dora": dora,
-              "rank_pattern": rank_pattern or {}, "alpha_pattern": alpha_pattern or {}, "fan_in_fan_out": False,
+              "rank_pattern": rank_pattern or {}, "alpha_pattern": alpha_pattern or {},
+              "fan_in_fan_out": False,
               "bias": "none", "layers_to_transform": layers_to_transform,
               "layers_pattern": "h" if layers_to_transform is not None else None, "init_lora_weights": True,
               "inference_mode": True, "task_type": "CAUSAL_LM", "base_model_name_or_path": str(ckpt.folder),

@@ -42,7 +42,8 @@ def default_group_size(hidden_size: int) -> int:
 class GptqTensors:
     """The tensor list and the tensors of a GPTQ checkpoint, from the dense one's names and shapes."""
 
-    def __init__(self, bits: int, group: int, desc_act: bool, sym_zeros: bool, generator, style: str = "autogptq",
+    def __init__(self, bits: int, group: int, desc_act: bool, sym_zeros: bool, generator,
+                 style: str = "autogptq",
                  dense_dtype: str = "BF16"):
         self.bits, self.group, self.desc_act, self.sym_zeros = bits, group, desc_act, sym_zeros
         self.generator = generator
@@ -68,7 +69,8 @@ class GptqTensors:
                 o, i = shape
                 self.inputs[stem] = i
                 groups = 1 if self.group == -1 else i // self.group
-                out += [(f"{stem}.qweight", "I32", (i // per, o)), (f"{stem}.qzeros", "I32", (groups, o // per)),
+                out += [(f"{stem}.qweight", "I32", (i // per, o)), (f"{stem}.qzeros", "I32",
+                                                                    (groups, o // per)),
                         (f"{stem}.scales", "F16", (groups, o)), (f"{stem}.g_idx", "I32", (i,))]
                 if self.style == "autogptq" and f"{stem}.bias" not in names:
                     self.zero_biases.add(f"{stem}.bias")

@@ -57,7 +57,8 @@ def workdir(tmp_path_factory) -> Path:
 
 @pytest.fixture(scope="session")
 def sources(workdir) -> dict[str, Path]:
-    return {name: synthesize(workdir / f"src-{name}", seed=k, **kw) for k, (name, kw) in enumerate(VARIANTS.items())}
+    return {name: synthesize(workdir / f"src-{name}", seed=k, **kw)
+            for k, (name, kw) in enumerate(VARIANTS.items())}
 
 
 @pytest.fixture(scope="session")

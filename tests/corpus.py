@@ -19,7 +19,8 @@ def faker_chunks(per_locale: int = 25) -> list[str]:
         fake.seed_instance(k)
         for _ in range(per_locale):
             out.append(fake.text(max_nb_chars=300))
-            out.append(f"{fake.name()}, {fake.address()}, tel. {fake.phone_number()}, {fake.date()} {fake.iban()}")
+            out.append(f"{fake.name()}, {fake.address()}, tel. {fake.phone_number()}, {fake.date()} "
+                       f"{fake.iban()}")
     return out
 
 

@@ -78,7 +78,8 @@ def unpacked_as_given(src: Path, expected: Path, bits: int) -> bool:
     for stem in {k.rsplit(".", 1)[0] for k in want}:
         q = unpack(t[f"{stem}.qweight"], bits, along=0)
         z = unpack(t[f"{stem}.qzeros"], bits, along=1) + 1
-        if not (torch.equal(q, want[f"{stem}.q"].to(q.dtype)) and torch.equal(z, want[f"{stem}.z"].to(z.dtype))):
+        if not (torch.equal(q,
+                            want[f"{stem}.q"].to(q.dtype)) and torch.equal(z, want[f"{stem}.z"].to(z.dtype))):
             return False
     return True
 
@@ -93,11 +94,13 @@ def producer_rows(prompts_for) -> tuple[list[dict], bool]:
     rows, ok = [], True
     for producer, bits, sym in PRODUCERS:
         tag = f"{producer}-int{bits}-{sym}"
-        dense = synthesize(OUT / f"dense-{tag}", "tiny", dtype="float16" if producer == "autogptq" else "bfloat16",
+        dense = synthesize(OUT / f"dense-{tag}", "tiny",
+                           dtype="float16" if producer == "autogptq" else "bfloat16",
                            seed=40 + bits)
         src = OUT / f"qwen-{tag}"
         python = str(AUTOGPTQ_PY) if producer == "autogptq" else sys.executable
-        subprocess.run([python, str(ROOT / "tests" / "e2e_gptq_pack.py"), producer, str(dense), str(src), str(bits),
+        subprocess.run([python, str(ROOT / "tests" / "e2e_gptq_pack.py"), producer, str(dense), str(src),
+                        str(bits),
                         sym], check=True, capture_output=True)
         dst = OUT / f"llama-{tag}"
         convert(src, dst, kind="chat")
@@ -115,7 +118,8 @@ def producer_rows(prompts_for) -> tuple[list[dict], bool]:
         except ValueError as exc:
             row["gptqmodel"] = {"passed": None, "refused": str(exc)[:200]}
         row_ok = row["unpacked_as_given"] and row["verify_passed"] and row["transformers"]["passed"] and (
-            row["gptqmodel"]["passed"] or (sym == "asym" and "sym=False" in row["gptqmodel"].get("refused", "")))
+            row["gptqmodel"]["passed"]
+            or (sym == "asym" and "sym=False" in row["gptqmodel"].get("refused", "")))
         row["passed"] = bool(row_ok)
         ok &= row["passed"]
         rows.append(row)
@@ -170,18 +174,21 @@ def main() -> int:
                "tolerance": {"max_rel_logit_diff": REL_TOL, "top1_agreement_min": TOP1_MIN}, "rows": rows,
                "passed": ok}
     (ROOT / "e2e-out" / "gptq.json").write_text(json.dumps(summary, indent=2) + "\n")
-    print("| release | kernel | ids equal | max rel |Δlogit| | top-1 | defect caught |\n|---|---|---|---|---|---|")
+    print("| release | kernel | ids equal | max rel |Δlogit| | top-1 | defect caught "
+          "|\n|---|---|---|---|---|---|")
     for r in rows:
         print(f"| {r['release']} | {r['kernel']} | {r['ids_equal']} | {r['max_rel_logit_diff']:.2e} | "
               f"{r['top1_agreement']:.3f} | {r['defect_caught']} ({r['defect_max_rel_logit_diff']:.2e}) |")
-    print("\n| source (packed by) | unpacked as given | verify max abs dlogit | transformers rel dlogit / top-1 | "
+    print("\n| source (packed by) | unpacked as given | verify max abs dlogit | transformers rel "
+          "dlogit / top-1 | "
           "GPTQModel.load rel dlogit / top-1 |\n|---|---|---|---|---|")
     for r in produced:
         g = r["gptqmodel"]
-        gm = f"{g['max_rel_logit_diff']:.2e} / {g['top1_agreement']:.3f}" if g.get("passed") is not None else \
-            "refused: sym=False v1 not made by gptqmodel"
+        gm = (f"{g['max_rel_logit_diff']:.2e} / {g['top1_agreement']:.3f}" if g.get("passed") is not None
+              else "refused: sym=False v1 not made by gptqmodel")
         print(f"| {r['source']} | {r['unpacked_as_given']} | {r['verify_max_abs_logit_diff']:.2e} | "
-              f"{r['transformers']['max_rel_logit_diff']:.2e} / {r['transformers']['top1_agreement']:.3f} | {gm} |")
+              f"{r['transformers']['max_rel_logit_diff']:.2e} / "
+              f"{r['transformers']['top1_agreement']:.3f} | {gm} |")
     print("gptq e2e:", "passed" if ok else "FAILED")
     return 0 if ok else 1
 

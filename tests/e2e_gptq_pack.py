@@ -30,7 +30,9 @@ COPIED = ("generation_config.json", "qwen.tiktoken", "LICENSE", "NOTICE", "token
 def autogptq_linear(bits: int, infeatures: int, outfeatures: int, bias: bool, sym: bool = True):
     import auto_gptq  # noqa: F401  (only to find the installed files)
 
-    del bias, sym  # AutoGPTQ's QuantLinear packs what it is given; it builds every quantized linear with a bias (make_quant: bias=True)
+    # AutoGPTQ's QuantLinear packs what it is given; it builds every quantized linear with a bias
+    # (make_quant: bias=True)
+    del bias, sym
     path = Path(auto_gptq.__file__).parent / "nn_modules" / "qlinear" / "qlinear_cuda_old.py"
     spec = importlib.util.spec_from_file_location("qlinear_cuda_old", path)
     module = importlib.util.module_from_spec(spec)
@@ -102,12 +104,14 @@ def pack_model(producer: str, dense: Path, out: Path, bits: int, sym: bool = Tru
         ql.pack(linear, scales.float(), z.float(), g_idx)
         if producer == "gptqmodel":
             to_original_format(ql, bits)
-        state = {k: v for k, v in ql.state_dict().items() if k in ("qweight", "qzeros", "scales", "g_idx", "bias")}
+        state = {k: v for k, v in ql.state_dict().items() if k in ("qweight", "qzeros", "scales", "g_idx",
+                                                                   "bias")}
         if "g_idx" not in state:
             state["g_idx"] = g_idx
         packed.update({f"{stem}.{k}": v.contiguous() for k, v in state.items() if v is not None})
         expected[f"{stem}.q"] = q.to(torch.int32).T.contiguous()  # [in, out], as qweight unpacks
-        expected[f"{stem}.z"] = z.to(torch.int32).T.contiguous()  # [groups, out], before AutoGPTQ's "minus one"
+        # [groups, out], before AutoGPTQ's "minus one"
+        expected[f"{stem}.z"] = z.to(torch.int32).T.contiguous()
     out.mkdir(parents=True)
     save_file(packed, out / "model.safetensors", metadata={"format": "pt"})
     save_file(expected, out.parent / f"{out.name}.expected.safetensors")
@@ -127,7 +131,8 @@ def pack_model(producer: str, dense: Path, out: Path, bits: int, sym: bool = Tru
 def autogptq_settings(bits: int, sym: bool) -> dict:
     """BaseQuantizeConfig(bits, group_size, desc_act=False, sym).to_dict() of AutoGPTQ 0.7.1
     (auto_gptq/modeling/_base.py; the class cannot be imported without its CUDA-era extras)."""
-    return {"bits": bits, "group_size": GROUP, "damp_percent": 0.01, "desc_act": False, "static_groups": False,
+    return {"bits": bits, "group_size": GROUP, "damp_percent": 0.01, "desc_act": False,
+            "static_groups": False,
             "sym": sym, "true_sequential": True, "model_name_or_path": None, "model_file_base_name": "model",
             "is_marlin_format": False, "quant_method": "gptq"}
 
@@ -140,12 +145,14 @@ def gptqmodel_settings(bits: int, sym: bool, out: Path) -> dict:
     cfg = QuantizeConfig(bits=bits, group_size=GROUP, sym=sym, desc_act=False)
     cfg.meta_set_versionable(key="quantizer", value=[f"gptqmodel:{__version__}"])
     cfg.meta_set(key="uri", value="https://github.com/modelcloud/gptqmodel")
-    for key in ("damp_percent", "damp_auto_increment", "static_groups", "true_sequential", "mse", "act_group_aware"):
+    for key in ("damp_percent", "damp_auto_increment", "static_groups", "true_sequential", "mse",
+                "act_group_aware"):
         cfg.meta_set(key=key, value=getattr(cfg, key, None))
     cfg.save_pretrained(str(out))
     return cfg.to_dict()
 
 
 if __name__ == "__main__":
-    producer, dense, out, bits, sym = sys.argv[1], Path(sys.argv[2]), Path(sys.argv[3]), int(sys.argv[4]), sys.argv[5]
+    producer, dense, out, bits, sym = (sys.argv[1], Path(sys.argv[2]), Path(sys.argv[3]), int(sys.argv[4]),
+                                       sys.argv[5])
     print(json.dumps(pack_model(producer, dense, out, bits, sym=sym == "sym", seed=bits)))

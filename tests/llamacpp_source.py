@@ -15,7 +15,8 @@ from pathlib import Path
 
 VERSION = os.environ.get("LLAMA_CPP_PYTHON_VERSION", "0.3.36")
 CACHE = Path(os.environ.get("QWEN2LLAMA_CACHE", Path.home() / ".cache" / "qwen2llama"))
-WANTED = ("vendor/llama.cpp/convert_hf_to_gguf.py", "vendor/llama.cpp/conversion/", "vendor/llama.cpp/gguf-py/",
+WANTED = ("vendor/llama.cpp/convert_hf_to_gguf.py", "vendor/llama.cpp/conversion/",
+          "vendor/llama.cpp/gguf-py/",
           "vendor/llama.cpp/requirements/")
 
 
@@ -39,7 +40,8 @@ def converter_dir() -> Path:
         shutil.rmtree(tmp, ignore_errors=True)
         with tarfile.open(sdist()) as tar:
             members = [m for m in tar.getmembers()
-                       if m.name.startswith(prefix) and m.name[len(prefix):].startswith(WANTED) and m.isfile()]
+                       if m.name.startswith(prefix) and m.name[len(prefix):].startswith(WANTED)
+                       and m.isfile()]
             for m in members:
                 m.name = m.name[len(prefix + "vendor/llama.cpp/"):]
             tar.extractall(tmp, members=members, filter="data")
@@ -70,7 +72,8 @@ def convert_to_gguf(model_dir: Path, outfile: Path, outtype: str = "f32") -> sub
     root = converter_dir()
     path = os.pathsep.join(map(str, (overlay(), root / "gguf-py", root)))
     env = {**os.environ, "PYTHONPATH": path, "NO_LOCAL_GGUF": ""}
-    return subprocess.run([sys.executable, str(root / "convert_hf_to_gguf.py"), str(model_dir), "--outfile", str(outfile),
+    return subprocess.run([sys.executable, str(root / "convert_hf_to_gguf.py"), str(model_dir), "--outfile",
+                           str(outfile),
                            "--outtype", outtype], capture_output=True, text=True, env=env, timeout=600)
 
 

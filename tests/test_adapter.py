@@ -81,7 +81,8 @@ def test_factors_are_copies_and_row_thirds(bases, tmp_path):
     assert torch.equal(b[P + "mlp.up_proj.lora_B.weight"], a[q + "mlp.w1.lora_B.weight"])
     assert torch.equal(b[P + "self_attn.o_proj.lora_A.weight"], a[q + "attn.c_proj.lora_A.weight"])
     assert torch.equal(b[P + "mlp.down_proj.lora_A.weight"], a[q + "mlp.c_proj.lora_A.weight"])
-    assert torch.equal(b["base_model.model.model.embed_tokens.weight"], a["base_model.model.transformer.wte.weight"])
+    assert torch.equal(b["base_model.model.model.embed_tokens.weight"],
+                       a["base_model.model.transformer.wte.weight"])
     config = json.loads((out / "adapter_config.json").read_text())
     assert config["target_modules"] == sorted(["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj",
                                                "down_proj"])
@@ -104,7 +105,8 @@ def test_synthesized_adapters_have_peft_own_layout(bases, tmp_path):
         b = nn.Module()
         b.attn, b.mlp = nn.Module(), nn.Module()
         b.attn.c_attn, b.attn.c_proj = nn.Linear(h, 3 * p), nn.Linear(p, h, bias=False)
-        b.mlp.w1, b.mlp.w2, b.mlp.c_proj = nn.Linear(h, f, bias=False), nn.Linear(h, f, bias=False), nn.Linear(f, h, bias=False)
+        b.mlp.w1, b.mlp.w2 = nn.Linear(h, f, bias=False), nn.Linear(h, f, bias=False)
+        b.mlp.c_proj = nn.Linear(f, h, bias=False)
         return b
 
     model = nn.Module()
@@ -115,8 +117,10 @@ def test_synthesized_adapters_have_peft_own_layout(bases, tmp_path):
     peft = get_peft_model(model, LoraConfig(r=8, lora_alpha=16, target_modules=list(ALL),
                                             modules_to_save=["wte", "lm_head"], use_dora=True))
     peft.save_pretrained(tmp_path / "peft")
-    ours = synthesize_adapter(tmp_path / "ours", bases[0], targets=ALL, modules_to_save=("wte", "lm_head"), dora=True)
-    theirs = {k: tuple(v.shape) for k, v in load_file(tmp_path / "peft" / "adapter_model.safetensors").items()}
+    ours = synthesize_adapter(tmp_path / "ours", bases[0], targets=ALL, modules_to_save=("wte", "lm_head"),
+                              dora=True)
+    theirs = {k: tuple(v.shape) for k,
+              v in load_file(tmp_path / "peft" / "adapter_model.safetensors").items()}
     assert {k: tuple(v.shape) for k, v in load_file(ours / "adapter_model.safetensors").items()} == theirs
     peft_cfg = json.loads((tmp_path / "peft" / "adapter_config.json").read_text())
     our_cfg = json.loads((ours / "adapter_config.json").read_text())
@@ -155,7 +159,8 @@ def _edit(out, fn):
 ADAPTER_DEFECTS = {
     "lora_B rows of q and k swapped": (lambda o: _edit(o, _swap_rows_qk), {"tensors", "logits"}),
     "lora_A transposed": (lambda o: _edit(o, _transpose_a), {"tensors"}),
-    "alpha changed": (lambda o: edit_json(o, "adapter_config.json", lambda c: c.__setitem__("lora_alpha", 32)),
+    "alpha changed": (lambda o: edit_json(o, "adapter_config.json",
+                                          lambda c: c.__setitem__("lora_alpha", 32)),
                       {"config", "logits"}),
     "w1/w2 swapped": (lambda o: _edit(o, _swap_w1_w2), {"tensors", "logits"}),
     "adapter dropped (B zeroed)": (lambda o: _edit(o, _drop_b), {"tensors", "logits"}),
@@ -189,7 +194,8 @@ def test_adapter_for_another_base_size_is_bad_input(bases, tmp_path):
     save_file(t, path)
     res = CliRunner().invoke(app, ["adapter", str(lora), str(tmp_path / "out"), "--base", str(bases[0])])
     assert res.exit_code == 2, res.output
-    assert "another base size" in res.output and "lora_A [8, 128]" in res.output and "weight is [192, 64]" in res.output
+    assert "another base size" in res.output and "lora_A [8, 128]" in res.output
+    assert "weight is [192, 64]" in res.output
     assert not (tmp_path / "out").exists()
 
 
@@ -220,19 +226,23 @@ def test_lora_on_the_embedding_is_refused(bases, tmp_path):
 @pytest.mark.slow
 def test_convert_with_adapter_in_one_go_and_merged(bases, tmp_path):
     src, _ = bases
-    lora = synthesize_adapter(tmp_path / "lora", src, targets=ALL, modules_to_save=("lm_head",), dora=True, seed=3)
+    lora = synthesize_adapter(tmp_path / "lora", src, targets=ALL, modules_to_save=("lm_head",), dora=True,
+                              seed=3)
     runner = CliRunner()
-    res = runner.invoke(app, ["convert", str(src), str(tmp_path / "llama"), "--adapter", str(lora), "--quick"])
+    res = runner.invoke(app, ["convert", str(src), str(tmp_path / "llama"), "--adapter", str(lora),
+                              "--quick"])
     assert res.exit_code == 0, res.output
     assert (tmp_path / "llama-adapter" / "adapter_model.safetensors").is_file()
     assert res.output.count("verify: equivalent") == 2
-    res = runner.invoke(app, ["convert", str(src), str(tmp_path / "merged"), "--adapter", str(lora), "--merge",
+    res = runner.invoke(app, ["convert", str(src), str(tmp_path / "merged"), "--adapter", str(lora),
+                              "--merge",
                               "--quick"])
     assert res.exit_code == 0, res.output
     result = verify(src, tmp_path / "merged", quick=True, adapter=lora)
     assert result["passed"] and result["checks"]["logits"]["max_abs_logit_diff"] <= 1e-4 * 10
     assert not result["checks"]["tensors"]["lossy_cast"]
-    assert json.loads((tmp_path / "merged" / "conversion.json").read_text())["merged_adapter"] == str(lora.resolve())
+    record = json.loads((tmp_path / "merged" / "conversion.json").read_text())
+    assert record["merged_adapter"] == str(lora.resolve())
     # the merged model is not the base: verified without the adapter, it fails
     plain = verify(src, tmp_path / "merged", quick=True)
     assert not plain["passed"] and {"tensors", "logits"} <= set(plain.failed_checks())

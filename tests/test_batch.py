@@ -21,8 +21,17 @@ from qwen2llama.errors import InputError
 from qwen2llama.synth import synthesize
 
 
+def statuses(summary: Path) -> list[str]:
+    return [j["status"] for j in json.loads(summary.read_text())["jobs"]]
+
+
+def names(summary: Path) -> list[str]:
+    return [j["name"] for j in json.loads(summary.read_text())["jobs"]]
+
+
 def run_cli(*args, env=None, timeout=600):
-    return subprocess.run([sys.executable, "-m", "qwen2llama", *map(str, args)], capture_output=True, text=True,
+    return subprocess.run([sys.executable, "-m", "qwen2llama", *map(str, args)], capture_output=True,
+                          text=True,
                           env={**os.environ, **(env or {})}, timeout=timeout,
                           preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
 
@@ -71,7 +80,8 @@ def test_trainer_run_folder_converts_verifies_and_resumes(run_folder, tmp_path):
     record = json.loads((good / "conversion.json").read_text())
     assert record["verify"]["passed"] is True and any("bundled" in n for n in record["source"]["notes"])
     assert (out / "exp--checkpoint-100.verify.json").is_file()
-    published = {n: (out / n / "conversion.json").stat().st_mtime_ns for n in jobs if n != "exp--checkpoint-300"}
+    published = {n: (out / n / "conversion.json").stat().st_mtime_ns
+                 for n in jobs if n != "exp--checkpoint-300"}
 
     second = run_cli(*args, "--summary", tmp_path / "s2.json")
     assert second.returncode == 2
@@ -84,7 +94,7 @@ def test_trainer_run_folder_converts_verifies_and_resumes(run_folder, tmp_path):
     os.replace(tmp_path / "fixed" / "model.safetensors", run_folder / "checkpoint-300" / "model.safetensors")
     third = run_cli(*args, "--summary", tmp_path / "s3.json")
     assert third.returncode == 0, third.stdout + third.stderr
-    assert [j["status"] for j in json.loads((tmp_path / "s3.json").read_text())["jobs"]].count("up to date") == 3
+    assert statuses(tmp_path / "s3.json").count("up to date") == 3
 
 
 @pytest.mark.slow
@@ -125,7 +135,8 @@ def test_sigkill_mid_batch_then_rerun_publishes_each_once(tmp_path):
     proc = subprocess.Popen(args, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     deadline = time.monotonic() + 300
     while not (out / "m0").exists() or not list(out.glob(".m1.qwen2llama-staging-*")):
-        assert proc.poll() is None and time.monotonic() < deadline, "the batch ended before the second job started"
+        assert proc.poll() is None and time.monotonic() < deadline, \
+            "the batch ended before the second job started"
         time.sleep(0.005)
     proc.kill()
     proc.wait()
@@ -183,17 +194,20 @@ def test_hub_ids_resolve_offline_and_remote_code_is_never_read(tmp_path):
     env = {"HF_HOME": str(tmp_path / "hf"), "HF_HUB_OFFLINE": "1"}
     for k, spec in enumerate(["Qwen/Qwen-7B-Chat", f"Qwen/Qwen-7B-Chat@{commit}", "Qwen/Qwen-7B-Chat@v1.1"]):
         log = tmp_path / f"opened-{k}.txt"
-        result = subprocess.run([sys.executable, "-c", AUDITED, str(tmp_path / "hf"), str(log), "convert", spec,
+        result = subprocess.run([sys.executable, "-c", AUDITED, str(tmp_path / "hf"), str(log), "convert",
+                                 spec,
                                  str(tmp_path / f"out-{k}"), "--no-verify"], capture_output=True, text=True,
                                 env={**os.environ, **env}, timeout=300)
         assert result.returncode == 0, result.stdout + result.stderr
         opened = log.read_text().splitlines()
-        assert any(p.endswith("model.safetensors") for p in opened), (opened, result.stdout)  # the hook sees reads
+        assert any(p.endswith("model.safetensors") for p in opened), (opened,
+                                                                      result.stdout)  # the hook sees reads
         assert not [p for p in opened if p.endswith(".py")], opened
     manifest = json.loads((tmp_path / "out-2" / "conversion.json").read_text())
     assert manifest["source"]["folder"].endswith(f"snapshots/{commit}")
     bad = run_cli("inspect", "Qwen/Qwen-7B-Chat@v9", env=env)
-    assert bad.returncode == 2 and "not a folder here, and the Hugging Face hub could not provide it" in bad.stderr
+    assert bad.returncode == 2
+    assert "not a folder here, and the Hugging Face hub could not provide it" in bad.stderr
     assert "Traceback" not in bad.stderr
     missing = run_cli("inspect", tmp_path / "no" / "such" / "folder")
     assert missing.returncode == 2 and "not a folder, nor a hub id" in missing.stderr
@@ -210,7 +224,8 @@ def test_output_naming_rule(tmp_path):
 
 def test_jobs_file(tmp_path):
     (tmp_path / "jobs.toml").write_text('out_root = "o"\n[defaults]\ndtype = "float32"\n'
-                                        '[[jobs]]\nsrc = "a"\n[[jobs]]\nsrc = "b"\nout = "elsewhere/b"\nkind = "base"\n')
+                                        '[[jobs]]\nsrc = "a"\n[[jobs]]\nsrc = "b"\nout = '
+                                        '"elsewhere/b"\nkind = "base"\n')
     a, b = batch.jobs_from_file(tmp_path / "jobs.toml", None, Options())
     assert (a.out, a.options.dtype, a.options.kind) == (Path("o/a"), "float32", "auto")
     assert (b.out, b.options.dtype, b.options.kind) == (Path("elsewhere/b"), "float32", "base")
@@ -218,15 +233,18 @@ def test_jobs_file(tmp_path):
     with pytest.raises(InputError, match="unknown key.*dtpye"):
         batch.jobs_from_file(tmp_path / "bad.toml", None, Options())
     with pytest.raises(InputError, match="would both be written"):
-        batch.check_unique(batch.jobs_from_args([str(tmp_path / "x"), str(tmp_path / "y" / "x")], tmp_path, Options()))
+        batch.check_unique(batch.jobs_from_args([str(tmp_path / "x"), str(tmp_path / "y" / "x")], tmp_path,
+                                                Options()))
     with pytest.raises(InputError, match="matches nothing"):
         batch.expand([str(tmp_path / "nothing-*")])
 
 
 def test_shards_from_slurm_and_kubernetes_partition_the_jobs():
     jobs = [batch.Job(f"j{k}", f"s{k}", Path(f"/o/j{k}")) for k in range(5)]
-    envs = [[{"SLURM_ARRAY_TASK_ID": str(t), "SLURM_ARRAY_TASK_MIN": "3", "SLURM_ARRAY_TASK_COUNT": "2"} for t in (3, 4)],
-            [{"SLURM_ARRAY_TASK_ID": str(t), "SLURM_ARRAY_TASK_MIN": "0", "SLURM_ARRAY_TASK_MAX": "1"} for t in (0, 1)],
+    envs = [[{"SLURM_ARRAY_TASK_ID": str(t), "SLURM_ARRAY_TASK_MIN": "3",
+              "SLURM_ARRAY_TASK_COUNT": "2"} for t in (3, 4)],
+            [{"SLURM_ARRAY_TASK_ID": str(t), "SLURM_ARRAY_TASK_MIN": "0",
+              "SLURM_ARRAY_TASK_MAX": "1"} for t in (0, 1)],
             [{"JOB_COMPLETION_INDEX": str(t), "QWEN2LLAMA_SHARD_COUNT": "2"} for t in (0, 1)]]
     for pair in envs:
         shards = [batch.take_shard(jobs, *batch.shard_from_env(env)) for env in pair]
@@ -248,17 +266,19 @@ def test_two_shard_processes_cover_a_five_job_list(tmp_path):
         _, err = proc.communicate(timeout=600)
         assert proc.returncode == 0, err
     slurm = run_cli(*common[3:], "--summary", tmp_path / "s-slurm.json",
-                    env={"SLURM_ARRAY_TASK_ID": "1", "SLURM_ARRAY_TASK_MIN": "0", "SLURM_ARRAY_TASK_COUNT": "2"})
+                    env={"SLURM_ARRAY_TASK_ID": "1", "SLURM_ARRAY_TASK_MIN": "0",
+                         "SLURM_ARRAY_TASK_COUNT": "2"})
     assert slurm.returncode == 0 and "shard 1 of 2: 2 job(s)" in slurm.stdout
-    assert [j["status"] for j in json.loads((tmp_path / "s-slurm.json").read_text())["jobs"]] == ["up to date"] * 2
-    per_shard = [[j["name"] for j in json.loads((tmp_path / f"s{i}.json").read_text())["jobs"]] for i in range(2)]
+    assert statuses(tmp_path / "s-slurm.json") == ["up to date"] * 2
+    per_shard = [names(tmp_path / f"s{i}.json") for i in range(2)]
     assert sorted(per_shard[0] + per_shard[1]) == [f"m{k}" for k in range(5)] and len(per_shard[1]) == 2
     kube = [subprocess.Popen(common[:3] + [*common[3:], "--summary", str(tmp_path / f"k{i}.json")],
-                             env={**os.environ, "JOB_COMPLETION_INDEX": str(i), "QWEN2LLAMA_SHARD_COUNT": "2"},
+                             env={**os.environ, "JOB_COMPLETION_INDEX": str(i),
+                                  "QWEN2LLAMA_SHARD_COUNT": "2"},
                              stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True) for i in range(2)]
     for proc in kube:
         assert proc.communicate(timeout=600)[0].count("up to date") >= 2 and proc.returncode == 0
-    assert [[j["name"] for j in json.loads((tmp_path / f"k{i}.json").read_text())["jobs"]] for i in range(2)] == per_shard
+    assert [names(tmp_path / f"k{i}.json") for i in range(2)] == per_shard
     merged = run_cli("batch", "--summarize", tmp_path / "s0.json", tmp_path / "s1.json", "--junit",
                      tmp_path / "all.xml")
     assert merged.returncode == 0, merged.stderr
@@ -267,8 +287,10 @@ def test_two_shard_processes_cover_a_five_job_list(tmp_path):
 
 def _results():
     return [JobResult("a", "runs/a", "o/a", "passed", 3.5, 0.04, 3.1e-06),
-            JobResult("b", "runs/b", "o/b", "failed", 4.0, 0.04, 0.71, ["logits: 'x': max |Δlogit| 0.71 > 1e-4"]),
-            JobResult("c", "runs/c", "o/c", "bad input", 0.1, 0.0, None, ["tensor t runs past the end", "file: f"])]
+            JobResult("b", "runs/b", "o/b", "failed", 4.0, 0.04, 0.71,
+                      ["logits: 'x': max |Δlogit| 0.71 > 1e-4"]),
+            JobResult("c", "runs/c", "o/c", "bad input", 0.1, 0.0, None,
+                      ["tensor t runs past the end", "file: f"])]
 
 
 def test_junit_and_github_summary(tmp_path, monkeypatch):
@@ -280,7 +302,8 @@ def test_junit_and_github_summary(tmp_path, monkeypatch):
     (tmp_path / "s.json").write_text(json.dumps(summary.to_json(_results())))
     monkeypatch.delenv("GITHUB_STEP_SUMMARY", raising=False)
     step = tmp_path / "step.md"
-    result = CliRunner().invoke(app, ["batch", "--summarize", str(tmp_path / "s.json"), "--junit", str(tmp_path / "j.xml")])
+    result = CliRunner().invoke(app, ["batch", "--summarize", str(tmp_path / "s.json"), "--junit",
+                                      str(tmp_path / "j.xml")])
     assert result.exit_code == 2 and not step.exists()
     root = ET.parse(tmp_path / "j.xml").getroot()
     assert root.tag == "testsuites"
@@ -294,7 +317,8 @@ def test_junit_and_github_summary(tmp_path, monkeypatch):
     monkeypatch.setenv("GITHUB_STEP_SUMMARY", str(step))
     CliRunner().invoke(app, ["batch", "--summarize", str(tmp_path / "s.json")])
     text = step.read_text()
-    assert "1/3 jobs passed" in text and "| a | `runs/a` | passed | 3.10e-06 |" in text and "**failed**" in text
+    assert "1/3 jobs passed" in text and "| a | `runs/a` | passed | 3.10e-06 |" in text
+    assert "**failed**" in text
 
 
 def test_shipped_examples_are_valid():

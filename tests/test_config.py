@@ -14,14 +14,16 @@ def test_both_config_generations_normalise_alike():
     new = parse_config(load_preset("qwen-7b"), Path("config.json"))
     old = parse_config(load_preset("qwen-7b-chat-2023-08"), Path("config.json"))
     assert (new.generation, old.generation) == ("v1.1", "original")
-    for field in ("hidden_size", "num_layers", "num_heads", "head_dim", "intermediate_size_written", "vocab_rows",
+    for field in ("hidden_size", "num_layers", "num_heads", "head_dim", "intermediate_size_written",
+                  "vocab_rows",
                   "rotary_emb_base", "use_dynamic_ntk", "use_logn_attn"):
         assert getattr(new, field) == getattr(old, field), field
     assert old.seq_length == 2048 and new.seq_length == 8192
     assert old.max_position_field == 6144 and old.dtype == "bfloat16"
 
 
-@pytest.mark.parametrize("preset,rows,base,mlp", [("qwen-72b", 152064, 1e6, 24576), ("qwen-14b", 152064, 10000, 13696),
+@pytest.mark.parametrize("preset,rows,base,mlp", [("qwen-72b", 152064, 1e6, 24576),
+                                                  ("qwen-14b", 152064, 10000, 13696),
                                                   ("qwen-1_8b", 151936, 10000, 5504)])
 def test_release_presets(preset, rows, base, mlp):
     cfg = parse_config(load_preset(preset), Path("config.json"))
@@ -29,7 +31,8 @@ def test_release_presets(preset, rows, base, mlp):
 
 
 def test_presets_listed():
-    assert {"tiny", "qwen-1_8b", "qwen-7b", "qwen-7b-chat-2023-08", "qwen-14b", "qwen-72b"} <= set(preset_names())
+    assert {"tiny", "qwen-1_8b", "qwen-7b", "qwen-7b-chat-2023-08", "qwen-14b",
+            "qwen-72b"} <= set(preset_names())
 
 
 @pytest.mark.parametrize("edit,needle", [

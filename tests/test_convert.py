@@ -19,16 +19,16 @@ def expected_slices(cfg_layers: int, proj: int):
     yield "model.norm.weight", "transformer.ln_f.weight", None
     yield "lm_head.weight", "lm_head.weight", None
     for i in range(cfg_layers):
-        q, l = f"transformer.h.{i}.", f"model.layers.{i}."
+        q, ll = f"transformer.h.{i}.", f"model.layers.{i}."
         for k, part in enumerate("qkv"):
-            yield f"{l}self_attn.{part}_proj.weight", f"{q}attn.c_attn.weight", (k * proj, (k + 1) * proj)
-            yield f"{l}self_attn.{part}_proj.bias", f"{q}attn.c_attn.bias", (k * proj, (k + 1) * proj)
-        yield f"{l}self_attn.o_proj.weight", f"{q}attn.c_proj.weight", None
-        yield f"{l}mlp.gate_proj.weight", f"{q}mlp.w2.weight", None
-        yield f"{l}mlp.up_proj.weight", f"{q}mlp.w1.weight", None
-        yield f"{l}mlp.down_proj.weight", f"{q}mlp.c_proj.weight", None
-        yield f"{l}input_layernorm.weight", f"{q}ln_1.weight", None
-        yield f"{l}post_attention_layernorm.weight", f"{q}ln_2.weight", None
+            yield f"{ll}self_attn.{part}_proj.weight", f"{q}attn.c_attn.weight", (k * proj, (k + 1) * proj)
+            yield f"{ll}self_attn.{part}_proj.bias", f"{q}attn.c_attn.bias", (k * proj, (k + 1) * proj)
+        yield f"{ll}self_attn.o_proj.weight", f"{q}attn.c_proj.weight", None
+        yield f"{ll}mlp.gate_proj.weight", f"{q}mlp.w2.weight", None
+        yield f"{ll}mlp.up_proj.weight", f"{q}mlp.w1.weight", None
+        yield f"{ll}mlp.down_proj.weight", f"{q}mlp.c_proj.weight", None
+        yield f"{ll}input_layernorm.weight", f"{q}ln_1.weight", None
+        yield f"{ll}post_attention_layernorm.weight", f"{q}ln_2.weight", None
 
 
 def bits(t: torch.Tensor) -> torch.Tensor:
@@ -72,7 +72,8 @@ def test_reference_differs_beyond_seq_length(sources, converted):
     long-context report would be meaningless)."""
     ref = QwenReference(open_checkpoint(sources["st-single-fp32"]))
     model = LlamaForCausalLM.from_pretrained(converted["st-single-fp32"], dtype=torch.float32).eval()
-    ids = torch.randint(0, 151851, (ref.cfg.seq_length + 16,), generator=torch.Generator().manual_seed(3)).tolist()
+    ids = torch.randint(0, 151851, (ref.cfg.seq_length + 16,),
+                        generator=torch.Generator().manual_seed(3)).tolist()
     with torch.no_grad():
         diff = (model(torch.tensor([ids])).logits[0] - ref.logits(ids)).abs()
     # dynamic NTK rescales RoPE for the whole sequence once it is longer than seq_length

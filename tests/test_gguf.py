@@ -1,6 +1,7 @@
 """Our output goes through llama.cpp's own convert_hf_to_gguf.py unmodified (with the transformers
-release its requirements pin), without a warning, and the GGUF says what it should: llama architecture, qwen2 pre-tokenizer, every merge, typed special tokens,
-biases, padded vocabulary rows, rope base, chat template."""
+release its requirements pin), without a warning, and the GGUF says what it should: llama
+architecture, qwen2 pre-tokenizer, every merge, typed special tokens, biases, padded vocabulary
+rows, rope base, chat template."""
 from __future__ import annotations
 
 import json
@@ -42,8 +43,8 @@ def gguf(converter, workdir):
     convert(src, out, kind="chat")
     result = llamacpp_source.convert_to_gguf(out, workdir / "model.gguf")
     assert result.returncode == 0, result.stderr[-3000:]
-    warnings = [l for l in (result.stdout + result.stderr).splitlines()
-                if l.startswith(("WARNING", "ERROR", "[transformers]")) or "Warning" in l]
+    warnings = [line for line in (result.stdout + result.stderr).splitlines()
+                if line.startswith(("WARNING", "ERROR", "[transformers]")) or "Warning" in line]
     assert warnings == []
     return llamacpp_source.gguf_reader(workdir / "model.gguf")
 

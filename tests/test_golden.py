@@ -38,7 +38,8 @@ def test_round_trip_and_determinism(golden_file, sources, converted, tmp_path):
     assert logits["max_abs_logit_diff"] <= 1e-5 and logits["top1_agreement"] == 1.0
     assert logits["max_abs_lse_diff"] <= 1e-5 and all(g["identical"] for g in logits["greedy"])
     tensors = result["checks"]["tensors"]  # format 2: every tensor's digest, not skipped any more
-    assert tensors["passed"] is True and tensors["identical"] == tensors["tensors"] and not tensors["failures"]
+    assert tensors["passed"] is True and tensors["identical"] == tensors["tensors"]
+    assert not tensors["failures"]
     assert all(c.get("against") == str(golden_file) for c in result["checks"].values())
     assert golden_file.stat().st_size < 5e6  # the default prompt set, 151936 vocabulary rows
     again = record(sources[VARIANT], tmp_path / "again.safetensors")
@@ -58,7 +59,8 @@ UNUSED_ROW, IM_END_ID = 150000, 151645
 GOLDEN_DEFECTS = {
     **DEFECTS,
     "unused embedding row changed": (
-        lambda f: edit_weights(f, lambda t: bump_row(t, "model.embed_tokens.weight", UNUSED_ROW)), {"tensors"}),
+        lambda f: edit_weights(f, lambda t: bump_row(t, "model.embed_tokens.weight", UNUSED_ROW)),
+                                     {"tensors"}),
     "<|im_end|> lm_head row changed": (
         lambda f: edit_weights(f, lambda t: bump_row(t, "lm_head.weight", IM_END_ID)), {"tensors", "logits"}),
 }
@@ -78,7 +80,8 @@ def test_golden_only_verify_catches_planted_defects(defect, golden_file, convert
     assert not result["passed"]
     # the two row edits of the source-based list land on rows a golden logit may not cover; the
     # tensor digests catch them all the same
-    must_fail = must_fail - {"logits"} if defect in ("lm_head row changed", "embedding row changed") else must_fail
+    must_fail = must_fail - {"logits"} if defect in ("lm_head row changed",
+                                                     "embedding row changed") else must_fail
     assert must_fail <= failed, (defect, failed, {n: c.get("failures") for n, c in result["checks"].items()})
     assert result["checks"]["integrity"]["passed"] is None  # no conversion.json, no file digests
     if "tensors" in must_fail:
@@ -110,7 +113,8 @@ def _reshard(src, folder, *, bin_files: bool):
         name = f"pytorch_model-{k + 1:05d}-of-{len(parts):05d}.bin" if bin_files else \
             f"model-{k + 1:05d}-of-{len(parts):05d}.safetensors"
         chunk = {n: tensors[n].clone() for n in part}
-        (torch.save(chunk, folder / name) if bin_files else save_file(chunk, folder / name, metadata={"format": "pt"}))
+        (torch.save(chunk, folder / name) if bin_files else save_file(chunk, folder / name,
+                                                                      metadata={"format": "pt"}))
         weight_map.update({n: name for n in part})
     index = "pytorch_model.bin.index.json" if bin_files else "model.safetensors.index.json"
     (folder / index).write_text(json.dumps({"metadata": {}, "weight_map": weight_map}))
@@ -124,15 +128,18 @@ def test_a_resharded_honest_copy_passes(bin_files, golden_file, converted, tmp_p
     assert result["passed"], json.dumps(result["checks"], indent=1)[:3000]
     tensors = result["checks"]["tensors"]
     assert tensors["passed"] is True and tensors["identical"] == tensors["tensors"] == 2 * 13 + 3
-    assert tensors["bytes_compared"] == sum(p.stat().st_size for p in converted[VARIANT].glob("*.safetensors")) - \
-        sum(8 + int.from_bytes(p.read_bytes()[:8], "little") for p in converted[VARIANT].glob("*.safetensors"))
+    files = list(converted[VARIANT].glob("*.safetensors"))
+    headers = sum(8 + int.from_bytes(p.read_bytes()[:8], "little") for p in files)
+    assert tensors["bytes_compared"] == sum(p.stat().st_size for p in files) - headers
 
 
 @pytest.mark.slow
 def test_digests_follow_the_recorded_dtype(sources, converted, tmp_path):
-    """A golden file recorded for --dtype float32 fails a bf16 folder by dtype, and passes its float32 conversion."""
+    """A golden file recorded for --dtype float32 fails a bf16 folder by dtype, and passes its float32
+    conversion."""
     path = tmp_path / "f32.safetensors"
-    result = CliRunner().invoke(app, ["golden", str(sources[VARIANT]), str(path), "--quick", "--dtype", "float32"])
+    result = CliRunner().invoke(app, ["golden", str(sources[VARIANT]), str(path), "--quick", "--dtype",
+                                      "float32"])
     assert result.exit_code == 0, result.output
     bf16 = verify_golden(converted[VARIANT], path)["checks"]["tensors"]
     assert bf16["passed"] is False and "the golden file recorded F32" in bf16["failures"][0]
@@ -158,13 +165,15 @@ def test_format_1_files_still_verify_and_say_what_they_cannot_check(golden_file,
 def test_golden_recorded_by_convert_holds_the_digests(sources, tmp_path):
     folder = tmp_path / "out"
     golden = tmp_path / "g.safetensors"
-    result = CliRunner().invoke(app, ["convert", str(sources[VARIANT]), str(folder), "--quick", "--golden", str(golden)])
+    result = CliRunner().invoke(app, ["convert", str(sources[VARIANT]), str(folder), "--quick", "--golden",
+                                      str(golden)])
     assert result.exit_code == 0, result.output
     assert verify_golden(folder, golden)["checks"]["integrity"]["files"] == 10
     edit_weights(folder, lambda t: bump_row(t, "lm_head.weight", 7))  # a row no golden number covers
     rehash(folder)  # conversion.json agrees; the golden file does not
     failed = verify_golden(folder, golden)["checks"]["integrity"]
-    assert failed["passed"] is False and failed["failures"] == ["model.safetensors: blake3 differs from the golden file"]
+    assert failed["passed"] is False and failed["failures"] == ["model.safetensors: blake3 differs from "
+                                                                "the golden file"]
 
 
 @pytest.mark.slow
@@ -203,7 +212,8 @@ def test_bad_golden_files_are_bad_input(golden_file, sources, converted, tmp_pat
         m["tensor_digests"]["tensors"].values())).__setitem__("digest", "zz"))
     bad_id = hostile("ids.safetensors", edit_tensors=lambda t: t.__setitem__(
         "sample_ids", torch.cat([t["sample_ids"][:-1], torch.tensor([10**7], dtype=torch.int32)])))
-    for path, needle in [(nan, "prompt.0.sample_values is not finite"), (wide, "prompt.0.topk_values is not float"),
+    for path, needle in [(nan, "prompt.0.sample_values is not finite"),
+                         (wide, "prompt.0.topk_values is not float"),
                          (endless, "greedy_tokens is not a count from 0 to 256"),
                          (no_prompts, "prompts is not a list"), (bad_digest, ".digest is not 64 hex digits"),
                          (bad_id, "sample_ids is not token ids below")]:
@@ -228,7 +238,8 @@ def test_verify_junit_and_github_summary(golden_file, sources, converted, tmp_pa
     rehash(folder)
     monkeypatch.delenv("GITHUB_STEP_SUMMARY", raising=False)
     junit = tmp_path / "v.xml"
-    result = CliRunner().invoke(app, ["verify", str(folder), "--golden", str(golden_file), "--junit", str(junit)])
+    result = CliRunner().invoke(app, ["verify", str(folder), "--golden", str(golden_file), "--junit",
+                                      str(junit)])
     assert result.exit_code == 1, result.output
     suite = ET.parse(junit).getroot().find("testsuite")
     cases = {c.get("name"): c for c in suite.findall("testcase")}
@@ -259,7 +270,8 @@ def _third_party(src, folder, *, tokenizer):
     cfg = open_checkpoint(src).config
     q = load_file(src / "model.safetensors")
     h, p = cfg.hidden_size, cfg.projection_size
-    state = {"model.embed_tokens.weight": q["transformer.wte.weight"], "model.norm.weight": q["transformer.ln_f.weight"],
+    state = {"model.embed_tokens.weight": q["transformer.wte.weight"],
+             "model.norm.weight": q["transformer.ln_f.weight"],
              "lm_head.weight": q["lm_head.weight"]}
     for i in range(cfg.num_layers):
         s, d = f"transformer.h.{i}.", f"model.layers.{i}."
@@ -277,8 +289,10 @@ def _third_party(src, folder, *, tokenizer):
     torch.save(state, folder / "pytorch_model.bin")
     (folder / "config.json").write_text(json.dumps({
         "architectures": ["LlamaForCausalLM"], "model_type": "llama", "hidden_size": h,
-        "intermediate_size": cfg.mlp_width, "num_hidden_layers": cfg.num_layers, "num_attention_heads": cfg.num_heads,
-        "num_key_value_heads": cfg.num_heads, "head_dim": cfg.head_dim, "rms_norm_eps": cfg.layer_norm_epsilon,
+        "intermediate_size": cfg.mlp_width, "num_hidden_layers": cfg.num_layers,
+                                                    "num_attention_heads": cfg.num_heads,
+        "num_key_value_heads": cfg.num_heads, "head_dim": cfg.head_dim,
+                                                    "rms_norm_eps": cfg.layer_norm_epsilon,
         "vocab_size": cfg.vocab_rows, "attention_bias": True, "tie_word_embeddings": False,
         "bos_token_id": 1, "eos_token_id": 2}))
     if tokenizer == "gpt2":
@@ -304,7 +318,8 @@ def test_folders_other_converters_wrote(sources, converted, tmp_path, tokenizer)
         (src / "model.safetensors.index.json").unlink()
         save_file(merged, src / "model.safetensors")
     folder = _third_party(src, tmp_path / "theirs", tokenizer=tokenizer)
-    result = CliRunner().invoke(app, ["verify", str(src), str(folder), "--quick", "--report", str(tmp_path / "r.json")])
+    result = CliRunner().invoke(app, ["verify", str(src), str(folder), "--quick", "--report",
+                                      str(tmp_path / "r.json")])
     assert result.exit_code == 1, result.output
     assert result.exception is None or isinstance(result.exception, SystemExit)
     report = json.loads((tmp_path / "r.json").read_text())

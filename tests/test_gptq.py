@@ -35,7 +35,8 @@ def releases(tmp_path_factory):
     out = {}
     for bits in (4, 8):
         for shards in (1, 3):
-            src = synthesize(root / f"src-{bits}-{shards}", f"tiny-int{bits}", shards=shards, seed=bits + shards)
+            src = synthesize(root / f"src-{bits}-{shards}", f"tiny-int{bits}", shards=shards,
+                             seed=bits + shards)
             convert(src, root / f"out-{bits}-{shards}", shard_size="20MB" if shards > 1 else "5GB")
             out[bits, shards] = (src, root / f"out-{bits}-{shards}")
     return out
@@ -174,9 +175,11 @@ GPTQ_DEFECTS = {
     "scales of one group changed": (lambda f: edit_weights(f, _scale_group), {"tensors", "logits"}),
     "g_idx of v dropped": (lambda f: edit_weights(f, lambda t: t.pop(L0 + "self_attn.v_proj.g_idx")),
                            {"tensors", "logits"}),
-    "bits wrong in the config": (lambda f: edit_json(f, "config.json", lambda c: c["quantization_config"].__setitem__(
+    "bits wrong in the config": (lambda f: edit_json(f, "config.json",
+                                                     lambda c: c["quantization_config"].__setitem__(
         "bits", 8)), {"config", "logits"}),
-    "group size wrong in the config": (lambda f: edit_json(f, "config.json", lambda c: c["quantization_config"]
+    "group size wrong in the config": (lambda f: edit_json(f, "config.json",
+                                                           lambda c: c["quantization_config"]
                                                            .__setitem__("group_size", 128)), {"config"}),
 }
 
@@ -199,7 +202,8 @@ def test_planted_gptq_defect_fails(defect, releases, tmp_path):
     (lambda c: c["quantization_config"].__setitem__("quant_method", "awq"), "quant_method 'awq'"),
     (lambda c: c["quantization_config"].__setitem__("checkpoint_format", "gptq_v2"), "gptq_v2"),
     (lambda c: c["quantization_config"].__setitem__("lm_head", True), "quantized lm_head"),
-    (lambda c: c["quantization_config"].__setitem__("group_size", 16), "config.json and quantize_config.json disagree"),
+    (lambda c: c["quantization_config"].__setitem__("group_size", 16),
+     "config.json and quantize_config.json disagree"),
 ])
 def test_unsupported_quantization_is_bad_input(tmp_path, edit, message):
     src = synthesize(tmp_path / "src", "tiny-int4", layers=1)

@@ -139,7 +139,8 @@ def test_dtype_casts_the_dense_tensors_of_a_mixed_source(tmp_path, dtype, lossy)
     assert res.exit_code == 0, res.output
     out = _tensors(tmp_path / "out")
     want = getattr(torch, dtype)
-    assert out["model.embed_tokens.weight"].dtype == want == out["model.layers.0.input_layernorm.weight"].dtype
+    assert out["model.embed_tokens.weight"].dtype == want
+    assert out["model.layers.0.input_layernorm.weight"].dtype == want
     assert out["model.layers.0.self_attn.q_proj.scales"].dtype == torch.float16
     assert out["model.layers.0.self_attn.q_proj.qweight"].dtype == torch.int32
     result = verify(src, tmp_path / "out", quick=True)

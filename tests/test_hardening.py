@@ -34,12 +34,14 @@ def default_signals(then=None):
 
 
 def run_cli(*args, preexec=None, timeout=300):
-    return subprocess.run([sys.executable, "-m", "qwen2llama", *map(str, args)], capture_output=True, text=True,
+    return subprocess.run([sys.executable, "-m", "qwen2llama", *map(str, args)], capture_output=True,
+                          text=True,
                           preexec_fn=default_signals(preexec), timeout=timeout)
 
 
 def spawn_cli(*args, **kwargs):
-    return subprocess.Popen([sys.executable, "-m", "qwen2llama", *map(str, args)], preexec_fn=default_signals(),
+    return subprocess.Popen([sys.executable, "-m", "qwen2llama", *map(str, args)],
+                            preexec_fn=default_signals(),
                             **kwargs)
 
 
@@ -88,7 +90,8 @@ def test_pickle_payload_is_never_run(bin_src, tmp_path):
     assert not marker.exists()
     no_output(tmp_path / "out")
     # the payload is live: a full unpickle does run it (in a child process)
-    subprocess.run([sys.executable, "-c", f"import torch; torch.load({str(bin_src / 'pytorch_model.bin')!r}, weights_only=False)"],
+    subprocess.run([sys.executable, "-c",
+                    f"import torch; torch.load({str(bin_src / 'pytorch_model.bin')!r}, weights_only=False)"],
                    capture_output=True)
     assert marker.exists()
 
@@ -140,7 +143,8 @@ def sharded(tmp_path):
 
 def test_index_names_missing_shard(sharded, tmp_path):
     (sharded / "model-00002-of-00002.safetensors").unlink()
-    assert_bad_input(run_cli("convert", sharded, tmp_path / "out"), "missing", "model-00002-of-00002.safetensors")
+    assert_bad_input(run_cli("convert", sharded, tmp_path / "out"), "missing",
+                     "model-00002-of-00002.safetensors")
 
 
 def test_index_path_traversal(sharded, tmp_path):
@@ -155,16 +159,20 @@ def test_two_shards_claim_one_tensor(sharded, tmp_path):
     tensors = load_file(second)
     tensors["transformer.wte.weight"] = load_file(first)["transformer.wte.weight"]
     save_file(tensors, second)
-    assert_bad_input(run_cli("convert", sharded, tmp_path / "out"), "stored in two shards", "transformer.wte.weight")
+    assert_bad_input(run_cli("convert", sharded, tmp_path / "out"), "stored in two shards",
+                     "transformer.wte.weight")
 
 
 @pytest.mark.parametrize("edit,needle", [
     (lambda p: p.write_text("{not json"), "not valid JSON"),
-    (lambda p: p.write_text(json.dumps({k: v for k, v in json.loads(p.read_text()).items() if k != "hidden_size"})),
+    (lambda p: p.write_text(json.dumps({k: v for k,
+                                        v in json.loads(p.read_text()).items() if k != "hidden_size"})),
      "hidden_size"),
-    (lambda p: p.write_text(json.dumps({**json.loads(p.read_text()), "hidden_size": 128})), "config.json implies"),
+    (lambda p: p.write_text(json.dumps({**json.loads(p.read_text()), "hidden_size": 128})),
+     "config.json implies"),
     (lambda p: p.write_text(json.dumps({**json.loads(p.read_text()), "num_hidden_layers": 1})), "layer 1"),
-    (lambda p: p.write_text(json.dumps({**json.loads(p.read_text()), "model_type": "llama"})), "not a Qwen v1 config"),
+    (lambda p: p.write_text(json.dumps({**json.loads(p.read_text()), "model_type": "llama"})),
+     "not a Qwen v1 config"),
 ])
 def test_bad_config(src, tmp_path, edit, needle):
     edit(src / "config.json")
@@ -180,12 +188,14 @@ def _edit_source(src, fn):
 
 def test_unknown_tensor(src, tmp_path):
     _edit_source(src, lambda t: t.__setitem__("transformer.h.0.attn.lora_A.weight", torch.zeros(4, 4)))
-    assert_bad_input(run_cli("convert", src, tmp_path / "out"), "unknown tensor transformer.h.0.attn.lora_A.weight")
+    assert_bad_input(run_cli("convert", src, tmp_path / "out"),
+                     "unknown tensor transformer.h.0.attn.lora_A.weight")
 
 
 def test_missing_tensor(src, tmp_path):
     _edit_source(src, lambda t: t.pop("transformer.h.1.mlp.w2.weight"))
-    assert_bad_input(run_cli("convert", src, tmp_path / "out"), "missing tensors: transformer.h.1.mlp.w2.weight")
+    assert_bad_input(run_cli("convert", src, tmp_path / "out"),
+                     "missing tensors: transformer.h.1.mlp.w2.weight")
 
 
 @pytest.mark.parametrize("value", [float("nan"), float("inf")])
@@ -320,7 +330,8 @@ def test_sigint_stops_cleanly(src, tmp_path, inherited):
     """Ctrl-C stops a conversion, also when the test process itself was started with SIGINT
     ignored (as under `make test &`)."""
     out = tmp_path / "out"
-    previous = signal.signal(signal.SIGINT, signal.SIG_IGN if inherited == "ignored" else signal.default_int_handler)
+    previous = signal.signal(signal.SIGINT,
+                             signal.SIG_IGN if inherited == "ignored" else signal.default_int_handler)
     try:
         proc = spawn_cli("convert", src, out, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     finally:
@@ -424,7 +435,8 @@ def test_verify_reports_a_damaged_converted_folder_as_a_failed_check(pair, tmp_p
 
     src, out = _damaged(pair, tmp_path, "output", name, content)
     result = CliRunner().invoke(app, ["verify", str(src), str(out), "--quick"])
-    assert result.exception is None or isinstance(result.exception, SystemExit), result.exception  # no traceback
+    assert result.exception is None or isinstance(result.exception,
+                                                  SystemExit), result.exception  # no traceback
     assert result.exit_code == 1, result.output
     assert "Traceback" not in result.output and needle in result.output and "NOT equivalent" in result.output
 

@@ -43,16 +43,19 @@ def tiny(tmp_path_factory):
 
 
 def slurm(task, low, high, count, step=1):
-    return {"SLURM_ARRAY_TASK_ID": str(task), "SLURM_ARRAY_TASK_MIN": str(low), "SLURM_ARRAY_TASK_MAX": str(high),
+    return {"SLURM_ARRAY_TASK_ID": str(task), "SLURM_ARRAY_TASK_MIN": str(low),
+            "SLURM_ARRAY_TASK_MAX": str(high),
             "SLURM_ARRAY_TASK_COUNT": str(count), "SLURM_ARRAY_TASK_STEP": str(step)}
 
 
 def test_slurm_ranges_and_steps_cover_every_job_once_and_lists_are_refused():  # 13
     jobs = [batch.Job(f"j{k}", f"s{k}", Path(f"/o/j{k}")) for k in range(7)]
     for tasks, low, high, step in [((0, 1, 2, 3), 0, 3, 1), ((0, 2, 4, 6), 0, 6, 2), ((5, 6), 5, 6, 1)]:
-        shards = [batch.take_shard(jobs, *batch.shard_from_env(slurm(t, low, high, len(tasks), step))) for t in tasks]
+        shards = [batch.take_shard(jobs, *batch.shard_from_env(slurm(t, low, high, len(tasks),
+                                                                     step))) for t in tasks]
         assert sorted(j.name for s in shards for j in s) == [f"j{k}" for k in range(7)]
-    for env in [slurm(4, 0, 4, 3), slurm(3, 1, 3, 2), slurm(2, 0, 4, 3)]:  # --array=0,2,4 and a retry --array=1,3
+    for env in [slurm(4, 0, 4, 3), slurm(3, 1, 3, 2), slurm(2, 0, 4,
+                                                            3)]:  # --array=0,2,4 and a retry --array=1,3
         with pytest.raises(InputError, match="not a plain range") as info:
             batch.shard_from_env(env)
         assert "--shard" in info.value.fix
@@ -93,9 +96,11 @@ def test_job_fields_schema_follows_the_options():
 def test_summaries_of_the_wrong_shape(tmp_path):
     bad("batch", "--summarize", needle="needs the summary files")
     for name, data, needle in [("list", [1, 2], "(the whole file)"), ("no-jobs", {"x": 1}, "jobs"),
-                               ("wrong-type", {"jobs": [{"name": 1, "src": "a", "out": "b", "status": "passed"}]},
+                               ("wrong-type", {"jobs": [{"name": 1, "src": "a", "out": "b",
+                                                         "status": "passed"}]},
                                 "jobs.0.name"),
-                               ("status", {"jobs": [{"name": "a", "src": "a", "out": "b", "status": "great"}]},
+                               ("status", {"jobs": [{"name": "a", "src": "a", "out": "b",
+                                                     "status": "great"}]},
                                 "jobs.0.status")]:
         path = tmp_path / f"{name}.json"
         path.write_text(json.dumps(data))
@@ -170,8 +175,10 @@ def test_batch_out_root_that_cannot_be_made(tiny, tmp_path):
 # key removed, or a value nested far deeper than Python's stack. The answer is exit 0 (a mutation
 # that changes nothing the conversion reads) or exit 2 with a fix, never a traceback.
 FILES = ["config.json", "generation_config.json", "quantize_config.json"]
-VALUES = st.one_of(st.none(), st.booleans(), st.integers(-2, 2**40), st.floats(allow_nan=True), st.text(max_size=5),
-                   st.lists(st.integers(), max_size=2), st.dictionaries(st.text(max_size=3), st.integers(), max_size=2))
+VALUES = st.one_of(st.none(), st.booleans(), st.integers(-2, 2**40), st.floats(allow_nan=True),
+                   st.text(max_size=5),
+                   st.lists(st.integers(), max_size=2), st.dictionaries(st.text(max_size=3), st.integers(),
+                                                                        max_size=2))
 
 
 @pytest.mark.slow
@@ -199,7 +206,8 @@ def test_random_mutations_of_the_json_files_are_bad_input_never_a_traceback(tiny
         text = json.dumps(doc).replace('"DEEP"', "[" * 100_000 + "]" * 100_000)
     (src / name).write_text(text)
     result = CliRunner().invoke(app, ["convert", str(src), str(folder / "out"), "--dry-run"])
-    assert result.exception is None or isinstance(result.exception, SystemExit), (name, key, how, result.output)
+    assert result.exception is None or isinstance(result.exception,
+                                                  SystemExit), (name, key, how, result.output)
     assert result.exit_code in (0, 2), (name, key, how, result.output)
     assert "Traceback" not in result.output
     if result.exit_code == 2:

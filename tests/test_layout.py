@@ -19,7 +19,8 @@ def test_table_targets_are_unique_and_splits_cover_every_feature():
         counts = {s.count for s in module.into}
         assert len(counts) == 1, module.qwen
         assert sorted(s.index for s in module.into) == list(range(counts.pop())), module.qwen
-    assert layout.is_dropped("transformer.h.3.attn.masked_bias") and layout.is_dropped("transformer.rotary_emb.inv_freq")
+    assert layout.is_dropped("transformer.h.3.attn.masked_bias")
+    assert layout.is_dropped("transformer.rotary_emb.inv_freq")
     assert not layout.is_dropped("transformer.h.3.attn.c_attn.bias")
 
 
@@ -34,7 +35,9 @@ def test_dense_format_splits_rows_and_adds_zero_bias(tmp_path):
     assert [(t.name, t.row_start, t.row_stop, t.source.name) for t in out] == [
         (f"model.layers.1.self_attn.{x}_proj.{s}", k * p, (k + 1) * p, f"transformer.h.1.attn.c_attn.{s}")
         for s in ("weight", "bias") for k, x in enumerate("qkv")]
-    (o_weight, o_bias) = dense.DENSE.outputs(c_proj, 0, {"weight": ckpt.tensors["transformer.h.0.attn.c_proj.weight"]}, "BF16")
+    (o_weight, o_bias) = dense.DENSE.outputs(c_proj, 0,
+                                             {"weight": ckpt.tensors["transformer.h.0.attn.c_proj.weight"]},
+                                             "BF16")
     assert o_weight.name == "model.layers.0.self_attn.o_proj.weight" and o_weight.is_byte_copy
     assert (o_bias.name, o_bias.source, o_bias.shape) == ("model.layers.0.self_attn.o_proj.bias", None,
                                                           (ckpt.config.hidden_size,))
@@ -46,11 +49,14 @@ def test_plan_follows_the_table_order(tmp_path):
     assert names[0] == "model.embed_tokens.weight" and names[-2:] == ["model.norm.weight", "lm_head.weight"]
     layer0 = [n for n in names if n.startswith("model.layers.0.")]
     assert layer0 == ["model.layers.0." + n for n in (
-        "input_layernorm.weight", "self_attn.q_proj.weight", "self_attn.k_proj.weight", "self_attn.v_proj.weight",
+        "input_layernorm.weight", "self_attn.q_proj.weight", "self_attn.k_proj.weight",
+                                                      "self_attn.v_proj.weight",
         "self_attn.q_proj.bias", "self_attn.k_proj.bias", "self_attn.v_proj.bias", "self_attn.o_proj.weight",
-        "self_attn.o_proj.bias", "post_attention_layernorm.weight", "mlp.gate_proj.weight", "mlp.up_proj.weight",
+        "self_attn.o_proj.bias", "post_attention_layernorm.weight", "mlp.gate_proj.weight",
+                                                      "mlp.up_proj.weight",
         "mlp.down_proj.weight")]
-    assert names.index("model.layers.1.input_layernorm.weight") > names.index("model.layers.0.mlp.down_proj.weight")
+    layer1 = names.index("model.layers.1.input_layernorm.weight")
+    assert layer1 > names.index("model.layers.0.mlp.down_proj.weight")
 
 
 def test_parse_size():

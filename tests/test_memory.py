@@ -25,7 +25,8 @@ LAUNCHER = ("import os, subprocess, sys; p = subprocess.Popen(sys.argv[1:]); _, 
 
 def peak_rss_mib(*args) -> tuple[float, str]:
     """Peak RSS of the CLI run as a child (its own children included), and its output."""
-    result = subprocess.run([sys.executable, "-c", LAUNCHER, sys.executable, "-m", "qwen2llama", *map(str, args)],
+    result = subprocess.run([sys.executable, "-c", LAUNCHER, sys.executable, "-m", "qwen2llama",
+                             *map(str, args)],
                             capture_output=True, text=True, timeout=900)
     assert result.returncode == 0, result.stdout + result.stderr
     return int(result.stdout.split()[-1]) / 1024, result.stdout
@@ -55,4 +56,5 @@ def test_convert_and_verify_peak_rss(wide, tmp_path):
     verify_mib, text = peak_rss_mib("verify", wide, out, "--quick", "--greedy-tokens", "0")
     assert "verify: equivalent" in text
     assert verify_mib < 1536, f"verify peak RSS {verify_mib:.0f} MiB"
-    print(f"1.8B widths, 1 layer, {size / 1e9:.2f} GB: convert {convert_mib:.0f} MiB, verify {verify_mib:.0f} MiB")
+    print(f"1.8B widths, 1 layer, {size / 1e9:.2f} GB: convert {convert_mib:.0f} MiB, verify "
+          f"{verify_mib:.0f} MiB")

@@ -112,7 +112,8 @@ def test_golden_and_report_locations_are_checked_before_anything_is_written(mode
     src, out, _ = model
     dst = shutil.copytree(out, tmp_path / "dst")
     before = digest_tree(dst)
-    refused("convert", src, dst, "--golden", dst / "g.safetensors", "--force", needle="inside the output folder")
+    refused("convert", src, dst, "--golden", dst / "g.safetensors", "--force",
+            needle="inside the output folder")
     assert digest_tree(dst) == before
     new = tmp_path / "new"
     refused("convert", src, new, "--golden", tmp_path / "no" / "such" / "g.safetensors",
@@ -129,7 +130,8 @@ def test_batch_never_writes_over_another_jobs_source(model, tmp_path):  # 3
     a = shutil.copytree(src, tmp_path / "a")
     b = shutil.copytree(src, tmp_path / "b")
     jobs = tmp_path / "jobs.toml"
-    jobs.write_text(f'[[jobs]]\nsrc = "{a}"\nout = "{b}"\n\n[[jobs]]\nsrc = "{b}"\nout = "{tmp_path / "ob"}"\n')
+    jobs.write_text(f'[[jobs]]\nsrc = "{a}"\nout = "{b}"\n\n[[jobs]]\nsrc = "{b}"\nout = '
+                    f'"{tmp_path / "ob"}"\n')
     before = digest_tree(b)
     result = cli("batch", "--jobs-file", jobs, "--force", "--no-verify")
     assert result.exit_code == 2 and "overlaps the source" in result.output, result.output
@@ -156,7 +158,8 @@ def test_a_jobs_file_cannot_name_the_current_folder(model, tmp_path, monkeypatch
 def test_batch_replaces_only_what_it_proves_it_wrote(model, tmp_path):  # 1
     src, out, _ = model
     for name, plant in [("corrupt", lambda f: (f / "conversion.json").write_text("{not json")),
-                        ("not ours", lambda f: (f / "conversion.json").write_text('{"tool": {"name": "other"}}')),
+                        ("not ours",
+                         lambda f: (f / "conversion.json").write_text('{"tool": {"name": "other"}}')),
                         ("extra file", lambda f: (f / "thesis.pdf").write_text("irreplaceable"))]:
         folder = tmp_path / name.replace(" ", "-")
         shutil.copytree(out, folder)
@@ -262,7 +265,8 @@ def test_batch_summaries_and_adapter_reports_follow_the_rule(model, tmp_path):  
     src, out, lora = model
     before = digest_tree(src)
     refused("batch", src, "--out-root", tmp_path / "o", "--summary", src / "config.json", "--no-verify")
-    refused("batch", src, "--out-root", tmp_path / "o", "--junit", tmp_path / "o" / "src" / "b.xml", "--no-verify",
+    refused("batch", src, "--out-root", tmp_path / "o", "--junit", tmp_path / "o" / "src" / "b.xml",
+            "--no-verify",
             needle="inside the output folder")
     refused("adapter", lora, tmp_path / "a", "--report", lora / "adapter_config.json")
     assert digest_tree(src) == before and not (tmp_path / "o").exists() and not (tmp_path / "a").exists()

@@ -35,7 +35,8 @@ def wait_for(condition, proc, timeout=120) -> bool:
 def big(tmp_path_factory):
     """Large enough that a job runs for many seconds (1.8B widths, 1 layer: about 1.3 GB)."""
     root = tmp_path_factory.mktemp("signals")
-    return synthesize(root / "src", "qwen-1_8b", layers=1, seed=3), synthesize(root / "small", "tiny", layers=1)
+    return synthesize(root / "src", "qwen-1_8b", layers=1,
+                      seed=3), synthesize(root / "small", "tiny", layers=1)
 
 
 @pytest.mark.slow

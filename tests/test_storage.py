@@ -39,7 +39,8 @@ def test_bin_with_non_contiguous_tensor_is_refused(tmp_path):
 def test_header_we_write_is_what_safetensors_reads(tmp_path):
     """A file made of our header plus raw bytes loads with the safetensors library, and our
     reader finds each tensor at the byte range it was written to."""
-    tensors = {"a": torch.arange(6, dtype=torch.float32).reshape(2, 3), "b": torch.ones(5, dtype=torch.bfloat16),
+    tensors = {"a": torch.arange(6, dtype=torch.float32).reshape(2, 3),
+               "b": torch.ones(5, dtype=torch.bfloat16),
                "c": torch.arange(3, dtype=torch.int32)}
     codes = {torch.float32: "F32", torch.bfloat16: "BF16", torch.int32: "I32"}
     path = tmp_path / "x.safetensors"

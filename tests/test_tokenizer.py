@@ -131,9 +131,12 @@ def test_chat_template_is_qwen_chatml(auto, system, history):
     assert auto.apply_chat_template(messages, tokenize=False, add_generation_prompt=True) == want
 
 
-FRAGMENTS = st.sampled_from(["<|", "|>", "<|im_start|>", "<|im_end|>", "<|endoftext|>", "<|extra_7|>", "im_", "'s",
-                             "'LL", "\r\n", "\n\n", "  ", "\t", "123", "0", "٣", "é", "e\u0301", "中文", "🤖", "\u200d"])
-TEXT = st.lists(st.one_of(st.text(max_size=12), st.from_regex(r"[0-9 \n\t]{1,12}", fullmatch=True), FRAGMENTS),
+FRAGMENTS = st.sampled_from(["<|", "|>", "<|im_start|>", "<|im_end|>", "<|endoftext|>", "<|extra_7|>", "im_",
+                             "'s",
+                             "'LL", "\r\n", "\n\n", "  ", "\t", "123", "0", "٣", "é", "e\u0301", "中文", "🤖",
+                             "\u200d"])
+TEXT = st.lists(st.one_of(st.text(max_size=12), st.from_regex(r"[0-9 \n\t]{1,12}", fullmatch=True),
+                          FRAGMENTS),
                 max_size=12).map("".join)
 
 
@@ -141,7 +144,8 @@ TEXT = st.lists(st.one_of(st.text(max_size=12), st.from_regex(r"[0-9 \n\t]{1,12}
 @given(TEXT)
 def test_random_text_matches_tiktoken(auto, qwen, text):
     assert auto(text)["input_ids"] == qwen(text)
-    assert auto.decode(auto(text)["input_ids"]) == nfc(text).encode("utf-8", "replace").decode("utf-8", "replace")
+    assert auto.decode(auto(text)["input_ids"]) == nfc(text).encode("utf-8",
+                                                                    "replace").decode("utf-8", "replace")
 
 
 @pytest.mark.parametrize("content,error", [
@@ -165,10 +169,12 @@ def test_tokenizer_command_writes_files(tmp_path):
 
     from qwen2llama.cli import app
 
-    result = CliRunner().invoke(app, ["tokenizer", str(vocab_path()), str(tmp_path / "tok"), "--kind", "base"])
+    result = CliRunner().invoke(app, ["tokenizer", str(vocab_path()), str(tmp_path / "tok"), "--kind",
+                                      "base"])
     assert result.exit_code == 0, result.output
     assert "151387 merges" in result.output
-    assert json.loads((tmp_path / "tok" / "tokenizer_config.json").read_text())["eos_token"] == "<|endoftext|>"
+    config = json.loads((tmp_path / "tok" / "tokenizer_config.json").read_text())
+    assert config["eos_token"] == "<|endoftext|>"
 
 
 @pytest.mark.slow
@@ -198,5 +204,6 @@ def test_tokenizer_cache_gives_the_same_files(tmp_path, monkeypatch):
     convert_mod.convert(src, tmp_path / "off")
     for name in sorted(p.name for p in (tmp_path / "cold").iterdir()):
         data = (tmp_path / "cold" / name).read_bytes()
-        assert all((tmp_path / other / name).read_bytes() == data for other in ("warm", "damaged", "off")), name
+        assert all((tmp_path / other / name).read_bytes() == data
+                   for other in ("warm", "damaged", "off")), name
     assert (entry / "merges.txt").read_bytes() == (tmp_path / "cold" / "merges.txt").read_bytes()

@@ -45,7 +45,8 @@ def test_cli_exit_codes_and_report(sources, converted, tmp_path):
                              "--report", str(report)])
     assert ok.exit_code == 0, ok.output
     data = json.loads(report.read_text())
-    assert data["passed"] is True and set(data["checks"]) == {"integrity", "tensors", "config", "tokenizer", "logits"}
+    assert data["passed"] is True and set(data["checks"]) == {"integrity", "tensors", "config", "tokenizer",
+                                                              "logits"}
     assert data["checks"]["logits"]["layers"][0]["layer"] == 0
     assert "beyond_seq_length" in data["checks"]["logits"]  # tiny uses dynamic NTK + logn
     # a different model is bad input (2), not a failed check
@@ -131,4 +132,5 @@ def test_manifest_digests_are_the_named_algorithm(sources, tmp_path, algorithm):
     with open(out / "vocab.json", "a") as fh:
         fh.write(" ")
     failed = check_integrity(out)
-    assert failed["passed"] is False and failed["failures"] == [f"vocab.json: {algorithm} differs from the manifest"]
+    assert failed["passed"] is False and failed["failures"] == [f"vocab.json: {algorithm} differs from "
+                                                                "the manifest"]

@@ -10,7 +10,8 @@ import typer
 from . import render
 from .app import QuickOpt, ReportOpt, command, err, out
 
-AdapterSrc = Annotated[Path, typer.Argument(help="PEFT adapter folder (adapter_config.json, adapter_model.*).")]
+AdapterSrc = Annotated[Path,
+                       typer.Argument(help="PEFT adapter folder (adapter_config.json, adapter_model.*).")]
 
 
 def verify_and_report_adapter(src, llama_base: Path, qwen_adapter: Path, llama_adapter: Path, *, quick: bool,
@@ -43,11 +44,13 @@ def convert_adapter_step(src, qwen_adapter: Path, adapter_out: Path, llama_base:
     render.adapter_plan(out, prepared)
     checkable = prepared.base is not None and llama_base is not None
     if verify and not checkable:
-        err.print("[yellow]note[/]: not verified; give --base (the Qwen model) and --llama-base (its conversion)")
+        err.print("[yellow]note[/]: not verified; give --base (the Qwen model) and --llama-base "
+                  "(its conversion)")
 
     def before(staging):
         if verify and checkable:
-            verify_and_report_adapter(prepared.base, llama_base, qwen_adapter, staging, quick=quick, report=report,
+            verify_and_report_adapter(prepared.base, llama_base, qwen_adapter, staging, quick=quick,
+                                      report=report,
                                       display=adapter_out)
 
     write_adapter(prepared, progress=render.TerminalProgress(err), before_publish=before)
@@ -61,23 +64,29 @@ def adapter(src_adapter: AdapterSrc,
                 "--base", help="The Qwen v1 model the adapter was trained on (folder or hub id): checks the "
                                "shapes, and with --llama-base verifies the result.")] = None,
             llama_base: Annotated[Optional[Path], typer.Option(
-                "--llama-base", help="That model converted by qwen2llama: written as base_model_name_or_path, "
+                "--llama-base", help="That model converted by qwen2llama: written as "
+                                     "base_model_name_or_path, "
                                      "and loaded with PEFT to verify.")] = None,
             base_name: Annotated[Optional[str], typer.Option(
-                "--base-name", help="base_model_name_or_path to write (default: --llama-base, else the source's).")]
+                "--base-name", help="base_model_name_or_path to write (default: --llama-base, else "
+                                    "the source's).")]
             = None,
-            force: Annotated[bool, typer.Option("--force", help="Replace DST, once the new one is complete.")] = False,
+            force: Annotated[bool, typer.Option("--force",
+                                                help="Replace DST, once the new one is complete.")] = False,
             verify: Annotated[bool, typer.Option(
-                "--verify/--no-verify", help="Verify before publishing (needs --base and --llama-base).")] = True,
+                "--verify/--no-verify",
+                help="Verify before publishing (needs --base and --llama-base).")] = True,
             quick: QuickOpt = False, report: ReportOpt = None):
     """Convert a PEFT LoRA adapter trained on Qwen v1 into one for the converted LLaMA model.
 
-    Example: qwen2llama adapter ./my-qwen-lora ./my-llama-lora --base ./Qwen-7B-Chat --llama-base ./Qwen-7B-Chat-llama
+    Example: qwen2llama adapter ./my-qwen-lora ./my-llama-lora --base ./Qwen-7B-Chat \
+             --llama-base ./Qwen-7B-Chat-llama
     """
     if report is not None:
         from ..paths import check_file_output, reads_of
 
         check_file_output(report, reads_of(src_adapter, base, llama_base), force=True, what="the report",
                           inside=[dst])
-    convert_adapter_step(base, src_adapter, dst, llama_base, force=force, verify=verify, quick=quick, report=report,
+    convert_adapter_step(base, src_adapter, dst, llama_base, force=force, verify=verify, quick=quick,
+                         report=report,
                          base_name=base_name)

@@ -26,18 +26,24 @@ out = Console(highlight=False, soft_wrap=True)
 
 # Arguments and options shared by several commands.
 Src = Annotated[str, typer.Argument(
-    help="Qwen v1 checkpoint: a folder (config.json, weights, qwen.tiktoken) or a hub id owner/name[@revision].")]
-Dst = Annotated[Path, typer.Argument(help="Output folder; created atomically, must not exist unless --force.")]
+    help="Qwen v1 checkpoint: a folder (config.json, weights, qwen.tiktoken) or a hub id "
+         "owner/name[@revision].")]
+Dst = Annotated[Path,
+                typer.Argument(help="Output folder; created atomically, must not exist unless --force.")]
 DtypeOpt = Annotated[Optional[str], typer.Option(
     "--dtype", help="bfloat16 | float16 | float32 (default: keep the source's).")]
 DequantizeOpt = Annotated[Optional[str], typer.Option(
-    "--dequantize", help="GPTQ source: write dense bfloat16 | float16 | float32 weights instead of a LLaMA GPTQ folder.")]
-KindOpt = Annotated[str, typer.Option("--kind", help="auto | chat | base: chat models also stop on <|im_end|>.")]
+    "--dequantize", help="GPTQ source: write dense bfloat16 | float16 | float32 weights instead of a LLaMA "
+                         "GPTQ folder.")]
+KindOpt = Annotated[str, typer.Option("--kind",
+                                      help="auto | chat | base: chat models also stop on <|im_end|>.")]
 ShardSizeOpt = Annotated[str, typer.Option("--shard-size", help="Largest shard, e.g. 5GB, 500MB, 2GiB.")]
 ForceOpt = Annotated[bool, typer.Option("--force", help="Replace DST, once the new one is complete.")]
 QuickOpt = Annotated[bool, typer.Option("--quick", help="Short prompt set, no long-context probe.")]
-ReportOpt = Annotated[Optional[Path], typer.Option("--report", help="Write the full verify report (JSON) here.")]
-PromptsOpt = Annotated[Optional[Path], typer.Option("--prompts", help="Prompt set (JSON) instead of the bundled one.")]
+ReportOpt = Annotated[Optional[Path], typer.Option("--report",
+                                                   help="Write the full verify report (JSON) here.")]
+PromptsOpt = Annotated[Optional[Path], typer.Option("--prompts",
+                                                    help="Prompt set (JSON) instead of the bundled one.")]
 BaseOpt = Annotated[Optional[str], typer.Option(
     "--base", help="Folder or hub id supplying files SRC lacks (qwen.tiktoken, generation_config.json, "
                    "LICENSE), e.g. for a Trainer checkpoint.")]
@@ -62,7 +68,8 @@ def command(fn):
         try:
             return fn(*args, **kwargs)
         except Qwen2LlamaError as exc:
-            render.error(err, "check failed" if exc.exit_code == 1 else "error", exc.message, exc.path, exc.fix)
+            render.error(err, "check failed" if exc.exit_code == 1 else "error", exc.message, exc.path,
+                         exc.fix)
             raise typer.Exit(exc.exit_code) from None
         except KeyboardInterrupt:
             err.print("[yellow]interrupted[/]: nothing was published; temporary files were removed")
@@ -93,7 +100,8 @@ def _print_version(value: bool) -> None:
 
 @app.callback()
 def main(ctx: typer.Context,
-         debug: Annotated[bool, typer.Option("--debug", help="Show tracebacks instead of short messages.")] = False,
+         debug: Annotated[bool, typer.Option("--debug",
+                                             help="Show tracebacks instead of short messages.")] = False,
          version: Annotated[bool, typer.Option("--version", callback=_print_version, is_eager=True,
                                                help="Print the version and exit.")] = False):
     ctx.obj = {"debug": debug}

@@ -16,20 +16,29 @@ from .app import (BaseOpt, DtypeOpt, KindOpt, QuickOpt, ShardSizeOpt, command, e
 def batch(srcs: Annotated[Optional[list[str]], typer.Argument(
               help="Sources: folders, globs (quoted: 'runs/*/checkpoint-*') or hub ids; with --summarize, "
                    "summary files.", show_default=False)] = None,
-          jobs_file: Annotated[Optional[Path], typer.Option("--jobs-file", help="TOML jobs file (see README).")] = None,
+          jobs_file: Annotated[Optional[Path], typer.Option("--jobs-file",
+                                                            help="TOML jobs file (see README).")] = None,
           out_root: Annotated[Optional[Path], typer.Option(
               "--out-root", help="Folder for the outputs, named by the rule in the README.")] = None,
-          shard_size: ShardSizeOpt = "5GB", dtype: DtypeOpt = None, kind: KindOpt = "auto", base: BaseOpt = None,
-          workers: Annotated[int, typer.Option("--jobs", help="Jobs converting at once (verify runs one at a time).")] = 1,
+          shard_size: ShardSizeOpt = "5GB", dtype: DtypeOpt = None, kind: KindOpt = "auto",
+          base: BaseOpt = None,
+          workers: Annotated[int, typer.Option(
+              "--jobs", help="Jobs converting at once (verify runs one at a time).")] = 1,
           shard: Annotated[Optional[str], typer.Option(
-              "--shard", help="I/N: this machine's share of the jobs (default: from Slurm or Kubernetes, else all).")] = None,
-          force: Annotated[bool, typer.Option("--force", help="Redo every job, also up-to-date ones.")] = False,
-          verify: Annotated[bool, typer.Option("--verify/--no-verify", help="Verify each job before publishing.")] = True,
+              "--shard", help="I/N: this machine's share of the jobs (default: from Slurm or "
+                              "Kubernetes, else all).")] = None,
+          force: Annotated[bool, typer.Option("--force",
+                                              help="Redo every job, also up-to-date ones.")] = False,
+          verify: Annotated[bool, typer.Option("--verify/--no-verify",
+                                               help="Verify each job before publishing.")] = True,
           quick: QuickOpt = False,
-          summary: Annotated[Optional[Path], typer.Option("--summary", help="Write the results as JSON.")] = None,
-          junit: Annotated[Optional[Path], typer.Option("--junit", help="Write JUnit XML (a test case per job).")] = None,
+          summary: Annotated[Optional[Path], typer.Option("--summary",
+                                                          help="Write the results as JSON.")] = None,
+          junit: Annotated[Optional[Path], typer.Option(
+              "--junit", help="Write JUnit XML (a test case per job).")] = None,
           summarize: Annotated[bool, typer.Option(
-              "--summarize", help="Merge the given summary files (one per shard) instead of running jobs.")] = False):
+              "--summarize",
+              help="Merge the given summary files (one per shard) instead of running jobs.")] = False):
     """Convert and verify many checkpoints: up-to-date jobs are skipped, failed ones redone.
 
     Exit 0: every job passed. 1: a verify failed. 2: an input was bad.

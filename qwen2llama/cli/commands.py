@@ -10,7 +10,8 @@ from ..errors import InputError
 from ..paths import check_file_output, reads_of
 from ..publish import write_file
 from . import render
-from .app import (BaseOpt, DequantizeOpt, Dst, DtypeOpt, ForceOpt, GoldenOpt, GreedyOpt, JunitOpt, KindOpt, LongPromptOpt, PromptsOpt,
+from .app import (BaseOpt, DequantizeOpt, Dst, DtypeOpt, ForceOpt, GoldenOpt, GreedyOpt, JunitOpt, KindOpt,
+                  LongPromptOpt, PromptsOpt,
                   QuickOpt, ReportOpt, ShardSizeOpt, Src, command, err, out)
 
 
@@ -42,7 +43,8 @@ def _verify_and_report(src, dst, *, report, quick, prompts=None, long_prompt=Non
     if golden is not None:
         result = verify_golden(dst, golden, progress=progress, display=display)
     else:
-        result = run_verify(src, dst, quick=quick, prompts=prompts, long_prompt=long_prompt, progress=progress,
+        result = run_verify(src, dst, quick=quick, prompts=prompts, long_prompt=long_prompt,
+                            progress=progress,
                             display=display, base=base, greedy_tokens=greedy_tokens, adapter=adapter)
     render.verify_summary(out, result)
     if report is not None:
@@ -57,7 +59,8 @@ def _verify_and_report(src, dst, *, report, quick, prompts=None, long_prompt=Non
 
 
 @command
-def convert(src: Src, dst: Dst, shard_size: ShardSizeOpt = "5GB", dtype: DtypeOpt = None, kind: KindOpt = "auto",
+def convert(src: Src, dst: Dst, shard_size: ShardSizeOpt = "5GB", dtype: DtypeOpt = None,
+            kind: KindOpt = "auto",
             base: BaseOpt = None, force: ForceOpt = False,
             verify: Annotated[bool, typer.Option(
                 "--verify/--no-verify", help="Check the result before publishing it.")] = True,
@@ -65,19 +68,23 @@ def convert(src: Src, dst: Dst, shard_size: ShardSizeOpt = "5GB", dtype: DtypeOp
                 "--checksums/--no-checksums",
                 help="Record each output file's digest in conversion.json.")] = True,
             hash: Annotated[str, typer.Option(
-                "--hash", help="blake3 | sha256: the digest conversion.json records (sha256 costs ~5x the CPU).")]
+                "--hash", help="blake3 | sha256: the digest conversion.json records (sha256 costs "
+                               "~5x the CPU).")]
             = "blake3",
             quick: QuickOpt = False, report: ReportOpt = None,
             golden: Annotated[Optional[Path], typer.Option(
-                "--golden", help="Also record a golden file here, with the digests of the files written.")] = None,
+                "--golden",
+                help="Also record a golden file here, with the digests of the files written.")] = None,
             dry_run: Annotated[bool, typer.Option(
                 "--dry-run", help="Check everything and print the plan; write nothing.")] = False,
             dequantize: DequantizeOpt = None,
             adapter: Annotated[Optional[Path], typer.Option(
-                "--adapter", help="A PEFT LoRA adapter trained on SRC: converted too (or folded in with --merge).")]
+                "--adapter", help="A PEFT LoRA adapter trained on SRC: converted too (or folded in "
+                                  "with --merge).")]
             = None,
             adapter_out: Annotated[Optional[Path], typer.Option(
-                "--adapter-out", help="Where the converted adapter goes (default: DST-adapter beside DST).")] = None,
+                "--adapter-out",
+                help="Where the converted adapter goes (default: DST-adapter beside DST).")] = None,
             merge: Annotated[bool, typer.Option(
                 "--merge", help="Fold --adapter into the weights instead (for runtimes without LoRA); use "
                                 "--dtype float32 for an exact result.")] = False):
@@ -105,7 +112,8 @@ def convert(src: Src, dst: Dst, shard_size: ShardSizeOpt = "5GB", dtype: DtypeOp
         prepare_adapter(adapter, adapter_dst, base=prepared.plan.checkpoint, force=force,
                         protect=[*prepared.reads, prepared.out])  # every check, early
     if dry_run:
-        out.print("dry run: the checkpoint, the vocabulary and the output location are usable; nothing written")
+        out.print("dry run: the checkpoint, the vocabulary and the output location are usable; "
+                  "nothing written")
         return
     def before(staging):
         if verify:
@@ -157,10 +165,12 @@ def golden(src: Src, file: Annotated[Path, typer.Argument(help="The golden file 
 
 @command
 def verify(first: Annotated[str, typer.Argument(
-               help="SRC then the converted folder; with --golden, the converted folder alone.", metavar="[SRC] DST")],
+               help="SRC then the converted folder; with --golden, the converted folder alone.",
+                                                metavar="[SRC] DST")],
            second: Annotated[Optional[str], typer.Argument(show_default=False, metavar="")] = None,
            report: ReportOpt = None, prompts: PromptsOpt = None, quick: QuickOpt = False,
-           long_prompt: LongPromptOpt = None, base: BaseOpt = None, golden: GoldenOpt = None, junit: JunitOpt = None,
+           long_prompt: LongPromptOpt = None, base: BaseOpt = None, golden: GoldenOpt = None,
+           junit: JunitOpt = None,
            greedy_tokens: GreedyOpt = None,
            adapter: Annotated[Optional[Path], typer.Option(
                "--adapter", help="The Qwen PEFT adapter: DST has it merged in (convert --merge); with "
@@ -174,7 +184,8 @@ def verify(first: Annotated[str, typer.Argument(
     """
 
     if golden is not None and second is not None:
-        raise InputError("with --golden, give only the converted folder", fix="qwen2llama verify DST --golden FILE")
+        raise InputError("with --golden, give only the converted folder",
+                         fix="qwen2llama verify DST --golden FILE")
     if golden is None and second is None:
         raise InputError("verify needs SRC and DST, or DST and --golden FILE",
                          fix="qwen2llama verify SRC DST, or qwen2llama verify DST --golden FILE")
@@ -186,12 +197,14 @@ def verify(first: Annotated[str, typer.Argument(
     if llama_adapter is not None:
         if adapter is None or golden is not None:
             raise InputError("--llama-adapter needs SRC, DST and --adapter (the Qwen adapter it came from)",
-                             fix="qwen2llama verify SRC DST --adapter QWEN_ADAPTER --llama-adapter LLAMA_ADAPTER")
+                             fix="qwen2llama verify SRC DST --adapter QWEN_ADAPTER --llama-adapter "
+                                 "LLAMA_ADAPTER")
         from .adapter_command import verify_and_report_adapter
 
         verify_and_report_adapter(src, dst, adapter, llama_adapter, quick=quick, report=report)
         return
-    _verify_and_report(src, dst, report=report, quick=quick, prompts=prompts, long_prompt=long_prompt, display=dst,
+    _verify_and_report(src, dst, report=report, quick=quick, prompts=prompts, long_prompt=long_prompt,
+                       display=dst,
                        base=base, golden=golden, junit=junit, greedy_tokens=greedy_tokens, adapter=adapter)
 
 
@@ -218,16 +231,19 @@ def tokenizer(src: Annotated[Path, typer.Argument(help="qwen.tiktoken, or a fold
 @command
 def synth(dst: Dst,
           preset: Annotated[str, typer.Option(
-              help="Release widths: tiny, qwen-1_8b, qwen-7b, qwen-7b-chat-2023-08, qwen-14b, qwen-72b, ...")] = "tiny",
+              help="Release widths: tiny, qwen-1_8b, qwen-7b, qwen-7b-chat-2023-08, qwen-14b, qwen-72b, ...")]
+          = "tiny",
           layers: Annotated[Optional[int], typer.Option(help="Override the number of layers.")] = None,
           format: Annotated[str, typer.Option("--format", help="safetensors | bin")] = "safetensors",
           shards: Annotated[int, typer.Option(help="Number of weight files.")] = 1,
           dtype: Annotated[str, typer.Option(help="bfloat16 | float16 | float32")] = "bfloat16",
           seed: Annotated[int, typer.Option(help="Random seed.")] = 0,
           trainer: Annotated[bool, typer.Option(
-              "--trainer", help="Lay it out as a Trainer checkpoint-N/ folder (optimizer.pt etc., no vocabulary).")] = False,
+              "--trainer", help="Lay it out as a Trainer checkpoint-N/ folder (optimizer.pt etc., no "
+                                "vocabulary).")] = False,
           gptq: Annotated[Optional[int], typer.Option(
-              "--gptq", help="4 | 8: write the Int4/Int8 GPTQ release (also: a preset ending in -int4/-int8).")] = None,
+              "--gptq",
+              help="4 | 8: write the Int4/Int8 GPTQ release (also: a preset ending in -int4/-int8).")] = None,
           group_size: Annotated[Optional[int], typer.Option(
               "--group-size", help="GPTQ group size (default 128; 32 at tiny widths).")] = None,
           desc_act: Annotated[bool, typer.Option(
@@ -238,7 +254,8 @@ def synth(dst: Dst,
                                    "settings under meta)")]
           = "autogptq",
           adapter: Annotated[Optional[Path], typer.Option(
-              "--adapter", help="Write a PEFT LoRA adapter for this Qwen checkpoint into DST instead.")] = None,
+              "--adapter",
+              help="Write a PEFT LoRA adapter for this Qwen checkpoint into DST instead.")] = None,
           targets: Annotated[str, typer.Option(help="Adapter target_modules, comma-separated.")] = "c_attn",
           rank: Annotated[int, typer.Option("--rank", help="Adapter rank r.")] = 8,
           alpha: Annotated[float, typer.Option("--alpha", help="Adapter lora_alpha.")] = 16,
@@ -255,11 +272,13 @@ def synth(dst: Dst,
 
         path = synthesize_adapter(dst, adapter, targets=tuple(t for t in targets.split(",") if t), r=rank,
                                   alpha=alpha, rslora=rslora, dora=dora,
-                                  modules_to_save=tuple(m for m in save.split(",") if m), fmt=format, seed=seed)
+                                  modules_to_save=tuple(m for m in save.split(",") if m), fmt=format,
+                                  seed=seed)
         out.print(f"[green]wrote[/] {path} (LoRA r {rank} on {targets}, {format})")
         return
 
-    path = synthesize(dst, preset, layers=layers, fmt=format, shards=shards, dtype=dtype, seed=seed, trainer=trainer,
+    path = synthesize(dst, preset, layers=layers, fmt=format, shards=shards, dtype=dtype, seed=seed,
+                      trainer=trainer,
                       gptq=gptq, group_size=group_size, desc_act=desc_act, gptq_style=gptq_style)
     total = sum(p.stat().st_size for p in path.iterdir())
     out.print(f"[green]wrote[/] {path} ({preset}, {format}, {total / 1e9:.3f} GB)")

@@ -27,7 +27,8 @@ class TerminalProgress(Progress):
             from rich.progress import Progress as Bar
 
             count = DownloadColumn() if unit == "B" else MofNCompleteColumn()
-            self.bar = Bar("[progress.description]{task.description}", BarColumn(), count, TimeRemainingColumn(),
+            self.bar = Bar("[progress.description]{task.description}", BarColumn(), count,
+                           TimeRemainingColumn(),
                            console=self.console, transient=True)
             self.bar.start()
             self.task = self.bar.add_task(label, total=self.total)
@@ -70,14 +71,17 @@ def plan(console: Console, prepared) -> None:
     c = ckpt.config
     console.print(f"source:  {ckpt.folder} ({ckpt.format}, {len(ckpt.files)} file(s), "
                   f"config generation {c.generation})")
-    console.print(f"model:   hidden {c.hidden_size}, {c.num_layers} layers, {c.num_heads} heads x {c.head_dim}, "
+    console.print(f"model:   hidden {c.hidden_size}, {c.num_layers} layers, {c.num_heads} heads x "
+                  f"{c.head_dim}, "
                   f"MLP {c.mlp_width}, vocab rows {c.vocab_rows}, seq_length {c.seq_length}, "
-                  f"eps {c.layer_norm_epsilon}, rope base {c.rotary_emb_base:g}, dynamic NTK {c.use_dynamic_ntk}, "
+                  f"eps {c.layer_norm_epsilon}, rope base {c.rotary_emb_base:g}, dynamic NTK "
+                  f"{c.use_dynamic_ntk}, "
                   f"logn {c.use_logn_attn}")
     console.print(f"kind:    {'chat' if prepared.chat else 'base'} ({prepared.chat_reason})")
     q = ckpt.quantization
     if q is not None:
-        console.print(f"quant:   GPTQ {q.bits}-bit, group_size {q.group_size}, desc_act {q.desc_act} ({q.path.name}); "
+        console.print(f"quant:   GPTQ {q.bits}-bit, group_size {q.group_size}, desc_act {q.desc_act} "
+                      f"({q.path.name}); "
                       + ("written as a LLaMA GPTQ folder" if p.quantized else
                          f"dequantized to {NAME_OF[p.dtype]} (--dequantize)"))
     copies = sum(t.is_byte_copy for t in p.tensors)
@@ -124,14 +128,17 @@ def adapter_plan(console: Console, prepared) -> None:
     shown = ", ".join(targets) if isinstance(targets, list) else str(targets)
     console.print(f"targets: {shown} -> {', '.join(cfg['target_modules'])}")
     if cfg.get("modules_to_save"):
-        console.print(f"saved:   {', '.join(a.config.get('modules_to_save') or [])} -> {', '.join(cfg['modules_to_save'])}")
-    console.print(f"output:  {len(prepared.tensors)} tensors (byte copies and row ranges), base_model_name_or_path "
+        console.print(f"saved:   {', '.join(a.config.get('modules_to_save') or [])} -> "
+                      f"{', '.join(cfg['modules_to_save'])}")
+    console.print(f"output:  {len(prepared.tensors)} tensors (byte copies and row ranges), "
+                  "base_model_name_or_path "
                   f"{cfg.get('base_model_name_or_path')}")
 
 
 def _detail(name: str, c: dict) -> str:
     if name == "tensors" and "identical" in c:
-        return f"{c['identical']}/{c['tensors']} tensors identical, {c['bytes_compared'] / 1e9:.3f} GB compared"
+        return (f"{c['identical']}/{c['tensors']} tensors identical, "
+                f"{c['bytes_compared'] / 1e9:.3f} GB compared")
     if name == "logits" and "max_abs_logit_diff" in c:
         spread = (f"KL max {c['kl_max']:.1e}" if c.get("kl_max") is not None else
                   f"max |Δlogsumexp| {c.get('max_abs_lse_diff', float('nan')):.2e}")
@@ -147,12 +154,14 @@ def _detail(name: str, c: dict) -> str:
     if name == "config" and "compared" in c:
         return f"{c['compared']} fields"
     if name == "config" and "modules" in c:
-        return f"{c['modules']} adapted modules: PEFT's LoRA layers scale each LLaMA part as the Qwen adapter does"
+        return (f"{c['modules']} adapted modules: PEFT's LoRA layers scale each LLaMA part "
+                "as the Qwen adapter does")
     if name == "tensors" and c.get("note"):
         return c["note"]
     if name == "integrity":
         return c.get("note") or f"{c.get('files', 0)} files hashed ({c.get('hash')})" + (
-            f", {len(c['not_hashed'])} without a recorded digest (--no-checksums)" if c.get("not_hashed") else "")
+            f", {len(c['not_hashed'])} without a recorded digest (--no-checksums)"
+            if c.get("not_hashed") else "")
     return ""
 
 
@@ -167,7 +176,8 @@ def verify_summary(console: Console, result) -> None:
     beyond = result["checks"]["logits"].get("beyond_seq_length")
     if beyond:
         console.print(f"  info: past seq_length ({beyond['tokens']} tokens) max |Δlogit| "
-                      f"{beyond['max_abs_logit_diff_beyond']:.3g} (Qwen's dynamic NTK/logn; LLaMA has no equivalent)")
+                      f"{beyond['max_abs_logit_diff_beyond']:.3g} (Qwen's dynamic NTK/logn; LLaMA has "
+                      "no equivalent)")
     verdict = "[green]equivalent[/]" if result["passed"] else "[bold red]NOT equivalent[/]"
     console.print(f"verify: {verdict} ({result['seconds']} s, peak RSS {result['peak_rss_mib']} MiB)")
 

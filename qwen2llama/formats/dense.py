@@ -37,7 +37,8 @@ def split_rows(module: Module, layer: int | None, suffix: str, ref: TensorRef,
     tensors = []
     for split in module.into:
         start, stop = split.block(ref.shape[0])
-        tensors.append(OutputTensor(f"{name_at(split.llama, layer)}.{suffix}", dtype, (stop - start, *ref.shape[1:]),
+        tensors.append(OutputTensor(f"{name_at(split.llama, layer)}.{suffix}", dtype,
+                                    (stop - start, *ref.shape[1:]),
                                     ref, start, stop))
     return tensors
 
@@ -68,7 +69,8 @@ class Dense:
     def stored(self, module: Module, sizes: dict[str, int]) -> dict[str, Stored]:
         return stored(module, sizes)
 
-    def outputs(self, module: Module, layer: int | None, refs: dict[str, TensorRef], dtype: str) -> list[OutputTensor]:
+    def outputs(self, module: Module, layer: int | None, refs: dict[str, TensorRef],
+                dtype: str) -> list[OutputTensor]:
         tensors = [t for suffix in ("weight", "bias") if suffix in refs
                    for t in split_rows(module, layer, suffix, refs[suffix], dtype)]
         return tensors + zero_biases(module, layer, refs["weight"].shape[0], dtype)

@@ -128,7 +128,8 @@ class Gptq:
         if module.role != "linear":
             return DENSE.outputs(module, layer, refs, dtype)
         out_f = refs["scales"].shape[1]
-        tensors = self._dense(module, layer, refs, dtype) if self.dequantize else self._packed(module, layer, refs)
+        tensors = self._dense(module, layer, refs,
+                              dtype) if self.dequantize else self._packed(module, layer, refs)
         dense_dtype = self.dequantize or dtype
         has_slot = not _mlp(module) or self.mlp_bias  # LLaMA has a bias here
         if "bias" in refs and has_slot:
@@ -152,14 +153,17 @@ class Gptq:
             tensors.append(OutputTensor(f"{name}.g_idx", g_idx.dtype, g_idx.shape, g_idx, 0, g_idx.shape[0]))
         return tensors
 
-    def _dense(self, module: Module, layer: int | None, refs: dict[str, TensorRef], dtype: str) -> list[OutputTensor]:
+    def _dense(self, module: Module, layer: int | None, refs: dict[str, TensorRef],
+               dtype: str) -> list[OutputTensor]:
         out_f, in_f = refs["scales"].shape[1], refs["g_idx"].shape[0]
         tensors = []
         for split in module.into:
             start, stop = split.block(out_f)
-            recipe = Dequantized(refs["qweight"], refs["qzeros"], refs["scales"], refs["g_idx"], self.settings.bits,
+            recipe = Dequantized(refs["qweight"], refs["qzeros"], refs["scales"], refs["g_idx"],
+                                 self.settings.bits,
                                  start, stop)
-            tensors.append(OutputTensor(f"{name_at(split.llama, layer)}.weight", dtype, (stop - start, in_f), None,
+            tensors.append(OutputTensor(f"{name_at(split.llama, layer)}.weight", dtype, (stop - start, in_f),
+                                        None,
                                         derived=recipe))
         return tensors
 

@@ -39,7 +39,8 @@ def factor_outputs(f: LoraFactors, module: Module, layer: int | None) -> list[Ou
         llama = PREFIX + name_at(split.llama, layer)
         tensors.append(OutputTensor(f"{llama}.lora_A.weight", f.a.dtype, f.a.shape, f.a, 0, f.a.shape[0]))
         start, stop = split.block(f.b.shape[0])
-        tensors.append(OutputTensor(f"{llama}.lora_B.weight", f.b.dtype, (stop - start, f.b.shape[1]), f.b, start, stop))
+        tensors.append(OutputTensor(f"{llama}.lora_B.weight", f.b.dtype, (stop - start, f.b.shape[1]), f.b,
+                                    start, stop))
         if f.magnitude is not None:
             start, stop = split.block(f.magnitude.shape[0])
             tensors.append(OutputTensor(f"{llama}.lora_magnitude_vector", f.magnitude.dtype, (stop - start,),
@@ -52,7 +53,8 @@ def saved_outputs(name: str, ref: TensorRef, prefix: str = PREFIX) -> list[Outpu
     module_path, _, suffix = name.rpartition(".")
     module, layer = locate(module_path)
     tensors = split_rows(module, layer, suffix, ref, ref.dtype)
-    return [OutputTensor(prefix + t.name, t.dtype, t.shape, t.source, t.row_start, t.row_stop) for t in tensors]
+    return [OutputTensor(prefix + t.name, t.dtype, t.shape, t.source, t.row_start,
+                         t.row_stop) for t in tensors]
 
 
 def _order(path: str):
@@ -69,7 +71,8 @@ def _linear(path: str, adapter: QwenAdapter) -> tuple[Module, int | None]:
         module = layer = None
     if module is None or module.role != "linear":
         raise InputError(f"LoRA on {path}: not one of Qwen v1's block linears", path=adapter.files[0],
-                         fix="qwen2llama converts LoRA on attn.c_attn, attn.c_proj, mlp.w1, mlp.w2, mlp.c_proj")
+                         fix="qwen2llama converts LoRA on attn.c_attn, attn.c_proj, mlp.w1, "
+                             "mlp.w2, mlp.c_proj")
     return module, layer
 
 
@@ -108,11 +111,13 @@ def check_base(adapter: QwenAdapter, ckpt) -> None:
         module, layer = _linear(path, adapter)
         out_f, in_f = (sizes[s] for s in module.features)
         if f.a.shape[1] != in_f or f.b.shape[0] != out_f:
-            raise InputError(f"the adapter was made for another base size: {path} has lora_A {list(f.a.shape)} and "
+            raise InputError(f"the adapter was made for another base size: {path} has lora_A "
+                             f"{list(f.a.shape)} and "
                              f"lora_B {list(f.b.shape)}, but the base's {path} weight is [{out_f}, {in_f}]",
                              path=f.a.file, fix="give --base the Qwen model the adapter was trained on")
         if layer is not None and layer >= ckpt.config.num_layers:
-            raise InputError(f"the adapter adapts layer {layer}, the base has {ckpt.config.num_layers} layers",
+            raise InputError(f"the adapter adapts layer {layer}, the base has "
+                             f"{ckpt.config.num_layers} layers",
                              path=f.a.file, fix="give --base the Qwen model the adapter was trained on")
     for name, ref in adapter.saved.items():
         _saved_module(name, adapter)
@@ -137,7 +142,8 @@ def merge_into(tensors: list[OutputTensor], adapter: QwenAdapter) -> list[Output
     for t in tensors:
         new = replace.get(t.name)
         if isinstance(new, LoraFactors):
-            t = OutputTensor(t.name, t.dtype, t.shape, None, derived=Merged(t.source, new, t.row_start, t.row_stop))
+            t = OutputTensor(t.name, t.dtype, t.shape, None,
+                             derived=Merged(t.source, new, t.row_start, t.row_stop))
         elif new is not None:
             t = OutputTensor(t.name, t.dtype, t.shape, new, t.row_start, t.row_stop)
         out.append(t)
@@ -165,7 +171,8 @@ class Merged:
     def blocks(self, dtype: str):
         a = read_ref(self.factors.a).float()
         for r0, r1 in row_blocks(self.start, self.stop, 4 * self.weight.shape[1], COMPUTE_BLOCK):
-            w = read_ref(self.weight, r0, r1).float() + self.factors.scaling * (read_ref(self.factors.b, r0, r1).float() @ a)
+            w = read_ref(self.weight, r0,
+                         r1).float() + self.factors.scaling * (read_ref(self.factors.b, r0, r1).float() @ a)
             if self.factors.magnitude is not None:
                 m = read_ref(self.factors.magnitude, r0, r1).float()
                 w = w * (m / w.norm(dim=1))[:, None]

@@ -35,7 +35,8 @@ class LlamaSide:
         try:
             self.config = LlamaConfig.from_pretrained(folder)
         except Exception as exc:
-            raise InputError(f"transformers cannot read config.json ({exc})"[:400], path=folder / "config.json",
+            raise InputError(f"transformers cannot read config.json ({exc})"[:400],
+                             path=folder / "config.json",
                              fix="convert again") from None
         self.config._attn_implementation = "sdpa"
         self.rotary = LlamaRotaryEmbedding(self.config)
@@ -62,7 +63,8 @@ class LlamaSide:
         if self.gptq_bits is not None:
             weights = {n[len(prefix):]: self.tensor(n) for n in names if n.endswith(("norm.weight", ".bias"))}
             for stem in (n[len(prefix):-len(".qweight")] for n in names if n.endswith(".qweight")):
-                parts = {s: read_ref(self.tensors[f"{prefix}{stem}.{s}"]) for s in ("qweight", "qzeros", "scales", "g_idx")}
+                parts = {s: read_ref(self.tensors[f"{prefix}{stem}.{s}"])
+                         for s in ("qweight", "qzeros", "scales", "g_idx")}
                 weights[f"{stem}.weight"] = dequantize_by_bytes(**parts, bits=self.gptq_bits)
         else:
             weights = {n[len(prefix):]: self.tensor(n) for n in names}
@@ -87,7 +89,8 @@ class LlamaSide:
             return norm(x)
 
 
-def dequantize_by_bytes(qweight: torch.Tensor, qzeros: torch.Tensor, scales: torch.Tensor, g_idx: torch.Tensor,
+def dequantize_by_bytes(qweight: torch.Tensor, qzeros: torch.Tensor, scales: torch.Tensor,
+                        g_idx: torch.Tensor,
                         bits: int) -> torch.Tensor:
     """A LLaMA GPTQ linear as a dense [out, in] float32 weight, read through the little-endian
     bytes of the packed words (8 bits: one value per byte; 4 bits: low nibble first), a path

@@ -16,7 +16,8 @@ def parse_size(text: str | int) -> int:
     else:
         m = re.fullmatch(r"\s*(\d+(?:\.\d+)?)\s*([A-Za-z]*)\s*", str(text))
         if not m or m.group(2).upper() not in _UNITS:
-            raise InputError(f"cannot read the size {text!r}", fix="write it like 5GB, 500MB, 2GiB or a byte count")
+            raise InputError(f"cannot read the size {text!r}",
+                             fix="write it like 5GB, 500MB, 2GiB or a byte count")
         value = int(float(m.group(1)) * _UNITS[m.group(2).upper()])
     if value <= 0:
         raise InputError(f"size must be positive, got {text!r}", fix="write it like 5GB")

@@ -175,7 +175,8 @@ class ShardWriter:
                 offset, length = src.rows(start, stop)
                 buf = bytearray(length)
                 if os.preadv(fh.fileno(), [buf], offset) != length:
-                    raise InputError(f"tensor {src.name} is cut short", path=src.file, fix="download the file again")
+                    raise InputError(f"tensor {src.name} is cut short", path=src.file,
+                                     fix="download the file again")
                 block = np.frombuffer(buf, dtype=np.uint8).reshape(stop - start, row_bytes)
                 data = np.ascontiguousarray(block[:, c0 * item:c1 * item])
                 _write_all(self.fd, data, self.path)

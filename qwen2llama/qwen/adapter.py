@@ -87,7 +87,8 @@ def read_adapter_config(folder: Path) -> dict:
         raise _refuse(f"bias {config.get('bias')!r} / lora_bias (trained biases are not LoRA factors)", path)
     if config.get("layer_replication") or config.get("target_parameters"):
         raise _refuse("layer_replication / target_parameters", path)
-    if isinstance(config.get("layers_to_transform"), (int, list)) and config.get("layers_pattern") not in (None, "h"):
+    layers_given = isinstance(config.get("layers_to_transform"), (int, list))
+    if layers_given and config.get("layers_pattern") not in (None, "h"):
         raise _refuse(f"layers_pattern {config.get('layers_pattern')!r}", path)
     return config
 
@@ -119,7 +120,8 @@ def open_adapter(folder: str | Path) -> QwenAdapter:
     factors = {}
     for module, found in sorted(parts.items()):
         if "lora_A.weight" not in found or "lora_B.weight" not in found:
-            raise InputError(f"{module} has {', '.join(sorted(found))} but not both lora_A and lora_B", path=folder,
+            raise InputError(f"{module} has {', '.join(sorted(found))} but not both lora_A and lora_B",
+                             path=folder,
                              fix="restore the adapter file")
         a, b = found["lora_A.weight"], found["lora_B.weight"]
         magnitude = found.get("lora_magnitude_vector")
@@ -129,7 +131,8 @@ def open_adapter(folder: str | Path) -> QwenAdapter:
                              path=a.file, fix="restore the adapter file")
         factors[module] = LoraFactors(module, a, b, magnitude,
                                       pattern_value(config.get("rank_pattern") or {}, module, config["r"]),
-                                      pattern_value(config.get("alpha_pattern") or {}, module, config["lora_alpha"]),
+                                      pattern_value(config.get("alpha_pattern") or {}, module,
+                                                    config["lora_alpha"]),
                                       bool(config.get("use_rslora")))
     if not factors and not saved:
         raise InputError("the adapter holds no tensors", path=folder, fix="restore the adapter file")

@@ -74,7 +74,8 @@ def open_checkpoint(folder: str | Path) -> Checkpoint:
     if weights is None:
         present = sorted(p.name for p in folder.iterdir())[:12]
         raise InputError(
-            f"no weights found (looked for model.safetensors[.index.json] and pytorch_model.bin[.index.json]; "
+            "no weights found (looked for model.safetensors[.index.json] and "
+            "pytorch_model.bin[.index.json]; "
             f"the folder holds: {', '.join(present) or 'nothing'})",
             path=folder, fix="download the weight files into this folder")
     companions = {name: folder / name for name in COMPANIONS if (folder / name).is_file()}

@@ -109,13 +109,15 @@ def _dtype_of(raw: dict) -> str | None:
 def parse_config(raw: Any, path: Path) -> QwenConfig:
     """Normalise a parsed config.json; raise InputError naming the field on anything unusable."""
     if not isinstance(raw, dict):
-        raise InputError("config.json is not a JSON object", path=path, fix="use the checkpoint's config.json")
+        raise InputError("config.json is not a JSON object", path=path,
+                         fix="use the checkpoint's config.json")
     archs = raw.get("architectures") or []
     if raw.get("model_type") not in (None, "qwen") or (archs and "QWenLMHeadModel" not in archs):
         raise InputError(
             f"not a Qwen v1 config (model_type={raw.get('model_type')!r}, architectures={archs})",
             path=path,
-            fix="qwen2llama converts Qwen v1 (QWenLMHeadModel); Qwen1.5/Qwen2 already load as Qwen2 in transformers",
+            fix="qwen2llama converts Qwen v1 (QWenLMHeadModel); Qwen1.5/Qwen2 already load as Qwen2 in "
+                "transformers",
         )
     generation = "original" if "n_embd" in raw or "n_layer" in raw else "v1.1"
     hidden = _positive_int(_pick(raw, "hidden_size", path), "hidden_size", path)
@@ -123,7 +125,8 @@ def parse_config(raw: Any, path: Path) -> QwenConfig:
     head_dim = raw.get("kv_channels", hidden // heads if hidden % heads == 0 else None)
     head_dim = _positive_int(head_dim, "kv_channels", path)
     if head_dim % 2:
-        raise InputError(f"config.json: kv_channels {head_dim} is odd; rotary embeddings need an even head size",
+        raise InputError(f"config.json: kv_channels {head_dim} is odd; rotary embeddings need an "
+                         "even head size",
                          path=path, fix="check the config against the weights")
     inter = _positive_int(_pick(raw, "intermediate_size_written", path), "intermediate_size", path)
     if inter % 2:

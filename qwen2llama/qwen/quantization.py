@@ -86,7 +86,8 @@ def read_quantization(folder: Path, config: dict) -> GptqSettings | None:
     if len(found) == 2:
         a, b = found
         if (a.bits, a.group_size, a.desc_act, a.sym) != (b.bits, b.group_size, b.desc_act, b.sym):
-            raise InputError(f"config.json says bits {a.bits}, group_size {a.group_size}, desc_act {a.desc_act}; "
+            raise InputError(f"config.json says bits {a.bits}, group_size {a.group_size}, desc_act "
+                             f"{a.desc_act}; "
                              f"quantize_config.json says bits {b.bits}, group_size {b.group_size}, "
                              f"desc_act {b.desc_act}", path=folder,
                              fix="keep the settings the weights were quantized with")

@@ -21,7 +21,8 @@ def _header_json(path: Path) -> tuple[int, bytes, int]:
         with open(path, "rb") as fh:
             head = fh.read(8)
             if len(head) < 8:
-                raise InputError("safetensors file is shorter than its 8-byte header length", path=path, fix=FIX)
+                raise InputError("safetensors file is shorter than its 8-byte header length", path=path,
+                                 fix=FIX)
             (n,) = struct.unpack("<Q", head)
             if n > MAX_HEADER_BYTES or 8 + n > size:
                 raise InputError(f"safetensors header length {n} does not fit in the file ({size} bytes)",

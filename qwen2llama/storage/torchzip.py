@@ -71,7 +71,8 @@ class _RefusingUnpickler(pickle.Unpickler):
             return _ALLOWED[(module, name)]
         except KeyError:
             raise InputError(
-                f"refusing to load: the pickle asks for {module}.{name}, which a plain weights file never needs "
+                f"refusing to load: the pickle asks for {module}.{name}, which a plain weights file "
+                "never needs "
                 "(it may be an attempt to run code)",
                 path=self.path,
                 fix="get the checkpoint from its original source, or use its .safetensors files",
@@ -105,7 +106,8 @@ def read_torch_zip(path: Path) -> dict[str, TensorRef]:
     try:
         archive = zipfile.ZipFile(path)
     except (zipfile.BadZipFile, OSError) as exc:
-        raise InputError(f"cannot read the zip directory ({exc})", path=path, fix="download the file again") from None
+        raise InputError(f"cannot read the zip directory ({exc})", path=path,
+                         fix="download the file again") from None
     with archive:
         members = {info.filename: info for info in archive.infolist()}
         pickles = [n for n in members if n.endswith("/data.pkl") and n.count("/") == 1]

@@ -69,7 +69,8 @@ def read_shards(folder: Path, fmt: str, shards: list[str], index_path: Path | No
                              fix=f"download {shard} again into the folder")
         for name, ref in READERS[fmt](path).items():
             if name in tensors:
-                raise InputError(f"tensor {name} is stored in two shards ({tensors[name].file.name} and {shard})",
+                raise InputError(f"tensor {name} is stored in two shards ({tensors[name].file.name} "
+                                 f"and {shard})",
                                  path=path, fix="restore the original shards; a tensor must live in one file")
             tensors[name] = ref
     if weight_map is not None:

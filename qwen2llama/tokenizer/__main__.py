@@ -9,5 +9,6 @@ from . import read_tiktoken, write_tokenizer_files
 
 if __name__ == "__main__":
     vocab, out, chat, max_len = sys.argv[1:5]
-    stats = write_tokenizer_files(read_tiktoken(vocab), Path(out), chat=chat == "chat", model_max_length=int(max_len))
+    stats = write_tokenizer_files(read_tiktoken(vocab), Path(out), chat=chat == "chat",
+                                  model_max_length=int(max_len))
     print(json.dumps(stats))

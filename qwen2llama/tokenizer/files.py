@@ -10,7 +10,8 @@ import json
 from functools import cache
 from pathlib import Path
 
-from ..tokens import DEFAULT_SYSTEM, ENDOFTEXT, IM_END, IM_START, N_REGULAR, PATTERN, SPECIAL_IDS, SPECIAL_TOKENS
+from ..tokens import (DEFAULT_SYSTEM, ENDOFTEXT, IM_END, IM_START, N_REGULAR, PATTERN, SPECIAL_IDS,
+                      SPECIAL_TOKENS)
 from .merges import recover_merges
 
 # Qwen v1's chat helper (make_context): a system turn always, default text with its full stop.
@@ -28,7 +29,8 @@ CHAT_TEMPLATE = (
     "{%- if add_generation_prompt -%}{{- '<|im_start|>assistant\\n' -}}{%- endif -%}"
 )
 
-TOKENIZER_FILES = ("tokenizer.json", "vocab.json", "merges.txt", "tokenizer_config.json", "special_tokens_map.json")
+TOKENIZER_FILES = ("tokenizer.json", "vocab.json", "merges.txt", "tokenizer_config.json",
+                   "special_tokens_map.json")
 
 
 @cache
@@ -102,7 +104,8 @@ def write_tokenizer_files(tokens: list[bytes], out: Path, *, chat: bool, model_m
     tok, (vocab, merges) = build_tokenizer(tokens)
     (out / "tokenizer.json").write_text(tok.to_str(pretty=False), encoding="utf-8")
     # id order, one line, as Hugging Face writes it
-    (out / "vocab.json").write_text(json.dumps(vocab, ensure_ascii=False, separators=(",", ":")), encoding="utf-8")
+    (out / "vocab.json").write_text(json.dumps(vocab, ensure_ascii=False, separators=(",", ":")),
+                                    encoding="utf-8")
     with open(out / "merges.txt", "w", encoding="utf-8") as fh:
         fh.write("#version: 0.2\n")
         fh.writelines(f"{a} {b}\n" for a, b in merges)

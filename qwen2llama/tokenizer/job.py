@@ -14,7 +14,8 @@ class TokenizerJob:
     def __init__(self, vocab: Path, folder: Path, chat: bool, model_max_length: int):
         self.folder = folder
         self.proc = subprocess.Popen(
-            [sys.executable, "-m", "qwen2llama.tokenizer", str(vocab), str(folder), "chat" if chat else "base",
+            [sys.executable, "-m", "qwen2llama.tokenizer", str(vocab), str(folder),
+             "chat" if chat else "base",
              str(model_max_length)], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
 
     def result(self) -> dict:

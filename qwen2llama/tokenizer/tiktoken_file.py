@@ -47,7 +47,8 @@ def _parsed(name: str, size: int, mtime_ns: int) -> tuple[bytes, ...]:
         if rank in by_rank:
             raise InputError(f"line {lineno}: rank {rank} appears twice", path=path, fix=FIX)
         if token in seen:
-            raise InputError(f"line {lineno}: token {token!r} already has rank {seen[token]}", path=path, fix=FIX)
+            raise InputError(f"line {lineno}: token {token!r} already has rank {seen[token]}", path=path,
+                             fix=FIX)
         by_rank[rank] = token
         seen[token] = rank
     if not by_rank:

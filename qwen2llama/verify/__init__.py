@@ -52,7 +52,8 @@ def _same_model(ckpt: Checkpoint, dst_tensors: dict, dst: Path) -> None:
     emb = dst_tensors.get("model.embed_tokens.weight")
     if emb is None or emb.shape != want:
         raise InputError(f"SRC and DST are different models: embedding {list(emb.shape) if emb else None} vs "
-                         f"{list(want)}", path=dst, fix="verify a folder against the checkpoint it was converted from")
+                         f"{list(want)}", path=dst,
+                         fix="verify a folder against the checkpoint it was converted from")
 
 
 def _is_chat(dst: Path, ckpt: Checkpoint) -> bool:
@@ -65,7 +66,8 @@ def _is_chat(dst: Path, ckpt: Checkpoint) -> bool:
 
 
 def verify(src: str | Path | Checkpoint, dst: str | Path, *, quick: bool = False, prompts: Path | None = None,
-           greedy_tokens: int | None = None, long_prompt: bool | None = None, progress: Progress | None = None,
+           greedy_tokens: int | None = None, long_prompt: bool | None = None,
+           progress: Progress | None = None,
            display: Path | None = None, base: str | Path | None = None, adapter=None) -> VerifyResult:
     """Run every check of `dst` against `src` (a folder, a hub id, or an opened checkpoint); never
     raises for a failed check (see raise_if_failed). `adapter` (a folder or QwenAdapter): `dst` was
@@ -87,7 +89,8 @@ def verify(src: str | Path | Checkpoint, dst: str | Path, *, quick: bool = False
     progress.note("checking file hashes")
     checks["integrity"] = check_integrity(dst)
     progress.note("comparing tensors")
-    checks["tensors"] = check_tensors(ckpt, dst_tensors, quantized="quantization_config" in raw, adapter=adapter)
+    checks["tensors"] = check_tensors(ckpt, dst_tensors, quantized="quantization_config" in raw,
+                                      adapter=adapter)
     side = LlamaSide(dst)
     checks["config"] = check_config(ckpt.config, side.config, raw,
                                     ckpt.quantization.output_config() if ckpt.quantization else None,
@@ -95,7 +98,8 @@ def verify(src: str | Path | Checkpoint, dst: str | Path, *, quick: bool = False
     progress.note("comparing tokenizers")
     checks["tokenizer"] = check_tokenizer(dst, encode, texts, chats, _is_chat(dst, ckpt))
     checks["logits"] = check_logits(ckpt, side, encode, texts, chats, quick=quick,
-                                    lossy=bool(checks["tensors"].get("lossy_cast")), greedy_tokens=greedy_tokens,
+                                    lossy=bool(checks["tensors"].get("lossy_cast")),
+                                    greedy_tokens=greedy_tokens,
                                     progress=progress, long_prompt=long_prompt, adapter=adapter)
     return _result(checks, str(ckpt.folder), display or dst, quick, t0)
 

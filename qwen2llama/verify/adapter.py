@@ -4,7 +4,8 @@ in Qwen's terms) against transformers' LlamaForCausalLM on the converted base wi
 
 Checks: integrity (conversion.json digests), tensors (every factor a bit-exact copy or row range),
 config (every part of every adapted Qwen module has a LoRA layer in the model PEFT built from
-the converted adapter_config.json, with the Qwen module's scaling, read off PEFT's layers), logits (max |Δlogit|, KL, top-1, greedy, as for models). The whole
+the converted adapter_config.json, with the Qwen module's scaling, read off PEFT's layers), logits
+(max |Δlogit|, KL, top-1, greedy, as for models). The whole
 LLaMA base is loaded (PEFT wraps a model object): memory is the base in float32.
 """
 from __future__ import annotations
@@ -75,7 +76,8 @@ def _peft_model(llama_base: Path, llama_adapter: Path):
     try:
         from peft import PeftModel
     except ImportError:
-        raise InputError("verifying an adapter needs PEFT", fix="pip install 'qwen2llama[adapters]' (peft)") from None
+        raise InputError("verifying an adapter needs PEFT",
+                         fix="pip install 'qwen2llama[adapters]' (peft)") from None
     from transformers import LlamaForCausalLM
     from transformers.utils import logging
 
@@ -114,9 +116,11 @@ def verify_adapter(src, llama_base: str | Path, qwen_adapter: str | Path, llama_
         checks["tensors"] = check(not found["failures"], **found)
     model = _peft_model(Path(llama_base), out)
     checks["config"] = check_adapter_config(adapter, out, peft_scalings(model))
-    checks["logits"] = _check_logits(ckpt, adapter, model, quick, GREEDY if greedy_tokens is None else greedy_tokens)
+    checks["logits"] = _check_logits(ckpt, adapter, model, quick,
+                                     GREEDY if greedy_tokens is None else greedy_tokens)
     with_fixes(checks)
-    return VerifyResult(passed=all(c["passed"] is not False for c in checks.values()), source=str(ckpt.folder),
+    return VerifyResult(passed=all(c["passed"] is not False for c in checks.values()),
+                        source=str(ckpt.folder),
                         output=str(out), adapter=str(adapter.folder), quick=quick,
                         seconds=round(time.perf_counter() - t0, 2),
                         peak_rss_mib=round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1),

@@ -21,12 +21,14 @@ def _quantization_failures(raw: dict, source: dict | None) -> list[str]:
     failures = [f"quantization_config.{k}: {got.get(k)!r}, the source has {source[k]!r}"
                 for k in keys if got.get(k) != source[k]]
     if got.get("checkpoint_format", "gptq") != "gptq":
-        failures.append(f"quantization_config.checkpoint_format: {got['checkpoint_format']!r}; the packed tensors "
+        failures.append(f"quantization_config.checkpoint_format: {got['checkpoint_format']!r}; the "
+                        "packed tensors "
                         "are in AutoGPTQ's original format ('gptq': zero points stored minus one)")
     return failures
 
 
-def check_config(q: QwenConfig, c, raw: dict, quantization: dict | None = None, mlp_bias: bool = False) -> dict:
+def check_config(q: QwenConfig, c, raw: dict, quantization: dict | None = None,
+                 mlp_bias: bool = False) -> dict:
     """`c` is transformers' LlamaConfig of the folder, `raw` its config.json as written,
     `quantization` the source's GPTQ settings (GptqSettings.output_config()), if any; `mlp_bias`:
     the source's MLP linears carry non-zero biases (a quantizer's), so the output needs them."""

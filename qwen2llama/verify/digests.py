@@ -28,10 +28,12 @@ def record(plan, progress: Progress | None = None) -> dict:
     progress.start("golden: tensor digests", plan.total_bytes)
     tensors = {}
     for t in plan.tensors:
-        tensors[t.name] = {"dtype": t.dtype, "shape": list(t.shape), "digest": digest(output_chunks(t), ALGORITHM)}
+        tensors[t.name] = {"dtype": t.dtype, "shape": list(t.shape),
+                           "digest": digest(output_chunks(t), ALGORITHM)}
         progress.advance(t.nbytes)
     progress.finish()
-    return {"hash": ALGORITHM, "dtype": NAME_OF[plan.dtype], "format": plan.fmt.name, "quantized": plan.quantized,
+    return {"hash": ALGORITHM, "dtype": NAME_OF[plan.dtype], "format": plan.fmt.name,
+            "quantized": plan.quantized,
             "tensors": tensors}
 
 

@@ -97,8 +97,8 @@ def greedy(ref, side, seqs, n: int, progress) -> list[dict]:
         for s, t in zip(llama_seqs, stats.arg_l.tolist()):
             s.append(t)
     progress.finish()
-    return [{"tokens": n, "reference": r[len(p):], "llama": l[len(p):], "identical": r == l}
-            for p, r, l in zip(seqs, ref_seqs, llama_seqs)]
+    return [{"tokens": n, "reference": r[len(p):], "llama": m[len(p):], "identical": r == m}
+            for p, r, m in zip(seqs, ref_seqs, llama_seqs)]
 
 
 def beyond_seq_length(ref, side, seqs, progress) -> dict:
@@ -112,7 +112,8 @@ def beyond_seq_length(ref, side, seqs, progress) -> dict:
     progress.finish()
     stats = head_stats(ref, side, hr, hl)
     inside, outside = slice(0, cfg.seq_length), slice(cfg.seq_length, length)
-    return {"tokens": length, "note": "Qwen's dynamic NTK / logn attention act past seq_length; the LLaMA layout "
+    return {"tokens": length,
+            "note": "Qwen's dynamic NTK / logn attention act past seq_length; the LLaMA layout "
             "has no equivalent, so divergence there is expected and not a failure",
             "max_abs_logit_diff_within": stats.max_diff[inside].max().item(),
             "max_abs_logit_diff_beyond": stats.max_diff[outside].max().item(),

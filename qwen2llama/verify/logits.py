@@ -59,7 +59,8 @@ def _judge(prompts, stats, tol: dict) -> tuple[list[dict], list[str]]:
     agree = (stats.arg_r == stats.arg_l) | (stats.best_r - stats.second_r <= 2 * allowed)
     lens = [len(ids) for _, ids in prompts]
     rows, failures = [], []
-    for (name, ids), diff, scale, kl, same in zip(prompts, stats.max_diff.split(lens), stats.max_ref.split(lens),
+    for (name, ids), diff, scale, kl, same in zip(prompts, stats.max_diff.split(lens),
+                                                  stats.max_ref.split(lens),
                                                   stats.kl().split(lens), agree.split(lens)):
         row = {"prompt": name, "tokens": len(ids), "max_abs_logit_diff": diff.max().item(),
                "max_abs_logit": scale.max().item(), "kl_mean": kl.mean().item(), "kl_max": kl.max().item(),
@@ -71,13 +72,16 @@ def _judge(prompts, stats, tol: dict) -> tuple[list[dict], list[str]]:
         if row["kl_max"] > tol["kl_max"]:
             failures.append(f"{name!r}: KL {row['kl_max']:.3g} > {tol['kl_max']:g}")
         if row["top1_agreement"] < tol["top1_agreement_min"]:
-            failures.append(f"{name!r}: top-1 agreement {row['top1_agreement']:.4f} < {tol['top1_agreement_min']}")
+            failures.append(f"{name!r}: top-1 agreement {row['top1_agreement']:.4f} < "
+                            f"{tol['top1_agreement_min']}")
     return rows, failures
 
 
 def _first_parting(layers: list[dict]) -> str | None:
-    first = next((l for l in layers if l["max_abs_hidden_diff"] > 1e-3 * max(1.0, l["max_abs_hidden"])), None)
-    return first and f"the models part at layer {first['layer']} (max |Δhidden| {first['max_abs_hidden_diff']:.3g})"
+    first = next((row for row in layers
+                  if row["max_abs_hidden_diff"] > 1e-3 * max(1.0, row["max_abs_hidden"])), None)
+    return first and (f"the models part at layer {first['layer']} "
+                      f"(max |Δhidden| {first['max_abs_hidden_diff']:.3g})")
 
 
 def check_logits(ckpt, side, encode, texts, chats, *, quick: bool, lossy: bool, greedy_tokens: int | None,
@@ -93,16 +97,19 @@ def check_logits(ckpt, side, encode, texts, chats, *, quick: bool, lossy: bool, 
     try:
         hr, hl, _ = lockstep(ref, side, seqs, seqs, progress, layers)
     except LayerRejected as rej:
-        return check(False, failures=[f"layer {rej.layer}: transformers' LlamaDecoderLayer rejects the weights: "
+        return check(False,
+                     failures=[f"layer {rej.layer}: transformers' LlamaDecoderLayer rejects the weights: "
                                       f"{rej.exc}"[:400]])
     finally:
         progress.finish()
     rows, failures = _judge(prompts, head_stats(ref, side, hr, hl), tol)
     if failures and (parting := _first_parting(layers)):
         failures.append(parting)
-    result = check(not failures, compute_dtype="float32", tolerance=tol, lossy_cast=lossy, long_prompt=long_note,
+    result = check(not failures, compute_dtype="float32", tolerance=tol, lossy_cast=lossy,
+                   long_prompt=long_note,
                    prompts=rows, max_abs_logit_diff=max(r["max_abs_logit_diff"] for r in rows),
-                   kl_max=max(r["kl_max"] for r in rows), top1_agreement=min(r["top1_agreement"] for r in rows),
+                   kl_max=max(r["kl_max"] for r in rows),
+                   top1_agreement=min(r["top1_agreement"] for r in rows),
                    layers=layers, failures=failures)
     model_bytes = sum(r.nbytes for r in ckpt.tensors.values())
     n_greedy = greedy_tokens if greedy_tokens is not None else (
@@ -114,8 +121,9 @@ def check_logits(ckpt, side, encode, texts, chats, *, quick: bool, lossy: bool, 
             result["passed"] = False
             result["failures"].append(f"greedy continuations differ on {differing} prompt(s)")
     else:
-        result["greedy"] = (f"skipped: the model ({model_bytes / 1e9:.1f} GB) would be re-read per token; "
-                            "pass --greedy-tokens N to force" if greedy_tokens is None else "--greedy-tokens 0")
+        skipped = (f"skipped: the model ({model_bytes / 1e9:.1f} GB) would be re-read per token; "
+                   "pass --greedy-tokens N to force")
+        result["greedy"] = skipped if greedy_tokens is None else "--greedy-tokens 0"
     if long_prompt and (cfg.use_dynamic_ntk or cfg.use_logn_attn):
         result["beyond_seq_length"] = beyond_seq_length(ref, side, seqs, progress)
     return result

@@ -26,7 +26,8 @@ def check_same_model(golden: Golden, dst_tensors: dict, dst) -> None:
     cfg = golden.config
     emb = dst_tensors.get("model.embed_tokens.weight")
     if emb is None or tuple(emb.shape) != (cfg.vocab_rows, cfg.hidden_size):
-        raise InputError(f"the golden file is for another model: embedding {[cfg.vocab_rows, cfg.hidden_size]}, "
+        raise InputError("the golden file is for another model: embedding "
+                         f"{[cfg.vocab_rows, cfg.hidden_size]}, "
                          f"the folder's {list(emb.shape) if emb else None}", path=golden.path,
                          fix="use the golden file recorded for this model")
     tokens = tokens_from_vocab_json(dst / "vocab.json")
@@ -43,7 +44,8 @@ def check_integrity_golden(golden: Golden, dst) -> dict | None:
     algorithm, files = recorded["hash"], recorded["files"]
     failures = [f"{name}: missing" for name in sorted(files) if not (dst / name).is_file()]
     failures += [f"{name}: {algorithm} differs from the golden file" for name, digest in sorted(files.items())
-                 if digest is not None and (dst / name).is_file() and manifest.hash_file(dst / name, algorithm) != digest]
+                 if digest is not None and (dst / name).is_file()
+                 and manifest.hash_file(dst / name, algorithm) != digest]
     extra = sorted(p.name for p in dst.iterdir() if p.name not in files and p.name != manifest.NAME)
     failures += [f"{name}: not in the golden file" for name in extra]
     return check(not failures, hash=algorithm, files=len(files), against=str(golden.path), failures=failures)
@@ -65,7 +67,8 @@ def _greedy(side, golden: Golden, progress) -> list[dict]:
     progress.finish()
     for k, (start, seq) in enumerate(zip(starts, seqs)):
         want = golden.tensors[f"greedy.{k}"].tolist()
-        rows.append({"tokens": n, "reference": want, "llama": seq[len(start):], "identical": want == seq[len(start):]})
+        rows.append({"tokens": n, "reference": want, "llama": seq[len(start):],
+                     "identical": want == seq[len(start):]})
     return rows
 
 
@@ -111,11 +114,14 @@ def check_logits_golden(golden: Golden, side, progress) -> dict:
         if rel is not None and row["max_abs_lse_diff"] > logit_limit(row["max_abs_logit"], rel):
             failures.append(f"{name!r}: logsumexp differs by {row['max_abs_lse_diff']:.3g}")
         if row["top1_agreement"] < tol["top1_agreement_min"]:
-            failures.append(f"{name!r}: top-1 agreement {row['top1_agreement']:.4f} < {tol['top1_agreement_min']}")
-    result = check(not failures, against=str(golden.path), compute_dtype="float32", tolerance=tol, lossy_cast=lossy,
+            failures.append(f"{name!r}: top-1 agreement {row['top1_agreement']:.4f} < "
+                            f"{tol['top1_agreement_min']}")
+    result = check(not failures, against=str(golden.path), compute_dtype="float32", tolerance=tol,
+                   lossy_cast=lossy,
                    long_prompt=golden.meta["long_prompt"], prompts=rows,
                    max_abs_logit_diff=max(r["max_abs_logit_diff"] for r in rows), kl_max=None,
-                   kl_note="a golden file keeps the logsumexp, the top-k and a sample of the logits, not the whole "
+                   kl_note="a golden file keeps the logsumexp, the top-k and a sample of the logits, "
+                           "not the whole "
                            "distribution: max_abs_lse_diff stands in for KL",
                    max_abs_lse_diff=max(r["max_abs_lse_diff"] for r in rows),
                    top1_agreement=min(r["top1_agreement"] for r in rows), layers=[], failures=failures)

@@ -19,7 +19,8 @@ MAX_FAILURES = 50  # failure lines kept per check
 FIXES = {
     "integrity": "the folder changed after conversion: convert again, or restore the files",
     "tensors": "convert again with qwen2llama; the listed tensors are not the source's slices",
-    "config": "convert again with qwen2llama (it writes every value explicitly), or set the listed fields as expected",
+    "config": "convert again with qwen2llama (it writes every value explicitly), or set the listed "
+              "fields as expected",
     "tokenizer": "write the tokenizer with `qwen2llama tokenizer qwen.tiktoken DST --kind chat|base` "
                  "(or convert again)",
     "logits": "convert again with qwen2llama; the report's layers show where the models part",

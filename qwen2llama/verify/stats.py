@@ -44,7 +44,8 @@ class HeadStats:
         block_second = top2[:, 1] if top2.shape[-1] > 1 else torch.full_like(top2[:, 0], -math.inf)
         vr, ir = zr.max(-1)
         vl, il = zl.max(-1)
-        self.second_r = torch.maximum(torch.maximum(self.second_r, block_second), torch.minimum(self.best_r, vr))
+        self.second_r = torch.maximum(torch.maximum(self.second_r, block_second),
+                                      torch.minimum(self.best_r, vr))
         take_r, take_l = vr > self.best_r, vl > self.best_l
         self.arg_r = torch.where(take_r, ir + offset, self.arg_r)
         self.best_r = torch.where(take_r, vr, self.best_r)
@@ -85,7 +86,8 @@ class SideStats:
 
     def add(self, z: torch.Tensor, offset: int) -> None:
         new_m = torch.maximum(self.m, z.amax(-1))
-        self.s = self.s * torch.exp((self.m - new_m).double()) + torch.exp((z - new_m[:, None]).double()).sum(-1)
+        self.s = (self.s * torch.exp((self.m - new_m).double())
+                  + torch.exp((z - new_m[:, None]).double()).sum(-1))
         self.m = new_m
         values, ids = z.topk(min(self.k, z.shape[-1]), dim=-1)
         values = torch.cat([self.top_values, values], -1)

@@ -33,7 +33,8 @@ def _all_zero(ref: TensorRef, negative_zero: bool = False) -> bool:
     """Every byte zero; with `negative_zero`, every element +0.0 or -0.0 (raw words with the sign
     bit masked: apart from the plan's own float test)."""
     word, mask = _SIGNLESS[ref.dtype] if negative_zero else (np.uint8, 0xFF)
-    return not any((np.frombuffer(c, dtype=word) & mask).any() for c in byte_chunks(ref, ref.offset, ref.nbytes))
+    return not any((np.frombuffer(c,
+                                  dtype=word) & mask).any() for c in byte_chunks(ref, ref.offset, ref.nbytes))
 
 
 def _same_cast(want: OutputTensor, got: TensorRef) -> bool:

@@ -71,7 +71,8 @@ def check_tokenizer(dst: Path, encode, texts, chats, chat: bool) -> dict:
         return check(False, failures=["no tokenizer files (tokenizer.json, vocab.json + merges.txt, "
                                       "tokenizer_config.json): AutoTokenizer cannot load the folder"])
     try:
-        tok = AutoTokenizer.from_pretrained(dst, trust_remote_code=False)  # never a folder's code, never a prompt
+        tok = AutoTokenizer.from_pretrained(dst,
+                                            trust_remote_code=False)  # never a folder's code, never a prompt
     except Exception as exc:
         first_line = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
         return check(False, failures=[f"AutoTokenizer cannot load the folder ({', '.join(present)}): "
@@ -84,13 +85,16 @@ def check_tokenizer(dst: Path, encode, texts, chats, chat: bool) -> dict:
         theirs = encode(text)
         bad = [(name, ids) for name, fn in encoders.items() if (ids := fn(text)) != theirs]
         mismatched += bool(bad)
-        failures += [f"{name} ids differ on {text[:40]!r}: {ids[:12]} vs tiktoken {theirs[:12]}" for name, ids in bad]
+        failures += [f"{name} ids differ on {text[:40]!r}: {ids[:12]} vs tiktoken {theirs[:12]}" for name,
+                     ids in bad]
     for text, ids in GOLDEN.items():
         if encode(text) != ids:
-            failures.append(f"tiktoken itself gives {encode(text)} for {text!r}, documented {ids}: wrong vocabulary?")
+            failures.append(f"tiktoken itself gives {encode(text)} for {text!r}, documented {ids}: "
+                            "wrong vocabulary?")
     for content, token_id in SPECIAL_IDS.items():
         if tok.convert_tokens_to_ids(content) != token_id or tok(content)["input_ids"] != [token_id]:
             failures.append(f"special token {content} is not id {token_id}")
     failures += _stop_failures(dst, chat)
-    return check(not failures, samples=len(samples), mismatched_samples=mismatched, special_tokens=len(SPECIAL_IDS),
+    return check(not failures, samples=len(samples), mismatched_samples=mismatched,
+                 special_tokens=len(SPECIAL_IDS),
                  chat_templates=len(chats), tokenizer_class=type(tok).__name__, failures=failures)

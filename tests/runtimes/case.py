@@ -18,7 +18,8 @@ import torch
 from safetensors.torch import load_file, save_file
 
 MAX_PROMPT, PROMPTS, GREEDY = 32, 4, 6
-CHAT = [{"role": "system", "content": "You are a helpful assistant."}, {"role": "user", "content": "你好, who are you?"}]
+CHAT = [{"role": "system", "content": "You are a helpful assistant."}, {"role": "user",
+                                                                        "content": "你好, who are you?"}]
 
 
 @dataclass
@@ -78,7 +79,8 @@ def prepare_case(root: Path, preset: str = "tiny-hd64", adapter: bool = False) -
 
         lora = synthesize_adapter(root / "qwen-lora", src, targets=("c_attn", "c_proj", "w1", "w2"), seed=5)
         convert_adapter(lora, root / "llama-lora", base=ckpt, base_name=str(good))
-        case.adapter_logits, case.adapter_greedy = _reference(QwenReference(ckpt, open_adapter(lora)), prompts)
+        case.adapter_logits, case.adapter_greedy = _reference(QwenReference(ckpt, open_adapter(lora)),
+                                                              prompts)
         request["adapter"] = {"path": str(root / "llama-lora"), "rank": 8}
     case.request = root / "request.json"
     case.request.write_text(json.dumps(request))
@@ -129,9 +131,11 @@ def judge(case: Case, out: Path, logit_rel: float = 1e-4, logprob_abs: float = 1
                 diffs.append(float(np.abs(have - want).max() / max(1.0, float(np.abs(want).max()))))
             worst, limit, what = max(diffs), logit_rel, "max |Δlogit| / max(1, |logit|)"
         else:
-            worst, limit, what = _logprob_diff(got["logprobs"], case.logits), logprob_abs, "max |Δ logprob| (top-k)"
+            worst, limit, what = _logprob_diff(got["logprobs"],
+                                               case.logits), logprob_abs, "max |Δ logprob| (top-k)"
         greedy_equal = got["greedy"] == case.greedy
-        row[label] = {"measure": what, "worst": float(worst), "tolerance": limit, "greedy_equal": greedy_equal,
+        row[label] = {"measure": what, "worst": float(worst), "tolerance": limit,
+                      "greedy_equal": greedy_equal,
                       "agrees": bool(worst <= limit and greedy_equal)}
     row["passed"] = (row["ids_equal"] and row["chat_template_equal"] and row["good"]["agrees"]
                      and not row["gate_up_swapped"]["agrees"])
@@ -148,7 +152,8 @@ def judge(case: Case, out: Path, logit_rel: float = 1e-4, logprob_abs: float = 1
     if server is not None:  # vLLM's OpenAI-compatible server: its own template rendering, its stop rule
         row["server"] = {"chat_template_equal": server["chat_ids"] == case.chat_ids,
                          "stops_on_im_end": server["forced_im_end_finish"] == "stop"
-                         and server["forced_im_end_completion_tokens"] == 1 and server["forced_im_end_text"] == ""}
+                         and server["forced_im_end_completion_tokens"] == 1
+                         and server["forced_im_end_text"] == ""}
         row["passed"] = row["passed"] and all(row["server"].values())
     return row
 
@@ -167,4 +172,5 @@ def run_probe(python: str, probe: str, case: Case, out: Path, pythonpath: str | 
     done = subprocess.run([python, str(Path(__file__).with_name(probe)), str(case.request), str(out)],
                           capture_output=True, text=True, env=env, timeout=timeout)
     if done.returncode:
-        raise RuntimeError(f"{probe} failed ({done.returncode}):\n{done.stdout[-3000:]}\n{done.stderr[-3000:]}")
+        raise RuntimeError(f"{probe} failed ({done.returncode}):\n"
+                           f"{done.stdout[-3000:]}\n{done.stderr[-3000:]}")

@@ -31,7 +31,8 @@ def main(request_path: str, out: str) -> None:
         llm = Llama(str(gguf), n_ctx=128, n_batch=128, n_threads=2, logits_all=True, type_k=GGML_TYPE_F32,
                     type_v=GGML_TYPE_F32, verbose=False)
         if "ids" not in result:
-            result["ids"] = [llm.tokenize(t.encode("utf-8"), add_bos=False, special=True) for t in req["texts"]]
+            result["ids"] = [llm.tokenize(t.encode("utf-8"), add_bos=False,
+                                          special=True) for t in req["texts"]]
             result["chat_ids"] = None  # llama.cpp applies templates in its server; not probed here
         greedy = []
         for k, ids in enumerate(req["prompts"]):

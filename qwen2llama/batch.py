@@ -18,15 +18,16 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field, fields
 from pathlib import Path
 
-from . import manifest
+from . import manifest, pipeline
 from .paths import check_output, reads_of
-from .convert import Options, aim, prepare, write
+from .convert import Options
 from .errors import InputError, OutputError, Qwen2LlamaError, VerificationFailed
 from .progress import NullProgress, Progress
 from .resume import output_state
 from .schemas import JobFields, JobsFile, validated
 from .sharding import parse_shard, shard_from_env, take_shard  # noqa: F401  (part of this API)
 from .sources import HUB_ID, open_source
+from .verify.report import VerifyOptions
 
 JOB_KEYS = {"src", "out"} | {f.name for f in fields(Options)} - {"force"}  # = schemas.JobFields (tested)
 
@@ -182,14 +183,15 @@ def run_job(job: Job, *, verify: bool, quick: bool, force: bool, verify_lock: th
     what other jobs read (their sources), which this job's output must keep clear of."""
     t0 = time.perf_counter()
     result = JobResult(job.name, job.src, str(job.out), "bad input")
-    verdict: dict = {}
+    outcome = None
     try:
         ckpt = open_source(job.src, job.options.base)
         result.notes = list(ckpt.notes)
-        prepared = prepare(ckpt, job.options)
-        result.gigabytes = round(prepared.plan.total_bytes / 1e9, 3)
-        check_output(job.out, [*prepared.reads, *protect], "the job's output folder")
-        state, record = output_state(job.out, manifest.fingerprint(prepared), verify)
+        checks = VerifyOptions(quick=quick, report=job.report, github_summary=False) if verify else None
+        run = pipeline.plan(ckpt, None, job.options, checks)
+        result.gigabytes = round(run.prepared.plan.total_bytes / 1e9, 3)
+        check_output(job.out, [*run.reads, *protect], "the job's output folder")
+        state, record = output_state(job.out, manifest.fingerprint(run.prepared), verify)
         if state == "up to date" and not force:
             result.status = "up to date"
             result.max_abs_logit_diff = (record.get("verify") or {}).get("max_abs_logit_diff")
@@ -197,31 +199,15 @@ def run_job(job: Job, *, verify: bool, quick: bool, force: bool, verify_lock: th
         if state == "foreign" and not force:
             raise OutputError("the output folder exists and was not written by qwen2llama", path=job.out,
                               fix="choose another output folder, or pass --force to replace it")
-
-        def before_publish(staging: Path) -> None:
-            if verify:
-                from .verify import verify as run_verify  # torch and transformers: only when verifying
-
-                with verify_lock:  # one verify at a time: it is the memory-hungry step
-                    outcome = run_verify(ckpt, staging, quick=quick, progress=progress, display=job.out)
-                verdict.update(outcome)
-                outcome.write(job.report)
-                manifest.record_verification(staging, outcome)
-                outcome.raise_if_failed()
-            progress.note("publishing")  # the last point a signal stops the job
-
-        try:
-            job.out.parent.mkdir(parents=True, exist_ok=True)
-        except OSError as exc:
-            raise OutputError(f"cannot create the output's folder ({exc.strerror})", path=job.out.parent,
-                              fix="choose a --out-root you can write to") from None
-        write(aim(prepared, job.out, force=state != "absent"), progress=progress,
-              before_publish=before_publish)
+        _make_parent(job.out)
+        run = pipeline.aim(run, job.out, force=state != "absent")
+        outcome = pipeline.execute(run, progress=progress, verify_lock=verify_lock).verified
         result.status = "passed" if verify else "converted"
-    except VerificationFailed:
+    except VerificationFailed as exc:
+        outcome = exc.result
         result.status = "failed"
-        result.failures = [f"{name}: {line}" for name,
-                           c in verdict["checks"].items() for line in c.get("failures", [])]
+        result.failures = [f"{name}: {line}" for name, c in outcome["checks"].items()
+                           for line in c.get("failures", [])]
     except Qwen2LlamaError as exc:
         result.failures = str(exc).splitlines()
     except Exception as exc:  # a bug, not bad input: keep the other jobs going, say what happened
@@ -229,9 +215,17 @@ def run_job(job: Job, *, verify: bool, quick: bool, force: bool, verify_lock: th
         result.failures = [f"{type(exc).__name__}: {exc}", *traceback.format_exc(limit=-4).splitlines()[-8:]]
     finally:
         result.seconds = round(time.perf_counter() - t0, 2)
-    if verdict:
-        result.max_abs_logit_diff = verdict["checks"]["logits"].get("max_abs_logit_diff")
+    if outcome is not None:
+        result.max_abs_logit_diff = outcome["checks"]["logits"].get("max_abs_logit_diff")
     return result
+
+
+def _make_parent(out: Path) -> None:
+    try:
+        out.parent.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise OutputError(f"cannot create the output's folder ({exc.strerror})", path=out.parent,
+                          fix="choose a --out-root you can write to") from None
 
 
 def run_jobs(jobs: list[Job], *, workers: int = 1, verify: bool = True, quick: bool = False,

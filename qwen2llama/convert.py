@@ -21,7 +21,7 @@ from .errors import InputError
 from .progress import NullProgress, Progress
 from .paths import reads_of
 from .publish import check_target, fsync_path, signals_deferred, staged_folder
-from .qwen.adapter import open_adapter
+from .lora.read import open_adapter
 from .qwen.checkpoint import Checkpoint, detect_chat
 from .sources import open_source
 from .storage import OutputTensor
@@ -120,11 +120,9 @@ def _write_files(prepared: Prepared, folder: Path, progress: Progress) -> dict:
         index = {"metadata": {"total_size": plan.total_bytes},
                  "weight_map": dict(sorted((t.name, n) for n, ts in prepared.shards for t in ts))}
         manifest.write_json(folder / "model.safetensors.index.json", index)
-    config = llama_config(cfg, plan.dtype, prepared.chat, plan.mlp_bias)
-    if plan.quantized:
-        # transformers reads config.json; AutoGPTQ-style loaders read quantize_config.json
-        config["quantization_config"] = ckpt.quantization.output_config()
-        manifest.write_json(folder / "quantize_config.json", ckpt.quantization.output_config())
+    config = {**llama_config(cfg, plan.dtype, prepared.chat, plan.mlp_bias), **plan.fmt.output_config()}
+    for name, content in plan.fmt.output_files().items():
+        manifest.write_json(folder / name, content)
     manifest.write_json(folder / "config.json", config)
     manifest.write_json(folder / "generation_config.json",
                         generation_config(prepared.chat, ckpt.generation_config()))

@@ -86,8 +86,8 @@ def fingerprint(prepared) -> str:
             "hash": prepared.options.hash,
             "shards": [[name, len(tensors)] for name, tensors in prepared.shards], "weights": weights,
             "files": small}
-    if plan.fmt.name != "dense":  # keys only where they apply: other fingerprints stay as they were
-        what["format"] = [plan.fmt.name, plan.quantized]
+    if plan.fmt.fingerprint is not None:  # keys only where they apply: other fingerprints stay as they were
+        what["format"] = plan.fmt.fingerprint
     if prepared.adapter is not None:
         what["adapter"] = {str(p): [(st := p.stat()).st_size, st.st_mtime_ns] for p in prepared.adapter.files}
         what["adapter"]["adapter_config.json"] = sha256_file(prepared.adapter.folder / "adapter_config.json")

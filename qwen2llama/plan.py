@@ -12,9 +12,9 @@ from dataclasses import dataclass, field
 from . import layout
 from .dtypes import FLOAT_NAMES, NAME_OF
 from .errors import InputError
-from .formats import DENSE, format_for, lora
+from .formats import DENSE, Format, explain_unknown, format_for
+from .lora import mapping as lora
 from .qwen.checkpoint import Checkpoint
-from .qwen.quantization import SUPPORTED
 from .storage import OutputTensor, TensorRef
 
 CONFIG_FIX = "use the config.json that came with these weights"
@@ -26,7 +26,7 @@ class ConversionPlan:
     dtype: str  # of the floating-point tensors
     tensors: list[OutputTensor]
     dropped: list[str] = field(default_factory=list)
-    fmt: object = DENSE
+    fmt: Format = DENSE
     zero_dropped: list[TensorRef] = field(default_factory=list)  # stored, all zero, left out (checked)
 
     @property
@@ -66,22 +66,7 @@ def _patterns(fmt, sizes: dict[str, int]) -> list[tuple[re.Pattern, layout.Modul
     return out
 
 
-def _unknown(ckpt: Checkpoint, name: str, ref: TensorRef) -> InputError:
-    if name.endswith((".qweight", ".qzeros", ".g_idx")):
-        if ckpt.quantization is None:
-            return InputError(f"tensor {name} is GPTQ-packed, but config.json has no quantization_config and "
-                              "there is no quantize_config.json", path=ref.file,
-                              fix="restore the config files that came with the quantized checkpoint")
-        return InputError(f"tensor {name} is quantized: unsupported quantization (only the block linears "
-                          "of a Qwen v1 GPTQ release are; wte and lm_head stay float16)", path=ref.file,
-                          fix=f"qwen2llama converts {SUPPORTED}")
-    return InputError(f"unknown tensor {name} (shape {list(ref.shape)}): not part of a Qwen v1 model",
-                      path=ref.file, fix="qwen2llama converts unmodified Qwen v1 checkpoints only; "
-                      "merge or remove adapters and extra heads first (`qwen2llama adapter` converts a "
-                      "PEFT adapter)")
-
-
-def map_source(ckpt: Checkpoint, fmt=None) -> SourceMap:
+def map_source(ckpt: Checkpoint, fmt: Format | None = None) -> SourceMap:
     """Place every source tensor in the table, or raise naming the first that does not fit."""
     fmt = fmt or format_for(ckpt)
     n_layers = ckpt.config.num_layers
@@ -95,7 +80,7 @@ def map_source(ckpt: Checkpoint, fmt=None) -> SourceMap:
             if layout.is_dropped(name):
                 dropped.append(name)
                 continue
-            raise _unknown(ckpt, name, ref)
+            raise explain_unknown(ckpt, name, ref)
         match, module, suffix = hit
         layer = int(match.group(1)) if module.per_layer else None
         if layer is not None and layer >= n_layers:
@@ -103,15 +88,11 @@ def map_source(ckpt: Checkpoint, fmt=None) -> SourceMap:
                              path=ref.file, fix=CONFIG_FIX)
         want = fmt.stored(module, sizes)[suffix]
         if ref.shape != want.shape:
-            raise InputError(f"tensor {name} has shape {list(ref.shape)}, {_implied_by(ckpt)} "
+            raise InputError(f"tensor {name} has shape {list(ref.shape)}, {fmt.implied_by()} "
                              f"{list(want.shape)}",
                              path=ref.file, fix=CONFIG_FIX)
         if ref.dtype not in want.dtypes:
-            if want.dtypes[0] in NAME_OF:
-                raise InputError(f"tensor {name} is {ref.dtype}, not a floating-point type", path=ref.file,
-                                 fix="only float32, float16 and bfloat16 weights can be converted")
-            raise InputError(f"tensor {name} is {ref.dtype}; GPTQ stores it as {' or '.join(want.dtypes)}",
-                             path=ref.file, fix="check that the checkpoint is an unmodified AutoGPTQ export")
+            raise fmt.wrong_dtype(name, ref, want)
         found.setdefault((module.qwen, layer), {})[suffix] = ref
     missing = [layout.name_at(f"{module.qwen}.{suffix}", layer)
                for module, layer in layout.in_output_order(n_layers)
@@ -124,13 +105,7 @@ def map_source(ckpt: Checkpoint, fmt=None) -> SourceMap:
     return SourceMap(found, sorted(dropped))
 
 
-def _implied_by(ckpt: Checkpoint) -> str:
-    q = ckpt.quantization
-    return "config.json implies" if q is None else \
-        f"config.json with bits {q.bits}, group_size {q.group_size} implies"
-
-
-def choose_dtype(ckpt: Checkpoint, requested: str | None, fmt=DENSE) -> str | None:
+def choose_dtype(ckpt: Checkpoint, requested: str | None, fmt: Format = DENSE) -> str | None:
     """The output dtype of floating-point tensors: as requested, else the source's single one;
     None where the format keeps each tensor as stored (GPTQ's mix of types)."""
     dequantize = fmt.dequantize
@@ -165,8 +140,8 @@ def build_plan(ckpt: Checkpoint, dtype: str | None = None, dequantize: str | Non
     tensors = [t for module, layer in layout.in_output_order(ckpt.config.num_layers)
                for t in fmt.outputs(module, layer, source.found[module.qwen, layer], out_dtype)]
     if adapter is not None:
-        if fmt is not DENSE:
-            raise InputError("--merge needs dense base weights; this base is a GPTQ release",
+        if not fmt.mergeable:
+            raise InputError(f"--merge needs dense base weights; this base is {fmt.label}",
                              path=ckpt.folder,
                              fix="convert the adapter on its own (`qwen2llama adapter`) and serve "
                                  "it with LoRA")

@@ -15,7 +15,7 @@ import re
 
 import torch
 
-from .qwen.adapter import QwenAdapter
+from .lora.read import QwenAdapter
 from .qwen.checkpoint import Checkpoint
 from .storage import read_ref
 

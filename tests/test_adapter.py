@@ -11,13 +11,13 @@ import torch
 from safetensors.torch import load_file, save_file
 from typer.testing import CliRunner
 
-from qwen2llama.adapters import convert_adapter
+from qwen2llama.lora import convert_adapter
 from qwen2llama.cli import app
 from qwen2llama.convert import convert
 from qwen2llama.synth import synthesize
-from qwen2llama.synth_adapter import synthesize_adapter
+from qwen2llama.synth import synthesize_adapter
 from qwen2llama.verify import verify
-from qwen2llama.verify.adapter import verify_adapter
+from qwen2llama.lora.verify import verify_adapter
 
 from defects import edit_json
 

@@ -1,4 +1,4 @@
-"""GPTQ files as the quantizers write them (synth_gptq.STYLES): AutoGPTQ's float16 bias on every
+"""GPTQ files as the quantizers write them (synth.gptq.STYLES): AutoGPTQ's float16 bias on every
 quantized linear (zeros where the float layer had none), gptqmodel's bf16 model beside float16
 scales and its settings under `meta`. Exact conversion, the bias rules, and the checks that catch
 a bias the output leaves out. (`make e2e` packs with the libraries' own code: tests/e2e_gptq.py.)"""

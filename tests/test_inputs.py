@@ -17,7 +17,7 @@ from qwen2llama import batch, schemas, summary
 from qwen2llama.cli import app
 from qwen2llama.errors import InputError
 from qwen2llama.synth import synthesize
-from qwen2llama.synth_adapter import synthesize_adapter
+from qwen2llama.synth import synthesize_adapter
 
 from defects import edit_weights
 

@@ -16,7 +16,7 @@ from typer.testing import CliRunner
 from qwen2llama.cli import app
 from qwen2llama.convert import convert
 from qwen2llama.synth import synthesize
-from qwen2llama.synth_adapter import synthesize_adapter
+from qwen2llama.synth import synthesize_adapter
 
 from test_batch import make_hub_cache, run_cli
 

@@ -1,5 +1,4 @@
-"""`qwen2llama adapter`: a PEFT LoRA adapter trained on Qwen v1, for the LLaMA layout; and the
-adapter step of `convert --adapter` and `verify --llama-adapter`."""
+"""`qwen2llama adapter`: a PEFT LoRA adapter trained on Qwen v1, for the LLaMA layout."""
 from __future__ import annotations
 
 from pathlib import Path
@@ -8,53 +7,12 @@ from typing import Annotated, Optional
 import typer
 
 from . import render
-from .app import QuickOpt, ReportOpt, command, err, out
+from ..verify.report import VerifyOptions
+from .app import JunitOpt, QuickOpt, ReportOpt, command, err, out
+from .commands import show_verdict
 
 AdapterSrc = Annotated[Path,
                        typer.Argument(help="PEFT adapter folder (adapter_config.json, adapter_model.*).")]
-
-
-def verify_and_report_adapter(src, llama_base: Path, qwen_adapter: Path, llama_adapter: Path, *, quick: bool,
-                              report: Path | None, display: Path | None = None) -> None:
-    """Verify a converted adapter, show the summary, write the report; raise if it failed."""
-    from ..verify.adapter import verify_adapter
-
-    err.print("verify: Qwen reference + adapter vs LLaMA base + PEFT adapter (float32)")
-    result = verify_adapter(src, llama_base, qwen_adapter, llama_adapter, quick=quick)
-    if display is not None:
-        result["output"] = str(display)
-    render.verify_summary(out, result)
-    if report is not None:
-        result.write(report)
-        out.print(f"report: {report}")
-    result.raise_if_failed()
-
-
-def convert_adapter_step(src, qwen_adapter: Path, adapter_out: Path, llama_base: Path | None, *, force: bool,
-                         verify: bool, quick: bool, report: Path | None, hash: str = "blake3",
-                         base_name: str | None = None) -> None:
-    """Convert an adapter; with its Qwen base `src` and that base converted into `llama_base`,
-    verify it against both before publishing. `base_name` defaults to `llama_base`."""
-    from ..adapters import prepare_adapter, write_adapter
-
-    if base_name is None and llama_base is not None:
-        base_name = str(Path(llama_base).resolve())
-    prepared = prepare_adapter(qwen_adapter, adapter_out, base=src, base_name=base_name, force=force,
-                               hash=hash, protect=[llama_base] if llama_base is not None else [])
-    render.adapter_plan(out, prepared)
-    checkable = prepared.base is not None and llama_base is not None
-    if verify and not checkable:
-        err.print("[yellow]note[/]: not verified; give --base (the Qwen model) and --llama-base "
-                  "(its conversion)")
-
-    def before(staging):
-        if verify and checkable:
-            verify_and_report_adapter(prepared.base, llama_base, qwen_adapter, staging, quick=quick,
-                                      report=report,
-                                      display=adapter_out)
-
-    write_adapter(prepared, progress=render.TerminalProgress(err), before_publish=before)
-    out.print(f"[green]wrote[/] {adapter_out}")
 
 
 @command
@@ -76,17 +34,16 @@ def adapter(src_adapter: AdapterSrc,
             verify: Annotated[bool, typer.Option(
                 "--verify/--no-verify",
                 help="Verify before publishing (needs --base and --llama-base).")] = True,
-            quick: QuickOpt = False, report: ReportOpt = None):
+            quick: QuickOpt = False, report: ReportOpt = None, junit: JunitOpt = None):
     """Convert a PEFT LoRA adapter trained on Qwen v1 into one for the converted LLaMA model.
 
     Example: qwen2llama adapter ./my-qwen-lora ./my-llama-lora --base ./Qwen-7B-Chat \
              --llama-base ./Qwen-7B-Chat-llama
     """
-    if report is not None:
-        from ..paths import check_file_output, reads_of
+    from ..pipeline import convert_adapter
 
-        check_file_output(report, reads_of(src_adapter, base, llama_base), force=True, what="the report",
-                          inside=[dst])
-    convert_adapter_step(base, src_adapter, dst, llama_base, force=force, verify=verify, quick=quick,
-                         report=report,
-                         base_name=base_name)
+    convert_adapter(src_adapter, dst, base=base, llama_base=llama_base, base_name=base_name, force=force,
+                    verify=VerifyOptions(quick=quick, report=report, junit=junit) if verify else None,
+                    progress=render.TerminalProgress(err), show=show_verdict,
+                    planned=lambda prepared: render.adapter_plan(out, prepared))
+    out.print(f"[green]wrote[/] {dst}")

@@ -7,8 +7,6 @@ from typing import Annotated, Optional
 import typer
 
 from ..errors import InputError
-from ..paths import check_file_output, reads_of
-from ..publish import write_file
 from . import render
 from .app import (BaseOpt, DequantizeOpt, Dst, DtypeOpt, ForceOpt, GoldenOpt, GreedyOpt, JunitOpt, KindOpt,
                   LongPromptOpt, PromptsOpt,
@@ -30,34 +28,6 @@ def inspect(src: Src, shard_size: ShardSizeOpt = "5GB", dtype: DtypeOpt = None, 
         render.plan_tensors(out, prepared)
 
 
-def _verify_and_report(src, dst, *, report, quick, prompts=None, long_prompt=None, display=None, base=None,
-                       record=False, golden=None, junit=None, greedy_tokens=None, adapter=None):
-    """Verify (against the source, or a golden file), show the summary, write the report, the JUnit
-    file and the GitHub step summary; `record` adds the verdict to dst's conversion.json."""
-    from .. import summary
-    from ..manifest import record_verification
-    from ..verify import verify as run_verify
-    from ..verify import verify_golden
-
-    progress = render.TerminalProgress(err)
-    if golden is not None:
-        result = verify_golden(dst, golden, progress=progress, display=display)
-    else:
-        result = run_verify(src, dst, quick=quick, prompts=prompts, long_prompt=long_prompt,
-                            progress=progress,
-                            display=display, base=base, greedy_tokens=greedy_tokens, adapter=adapter)
-    render.verify_summary(out, result)
-    if report is not None:
-        result.write(report)
-        out.print(f"report: {report}")
-    if junit is not None:
-        Path(junit).write_text(summary.verify_junit(result), encoding="utf-8")
-    summary.append_github_summary(summary.verify_markdown(result))
-    if record:
-        record_verification(Path(dst), result)
-    result.raise_if_failed()
-
-
 @command
 def convert(src: Src, dst: Dst, shard_size: ShardSizeOpt = "5GB", dtype: DtypeOpt = None,
             kind: KindOpt = "auto",
@@ -71,7 +41,7 @@ def convert(src: Src, dst: Dst, shard_size: ShardSizeOpt = "5GB", dtype: DtypeOp
                 "--hash", help="blake3 | sha256: the digest conversion.json records (sha256 costs "
                                "~5x the CPU).")]
             = "blake3",
-            quick: QuickOpt = False, report: ReportOpt = None,
+            quick: QuickOpt = False, report: ReportOpt = None, junit: JunitOpt = None,
             golden: Annotated[Optional[Path], typer.Option(
                 "--golden",
                 help="Also record a golden file here, with the digests of the files written.")] = None,
@@ -92,56 +62,37 @@ def convert(src: Src, dst: Dst, shard_size: ShardSizeOpt = "5GB", dtype: DtypeOp
 
     Example: qwen2llama convert ./Qwen-7B-Chat ./Qwen-7B-Chat-llama --shard-size 2GB
     """
-    from ..convert import Options, prepare, write
+    from .. import pipeline
 
     if merge and adapter is None:
         raise InputError("--merge needs --adapter", fix="give the PEFT adapter folder with --adapter")
-    options = Options(shard_size, dtype, kind, force, checksums, base, hash, dequantize,
-                      str(adapter) if merge else None)
-    prepared = prepare(src, options, dst)
-    render.plan(out, prepared)
-    # every output location, before the first byte is written (paths.py)
-    for path, what, replace_ok in ((golden, "the golden file", force), (report, "the report", True)):
-        if path is not None:
-            check_file_output(path, prepared.reads, force=replace_ok, what=what, inside=[dst])
-    adapter_dst = None
-    if adapter is not None and not merge:
-        from ..adapters import prepare_adapter
-
-        adapter_dst = adapter_out or dst.parent / f"{dst.name}-adapter"
-        prepare_adapter(adapter, adapter_dst, base=prepared.plan.checkpoint, force=force,
-                        protect=[*prepared.reads, prepared.out])  # every check, early
+    options = pipeline.Options(shard_size, dtype, kind, force, checksums, base, hash, dequantize)
+    checks = pipeline.VerifyOptions(quick=quick, report=report, junit=junit) if verify else None
+    step = pipeline.AdapterStep(adapter, adapter_out, merge) if adapter is not None else None
+    run = pipeline.plan(src, dst, options, checks, golden=golden, adapter=step)  # every check, early
+    render.plan(out, run.prepared)
+    if run.adapter is not None:
+        render.adapter_plan(out, run.adapter)
     if dry_run:
         out.print("dry run: the checkpoint, the vocabulary and the output location are usable; "
                   "nothing written")
         return
-    def before(staging):
-        if verify:
-            _verify_and_report(prepared.plan.checkpoint, staging, report=report, quick=quick, display=dst,
-                               record=True, adapter=prepared.adapter)
-        if golden is not None:
-            _record_golden(prepared.plan.checkpoint, golden, quick=quick, staging=staging, plan=prepared.plan)
-
-    write(prepared, progress=render.TerminalProgress(err), before_publish=before)
+    result = pipeline.execute(run, progress=render.TerminalProgress(err), show=show_verdict)
+    if result.golden is not None:
+        _golden_line(golden, result.golden)
     out.print(f"[green]wrote[/] {dst}")
-    if adapter_dst is not None:
-        from .adapter_command import convert_adapter_step
-
-        convert_adapter_step(prepared.plan.checkpoint, adapter, adapter_dst, dst, force=force, verify=verify,
-                             quick=quick, report=None, hash=hash)
+    if result.adapter_out is not None:
+        out.print(f"[green]wrote[/] {result.adapter_out}")
 
 
-def _record_golden(ckpt, path: Path, *, quick=False, prompts=None, long_prompt=None, staging=None, plan=None):
-    from .. import manifest
-    from ..verify import golden as golden_mod
+def show_verdict(result, options) -> None:
+    """The verify summary, and where the report went."""
+    render.verify_summary(out, result)
+    if options.report is not None:
+        out.print(f"report: {options.report}")
 
-    files = None
-    if staging is not None:
-        record = manifest.read(staging)
-        files = {"hash": record["hash"], "files": record["files"]}
-    tensors, meta = golden_mod.record(ckpt, prompts=prompts, quick=quick, long_prompt=long_prompt,
-                                      progress=render.TerminalProgress(err), files=files, plan=plan)
-    write_file(path, lambda tmp: golden_mod.write(tmp, tensors, meta))
+
+def _golden_line(path: Path, meta: dict) -> None:
     out.print(f"golden file: {path} ({path.stat().st_size / 1e6:.2f} MB, {len(meta['prompts'])} prompts, "
               f"{len(meta['tensor_digests']['tensors'])} tensor digests)")
 
@@ -154,13 +105,11 @@ def golden(src: Src, file: Annotated[Path, typer.Argument(help="The golden file 
     """Record what `verify OUT --golden FILE` needs from the Qwen reference on SRC, so that CI can
     verify a converted folder without the source checkpoint. --dtype / --dequantize: the tensor
     digests describe the conversion made with the same option."""
-    from ..plan import build_plan
-    from ..sources import open_source
+    from ..pipeline import write_golden
 
-    ckpt = open_source(src, base)
-    check_file_output(file, reads_of(ckpt), force=force, what="the golden file")
-    _record_golden(ckpt, file, quick=quick, prompts=prompts, long_prompt=long_prompt,
-                   plan=build_plan(ckpt, dtype, dequantize))
+    meta = write_golden(src, file, base=base, dtype=dtype, dequantize=dequantize, force=force, quick=quick,
+                        prompts=prompts, long_prompt=long_prompt, progress=render.TerminalProgress(err))
+    _golden_line(file, meta)
 
 
 @command
@@ -182,30 +131,17 @@ def verify(first: Annotated[str, typer.Argument(
 
     Exit 0: equivalent. 1: a check failed. 2: bad input.
     """
+    from .. import pipeline
 
-    if golden is not None and second is not None:
-        raise InputError("with --golden, give only the converted folder",
-                         fix="qwen2llama verify DST --golden FILE")
-    if golden is None and second is None:
-        raise InputError("verify needs SRC and DST, or DST and --golden FILE",
-                         fix="qwen2llama verify SRC DST, or qwen2llama verify DST --golden FILE")
-    src, dst = (None, Path(first)) if golden is not None else (first, Path(second))
-    reads = reads_of(src, dst, golden, base, adapter, llama_adapter)
-    for path, what in ((report, "the report"), (junit, "the JUnit file")):
-        if path is not None:  # never into a folder being verified; replacing an old report is fine
-            check_file_output(path, reads, force=True, what=what)
     if llama_adapter is not None:
-        if adapter is None or golden is not None:
-            raise InputError("--llama-adapter needs SRC, DST and --adapter (the Qwen adapter it came from)",
-                             fix="qwen2llama verify SRC DST --adapter QWEN_ADAPTER --llama-adapter "
-                                 "LLAMA_ADAPTER")
-        from .adapter_command import verify_and_report_adapter
-
-        verify_and_report_adapter(src, dst, adapter, llama_adapter, quick=quick, report=report)
-        return
-    _verify_and_report(src, dst, report=report, quick=quick, prompts=prompts, long_prompt=long_prompt,
-                       display=dst,
-                       base=base, golden=golden, junit=junit, greedy_tokens=greedy_tokens, adapter=adapter)
+        err.print("verify: Qwen reference + adapter vs LLaMA base + PEFT adapter (float32)")
+    src, dst = (None, Path(first)) if second is None else (first, Path(second))
+    if golden is not None and second is not None:
+        src = first  # pipeline.check refuses SRC with --golden
+    checks = pipeline.VerifyOptions(quick=quick, prompts=prompts, greedy_tokens=greedy_tokens,
+                                    long_prompt=long_prompt, report=report, junit=junit)
+    pipeline.check(src, dst, checks, golden=golden, base=base, adapter=adapter, llama_adapter=llama_adapter,
+                   progress=render.TerminalProgress(err), show=show_verdict)
 
 
 @command
@@ -268,7 +204,7 @@ def synth(dst: Dst,
     from ..synth import synthesize
 
     if adapter is not None:
-        from ..synth_adapter import synthesize_adapter
+        from ..synth import synthesize_adapter
 
         path = synthesize_adapter(dst, adapter, targets=tuple(t for t in targets.split(",") if t), r=rank,
                                   alpha=alpha, rslora=rslora, dora=dora,

@@ -5,8 +5,10 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from ..dtypes import NAME_OF
-from ..layout import Module, name_at
+from ..errors import InputError
+from ..layout import Module
 from ..storage import OutputTensor, TensorRef
+from .rows import split_rows, zero_biases
 
 FLOATS = tuple(NAME_OF)
 
@@ -30,35 +32,44 @@ def stored(module: Module, sizes: dict[str, int]) -> dict[str, Stored]:
     return out
 
 
-def split_rows(module: Module, layer: int | None, suffix: str, ref: TensorRef,
-               dtype: str | None) -> list[OutputTensor]:
-    """One stored tensor split by output rows into the module's LLaMA modules (`dtype` None: as stored)."""
-    dtype = dtype or ref.dtype
-    tensors = []
-    for split in module.into:
-        start, stop = split.block(ref.shape[0])
-        tensors.append(OutputTensor(f"{name_at(split.llama, layer)}.{suffix}", dtype,
-                                    (stop - start, *ref.shape[1:]),
-                                    ref, start, stop))
-    return tensors
-
-
-def zero_biases(module: Module, layer: int | None, out_features: int, dtype: str, every: bool = False
-                ) -> list[OutputTensor]:
-    """The biases LLaMA expects where Qwen has none (o_proj; with `every`, each LLaMA module:
-    `mlp_bias: true` gives gate/up/down biases), as zeros."""
-    return [OutputTensor(f"{name_at(s.llama, layer)}.bias", dtype, (out_features // s.count,), None)
-            for s in module.into if s.zero_bias or every]
-
-
 class Dense:
-    """Plain floating-point weights (every Qwen v1 release but the Int4/Int8 ones)."""
+    """Plain floating-point weights (every Qwen v1 release but the Int4/Int8 ones): the format of
+    any checkpoint no other format claims."""
 
     name = "dense"
+    label = "dense weights"
     quantized = False
     dequantize = None
     mlp_bias = False
+    mergeable = True
     keeps_stored_dtypes = False  # one floating-point type in, one out (--dtype for a mixed source)
+    fingerprint = None  # the default format adds nothing to a conversion's fingerprint
+
+    @classmethod
+    def detect(cls, ckpt, dequantize: str | None = None) -> Dense:
+        if dequantize is not None:
+            raise InputError("--dequantize applies to GPTQ checkpoints; this one has dense weights",
+                             path=ckpt.folder, fix="drop --dequantize (use --dtype to change the type)")
+        return DENSE
+
+    @staticmethod
+    def explain_unknown(ckpt, name: str, ref: TensorRef) -> InputError | None:
+        return None
+
+    def implied_by(self) -> str:
+        return "config.json implies"
+
+    def wrong_dtype(self, name: str, ref: TensorRef, want: Stored) -> InputError:
+        return InputError(f"tensor {name} is {ref.dtype}, not a floating-point type", path=ref.file,
+                          fix="only float32, float16 and bfloat16 weights can be converted")
+
+    def output_config(self) -> dict:
+        """Entries the output's config.json gets from the format."""
+        return {}
+
+    def output_files(self) -> dict[str, dict]:
+        """JSON files the output folder gets from the format, by name."""
+        return {}
 
     def for_source(self, found: dict) -> Dense:
         return self

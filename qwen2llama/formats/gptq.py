@@ -14,13 +14,14 @@ from __future__ import annotations
 
 from dataclasses import dataclass, replace
 
-from ..dtypes import torch_dtype
+from ..dtypes import FLOAT_NAMES, NAME_OF, torch_dtype
 from ..errors import InputError
 from ..layout import MODULES, Module, name_at
-from ..qwen.quantization import GptqSettings
+from ..qwen.quantization import SUPPORTED, GptqSettings
 from ..storage import OutputTensor, TensorRef, read_ref
 from ..storage.refs import COMPUTE_BLOCK, row_blocks
-from .dense import DENSE, Stored, split_rows, zero_biases
+from .dense import DENSE, Stored
+from .rows import split_rows, zero_biases
 
 QUANTIZED = ("qweight", "qzeros", "scales")  # split by columns; g_idx is copied whole
 
@@ -88,10 +89,58 @@ class Gptq:
     dequantize: str | None = None
     mlp_bias: bool = False
     name = "gptq"
+    label = "a GPTQ release"
+    mergeable = False  # LoRA merges into dense weights only
+
+    @classmethod
+    def detect(cls, ckpt, dequantize: str | None = None) -> Gptq | None:
+        """The format of a checkpoint with GPTQ settings; `dequantize` (a dtype name): dense output."""
+        if ckpt.quantization is None:
+            return None
+        if dequantize is not None and dequantize not in FLOAT_NAMES:
+            raise InputError(f"unknown --dequantize {dequantize!r}",
+                             fix=f"use one of {', '.join(FLOAT_NAMES)}")
+        return cls(ckpt.quantization, FLOAT_NAMES[dequantize] if dequantize else None)
+
+    @staticmethod
+    def explain_unknown(ckpt, name: str, ref: TensorRef) -> InputError | None:
+        """A packed tensor the table does not place: no GPTQ settings, or a quantized module GPTQ
+        releases do not quantize."""
+        if not name.endswith((".qweight", ".qzeros", ".g_idx")):
+            return None
+        if ckpt.quantization is None:
+            return InputError(f"tensor {name} is GPTQ-packed, but config.json has no quantization_config and "
+                              "there is no quantize_config.json", path=ref.file,
+                              fix="restore the config files that came with the quantized checkpoint")
+        return InputError(f"tensor {name} is quantized: unsupported quantization (only the block linears "
+                          "of a Qwen v1 GPTQ release are; wte and lm_head stay float16)", path=ref.file,
+                          fix=f"qwen2llama converts {SUPPORTED}")
 
     @property
     def quantized(self) -> bool:
         return self.dequantize is None
+
+    @property
+    def fingerprint(self) -> list:
+        return [self.name, self.quantized]
+
+    def implied_by(self) -> str:
+        s = self.settings
+        return f"config.json with bits {s.bits}, group_size {s.group_size} implies"
+
+    def wrong_dtype(self, name: str, ref: TensorRef, want: Stored) -> InputError:
+        if want.dtypes[0] in NAME_OF:
+            return DENSE.wrong_dtype(name, ref, want)
+        return InputError(f"tensor {name} is {ref.dtype}; GPTQ stores it as {' or '.join(want.dtypes)}",
+                          path=ref.file, fix="check that the checkpoint is an unmodified AutoGPTQ export")
+
+    def output_config(self) -> dict:
+        """transformers reads the settings from config.json."""
+        return {"quantization_config": self.settings.output_config()} if self.quantized else {}
+
+    def output_files(self) -> dict[str, dict]:
+        """AutoGPTQ-style loaders read quantize_config.json."""
+        return {"quantize_config.json": self.settings.output_config()} if self.quantized else {}
 
     @property
     def keeps_stored_dtypes(self) -> bool:

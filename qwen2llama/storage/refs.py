@@ -40,7 +40,7 @@ def row_blocks(start: int, stop: int, row_bytes: int, budget: int) -> Iterator[t
 
 
 class Derived(Protocol):
-    """A tensor computed from stored ones (formats.gptq.Dequantized, formats.lora.Merged)."""
+    """A tensor computed from stored ones (formats.gptq.Dequantized, lora.mapping.Merged)."""
 
     label: str  # what the computation is, for plans ("dequantized", "merged with the adapter")
 

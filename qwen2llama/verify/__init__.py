@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import resource
 import time
+from dataclasses import replace
 from pathlib import Path
 
 from .. import manifest
@@ -19,18 +20,18 @@ from ..llama.reader import LlamaSide, read_output_tensors
 from ..plan import map_source
 from ..reference import has_mlp_bias
 from ..progress import NullProgress, Progress
-from ..qwen.adapter import QwenAdapter, open_adapter
+from ..lora.read import QwenAdapter, open_adapter
 from ..qwen.checkpoint import Checkpoint, detect_chat
 from ..sources import open_source
 from .config import check_config
 from .integrity import check_integrity
 from .logits import check_logits
 from .prompts import load_prompts, tiktoken_encoder
-from .report import CHECKS, VerifyResult, check, with_fixes
+from .report import CHECKS, VerifyOptions, VerifyResult, check, with_fixes
 from .tensors import check_tensors
 from .tokenizer import check_tokenizer
 
-__all__ = ["CHECKS", "VerifyResult", "verify", "verify_golden"]
+__all__ = ["CHECKS", "VerifyOptions", "VerifyResult", "verify", "verify_golden"]
 
 
 def _read_config(dst: Path) -> dict:
@@ -65,13 +66,15 @@ def _is_chat(dst: Path, ckpt: Checkpoint) -> bool:
     return detect_chat(ckpt)[0] if chat is None else chat
 
 
-def verify(src: str | Path | Checkpoint, dst: str | Path, *, quick: bool = False, prompts: Path | None = None,
-           greedy_tokens: int | None = None, long_prompt: bool | None = None,
-           progress: Progress | None = None,
-           display: Path | None = None, base: str | Path | None = None, adapter=None) -> VerifyResult:
+def verify(src: str | Path | Checkpoint, dst: str | Path, options: VerifyOptions | None = None, *,
+           base: str | Path | None = None, adapter=None, progress: Progress | None = None,
+           display: Path | None = None, **settings) -> VerifyResult:
     """Run every check of `dst` against `src` (a folder, a hub id, or an opened checkpoint); never
-    raises for a failed check (see raise_if_failed). `adapter` (a folder or QwenAdapter): `dst` was
-    written with this LoRA adapter merged in (`convert --adapter --merge`)."""
+    raises for a failed check (see raise_if_failed). `options` (or its fields as keywords, e.g.
+    quick=True) say which prompts; `adapter` (a folder or QwenAdapter): `dst` was written with this
+    LoRA adapter merged in (`convert --adapter --merge`)."""
+    options = replace(options or VerifyOptions(), **settings)
+    quick = options.quick
     progress = progress or NullProgress()
     t0 = time.perf_counter()
     ckpt = src if isinstance(src, Checkpoint) else open_source(src, base)
@@ -83,7 +86,7 @@ def verify(src: str | Path | Checkpoint, dst: str | Path, *, quick: bool = False
     raw = _read_config(dst)
     dst_tensors = read_output_tensors(dst)
     _same_model(ckpt, dst_tensors, dst)
-    texts, chats = load_prompts(prompts, quick)
+    texts, chats = load_prompts(options.prompts, quick)
     encode = tiktoken_encoder(ckpt.vocab)
     checks: dict[str, dict] = {}
     progress.note("checking file hashes")
@@ -99,8 +102,8 @@ def verify(src: str | Path | Checkpoint, dst: str | Path, *, quick: bool = False
     checks["tokenizer"] = check_tokenizer(dst, encode, texts, chats, _is_chat(dst, ckpt))
     checks["logits"] = check_logits(ckpt, side, encode, texts, chats, quick=quick,
                                     lossy=bool(checks["tensors"].get("lossy_cast")),
-                                    greedy_tokens=greedy_tokens,
-                                    progress=progress, long_prompt=long_prompt, adapter=adapter)
+                                    greedy_tokens=options.greedy_tokens, progress=progress,
+                                    long_prompt=options.long_prompt, adapter=adapter)
     return _result(checks, str(ckpt.folder), display or dst, quick, t0)
 
 

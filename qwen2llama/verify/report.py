@@ -7,6 +7,7 @@ A check's `passed` is null when it was skipped; the result fails if any check is
 from __future__ import annotations
 
 import json
+from dataclasses import dataclass
 from pathlib import Path
 
 from ..errors import VerificationFailed
@@ -25,6 +26,20 @@ FIXES = {
                  "(or convert again)",
     "logits": "convert again with qwen2llama; the report's layers show where the models part",
 }
+
+
+@dataclass(frozen=True)
+class VerifyOptions:
+    """What verify checks (`quick` prompts or the full set, a prompts file, greedy tokens, the long
+    prompt) and where its verdict goes besides the screen (pipeline.report)."""
+
+    quick: bool = False
+    prompts: Path | None = None
+    greedy_tokens: int | None = None
+    long_prompt: bool | None = None
+    report: Path | None = None  # the JSON report (README "Report schema")
+    junit: Path | None = None  # JUnit XML, a test case per check
+    github_summary: bool = True  # appended to $GITHUB_STEP_SUMMARY when it is set
 
 
 def check(passed: bool | None, **details) -> dict:
@@ -51,6 +66,9 @@ class VerifyResult(dict):
         return [name for name, c in self["checks"].items() if c["passed"] is False]
 
     def raise_if_failed(self) -> None:
+        """VerificationFailed, carrying this verdict as its `result`, when a check failed."""
         if not self["passed"]:
-            raise VerificationFailed(f"verify failed: {', '.join(self.failed_checks())}", path=self["output"],
+            exc = VerificationFailed(f"verify failed: {', '.join(self.failed_checks())}", path=self["output"],
                                      fix="see the report; reconvert with the current qwen2llama")
+            exc.result = self
+            raise exc

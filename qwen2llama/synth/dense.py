@@ -13,10 +13,10 @@ from importlib import resources
 from math import prod
 from pathlib import Path
 
-from .dtypes import FLOAT_NAMES, ITEMSIZE, torch_dtype
-from .errors import InputError, OutputError
-from .qwen.config import parse_config
-from .storage import header_bytes
+from ..dtypes import FLOAT_NAMES, ITEMSIZE, torch_dtype
+from ..errors import InputError, OutputError
+from ..qwen.config import parse_config
+from ..storage import header_bytes
 
 ASSETS = resources.files("qwen2llama") / "assets" / "qwen"
 CONFIGS = resources.files("qwen2llama") / "configs"
@@ -37,13 +37,13 @@ def preset_names() -> list[str]:
                   if p.name.endswith(".json") and p.name != "prompts.json")
 
 
-# The GPTQ releases by name: the chat model's widths, quantized (see synth_gptq).
+# The GPTQ releases by name: the chat model's widths, quantized (see synth/gptq.py).
 GPTQ_RELEASES = [f"qwen-{size}-chat-int{bits}" for size in ("1_8b", "7b", "14b", "72b") for bits in (4, 8)]
 
 
 def vocab_path() -> Path:
     """The bundled qwen.tiktoken (the same file sources.bundled_vocab substitutes)."""
-    from .sources import bundled_vocab
+    from ..sources import bundled_vocab
 
     return bundled_vocab()
 
@@ -147,10 +147,10 @@ def synthesize(out: str | Path, preset: str = "tiny", *, layers: int | None = No
     buffers (rotary inv_freq) some releases carry, which the converter must drop; `trainer`
     makes it look like a Trainer's checkpoint-N/ folder (see `_trainer_files`). `gptq` (4 or 8,
     or a preset ending in -int4/-int8) writes an Int4/Int8 release instead, as `gptq_style`'s
-    quantizer writes it (see synth_gptq; "gptqmodel" keeps `dtype` for the dense tensors)."""
+    quantizer writes it (see synth/gptq.py; "gptqmodel" keeps `dtype` for the dense tensors)."""
     import torch
 
-    from .synth_gptq import STYLES, GptqTensors, default_group_size, settings
+    from .gptq import STYLES, GptqTensors, default_group_size, settings
 
     out = Path(out)
     gptq = gptq or split_preset(preset)[1]

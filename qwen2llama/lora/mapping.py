@@ -12,10 +12,10 @@ from dataclasses import dataclass
 from ..dtypes import torch_dtype
 from ..errors import InputError
 from ..layout import AFTER_LAYERS, MODULES, Module, feature_sizes, name_at
-from ..qwen.adapter import PREFIX, LoraFactors, QwenAdapter
+from .read import PREFIX, LoraFactors, QwenAdapter
 from ..storage import OutputTensor, TensorRef, read_ref
 from ..storage.refs import COMPUTE_BLOCK, row_blocks
-from .dense import split_rows
+from ..formats.rows import split_rows
 
 def _template(module: Module) -> re.Pattern:
     return re.compile("^" + re.escape(module.qwen).replace(r"\{i\}", r"(\d+)") + "$")

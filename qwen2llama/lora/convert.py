@@ -8,18 +8,18 @@ import os
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from . import __version__, manifest
-from .errors import InputError
-from .formats.lora import adapter_outputs, check_base, locate
-from .layout import name_at
-from .llama.writer import ShardWriter
-from .progress import NullProgress, Progress
-from .paths import reads_of, real
-from .publish import check_target, fsync_path, staged_folder
-from .qwen.adapter import QwenAdapter, open_adapter
-from .qwen.checkpoint import Checkpoint
-from .sources import open_source
-from .storage import OutputTensor
+from .. import __version__, manifest
+from ..errors import InputError
+from .mapping import adapter_outputs, check_base, locate
+from ..layout import name_at
+from ..llama.writer import ShardWriter
+from ..progress import NullProgress, Progress
+from ..paths import reads_of, real
+from ..publish import check_target, fsync_path, staged_folder
+from .read import QwenAdapter, open_adapter
+from ..qwen.checkpoint import Checkpoint
+from ..sources import open_source
+from ..storage import OutputTensor
 
 WEIGHTS = "adapter_model.safetensors"
 LAYERS_PATTERN = {"h": "layers"}  # Qwen's blocks are transformer.h, LLaMA's model.layers

@@ -9,9 +9,9 @@ import json
 import math
 from pathlib import Path
 
-from .errors import InputError, OutputError
-from .qwen.checkpoint import open_checkpoint
-from .storage import read_ref
+from ..errors import InputError, OutputError
+from ..qwen.checkpoint import open_checkpoint
+from ..storage import read_ref
 
 LINEARS = ("attn.c_attn", "attn.c_proj", "mlp.w1", "mlp.w2", "mlp.c_proj")
 SAVED = {"wte": "transformer.wte.weight", "lm_head": "lm_head.weight", "ln_f": "transformer.ln_f.weight"}
@@ -32,7 +32,7 @@ def synthesize_adapter(out: str | Path, base: str | Path, *, targets: tuple[str,
     """Write a PEFT adapter for the Qwen checkpoint `base`; returns its folder."""
     import torch
 
-    from .qwen.adapter import pattern_value
+    from ..lora.read import pattern_value
 
     out, ckpt = Path(out), open_checkpoint(base)
     if ckpt.quantization is not None:

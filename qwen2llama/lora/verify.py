@@ -20,19 +20,19 @@ from pathlib import Path
 import torch
 
 from ..errors import InputError
-from ..formats.lora import adapter_outputs, check_base, locate
+from .mapping import adapter_outputs, check_base, locate
 from ..layout import name_at
-from ..qwen.adapter import QwenAdapter, open_adapter
+from .read import QwenAdapter, open_adapter
 from ..qwen.checkpoint import Checkpoint
 from ..reference import QwenReference
 from ..sources import open_source
 from ..storage.weights import read_shards
-from .integrity import check_integrity
-from .logits import TOL_EXACT, _judge
-from .prompts import load_prompts, qwen_chat_text, tiktoken_encoder
-from .report import VerifyResult, check, with_fixes
-from .stats import HeadStats
-from .tensors import compare_planned
+from ..verify.integrity import check_integrity
+from ..verify.logits import TOL_EXACT, _judge
+from ..verify.prompts import load_prompts, qwen_chat_text, tiktoken_encoder
+from ..verify.report import VerifyResult, check, with_fixes
+from ..verify.stats import HeadStats
+from ..verify.tensors import compare_planned
 
 GREEDY = 4
 MAX_PROMPT = 48
@@ -97,12 +97,14 @@ def _greedy(step, ids: list[int], n: int) -> list[int]:
     return seq[len(ids):]
 
 
-def verify_adapter(src, llama_base: str | Path, qwen_adapter: str | Path, llama_adapter: str | Path, *,
-                   quick: bool = True, greedy_tokens: int | None = None, progress=None) -> VerifyResult:
-    """Every check of a converted adapter; never raises for a failed check."""
+def verify_adapter(src, llama_base: str | Path, qwen_adapter: str | Path | QwenAdapter,
+                   llama_adapter: str | Path, *, quick: bool = True, greedy_tokens: int | None = None,
+                   display: Path | None = None) -> VerifyResult:
+    """Every check of a converted adapter; never raises for a failed check. `qwen_adapter`: a
+    folder, or the adapter already opened (convert --adapter opens it once)."""
     t0 = time.perf_counter()
     ckpt = src if isinstance(src, Checkpoint) else open_source(src)
-    adapter = open_adapter(qwen_adapter)
+    adapter = qwen_adapter if isinstance(qwen_adapter, QwenAdapter) else open_adapter(qwen_adapter)
     check_base(adapter, ckpt)
     out = Path(llama_adapter)
     checks = {"integrity": check_integrity(out)}
@@ -121,7 +123,7 @@ def verify_adapter(src, llama_base: str | Path, qwen_adapter: str | Path, llama_
     with_fixes(checks)
     return VerifyResult(passed=all(c["passed"] is not False for c in checks.values()),
                         source=str(ckpt.folder),
-                        output=str(out), adapter=str(adapter.folder), quick=quick,
+                        output=str(display or out), adapter=str(adapter.folder), quick=quick,
                         seconds=round(time.perf_counter() - t0, 2),
                         peak_rss_mib=round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1),
                         checks=checks)

@@ -1,0 +1,27 @@
+"""The dense rule, shared by the formats and the LoRA mapping: a block of output features is a
+block of rows, so each part of a module is a contiguous byte range of its stored tensor."""
+from __future__ import annotations
+
+from ..layout import Module, name_at
+from ..storage import OutputTensor, TensorRef
+
+
+def split_rows(module: Module, layer: int | None, suffix: str, ref: TensorRef,
+               dtype: str | None) -> list[OutputTensor]:
+    """One stored tensor split by output rows into the module's LLaMA modules (`dtype` None: as stored)."""
+    dtype = dtype or ref.dtype
+    tensors = []
+    for split in module.into:
+        start, stop = split.block(ref.shape[0])
+        tensors.append(OutputTensor(f"{name_at(split.llama, layer)}.{suffix}", dtype,
+                                    (stop - start, *ref.shape[1:]),
+                                    ref, start, stop))
+    return tensors
+
+
+def zero_biases(module: Module, layer: int | None, out_features: int, dtype: str, every: bool = False
+                ) -> list[OutputTensor]:
+    """The biases LLaMA expects where Qwen has none (o_proj; with `every`, each LLaMA module:
+    `mlp_bias: true` gives gate/up/down biases), as zeros."""
+    return [OutputTensor(f"{name_at(s.llama, layer)}.bias", dtype, (out_features // s.count,), None)
+            for s in module.into if s.zero_bias or every]

@@ -1,0 +1,265 @@
+"""The main job as a library: one `run` that checks everything, writes into a staging folder,
+verifies there, records a golden file, publishes, then converts the adapter; the CLI and `batch`
+call it and only parse and render.
+
+`plan(...)` does every check before a byte is written — the source, the options, and every path
+the run reads and writes (paths.py: the record is `Run.reads` and `Run.writes`); `execute(run)`
+does the work. A failed verify raises `VerificationFailed` (its `result` attribute holds the
+verdict) after the report, the JUnit file and the GitHub summary are written, and nothing is
+published.
+"""
+from __future__ import annotations
+
+from contextlib import nullcontext
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+
+from . import convert, manifest
+from .convert import Options, Prepared, prepare, write
+from .errors import InputError
+from .lora.convert import PreparedAdapter, prepare_adapter, write_adapter
+from .paths import check_file_output, reads_of
+from .progress import NullProgress, Progress
+from .publish import write_file
+from .verify.report import VerifyOptions, VerifyResult
+
+__all__ = ["AdapterStep", "Options", "Run", "RunResult", "VerifyOptions", "check", "convert_adapter",
+           "execute",
+           "plan", "record_golden", "run", "write_golden"]
+
+
+@dataclass(frozen=True)
+class AdapterStep:
+    """A PEFT LoRA adapter trained on the source: converted beside the model (`out`, default
+    DST-adapter), or folded into the weights (`merge`)."""
+
+    src: Path
+    out: Path | None = None
+    merge: bool = False
+
+
+@dataclass
+class Run:
+    """A checked run, before anything is written."""
+
+    prepared: Prepared
+    verify: VerifyOptions | None  # None: published without verifying
+    golden: Path | None = None
+    adapter: PreparedAdapter | None = None  # the adapter converted beside the model, once aimed
+    adapter_step: AdapterStep | None = None
+
+    @property
+    def reads(self) -> list[Path]:
+        return self.prepared.reads
+
+    @property
+    def writes(self) -> list[Path]:
+        v = self.verify or VerifyOptions()
+        paths = [self.prepared.out, self.golden, v.report, v.junit, self.adapter and self.adapter.out]
+        return [p for p in paths if p is not None]
+
+
+@dataclass
+class RunResult:
+    out: Path
+    record: dict  # the published conversion.json
+    verified: VerifyResult | None = None
+    golden: dict | None = None  # the golden file's header
+    adapter_out: Path | None = None
+    adapter_verified: VerifyResult | None = None
+    notes: list[str] = field(default_factory=list)
+
+
+def plan(src, out, options: Options = Options(), verify: VerifyOptions | None = VerifyOptions(), *,
+         golden: Path | None = None, adapter: AdapterStep | None = None) -> Run:
+    """Every check of a run: the source and options (convert.prepare), then with `out` every
+    output (see aim); `out` None plans only (batch aims once it knows the folder's state)."""
+    if adapter is not None and adapter.merge:
+        options = replace(options, merge_adapter=str(adapter.src))
+    run = Run(prepare(src, options), verify, golden, adapter_step=adapter)
+    return run if out is None else aim(run, out, force=options.force)
+
+
+def aim(run: Run, out, *, force: bool = False) -> Run:
+    """The run, to be written to `out`: the output folder, the golden, report and JUnit files and
+    the adapter with its output folder, checked against everything the run reads."""
+    prepared = convert.aim(run.prepared, out, force=force)
+    v = run.verify or VerifyOptions()
+    # the golden file is replaced only with --force; reports are rewritten each run (CI)
+    for path, what, replace_ok in ((run.golden, "the golden file", force), (v.report, "the report", True),
+                                   (v.junit, "the JUnit file", True)):
+        if path is not None:
+            check_file_output(path, prepared.reads, force=replace_ok, what=what, inside=[prepared.out])
+    converted, step = None, run.adapter_step
+    if step is not None and not step.merge:
+        adapter_out = step.out or prepared.out.parent / f"{prepared.out.name}-adapter"
+        converted = prepare_adapter(step.src, adapter_out, base=prepared.plan.checkpoint,
+                                    base_name=str(prepared.out.resolve()), force=force,
+                                    hash=prepared.options.hash,
+                                    protect=[*prepared.reads, prepared.out])
+    return replace(run, prepared=prepared, adapter=converted)
+
+
+def execute(run: Run, *, progress: Progress | None = None, show=None, verify_lock=None) -> RunResult:
+    """Write, verify in staging, record the golden file, publish; then the adapter the same way.
+    `show(result, options)` sees each verdict as it is made (the CLI prints it); `verify_lock` keeps
+    concurrent runs (batch) to one verify at a time."""
+    progress = progress or NullProgress()
+    prepared = run.prepared
+    result = RunResult(prepared.out, {})
+
+    def before_publish(staging: Path) -> None:
+        if run.verify is not None:
+            from .verify import verify
+
+            with verify_lock or nullcontext():
+                verdict = verify(prepared.plan.checkpoint, staging, run.verify, progress=progress,
+                                 display=prepared.out, adapter=prepared.adapter)
+            result.verified = verdict
+            manifest.record_verification(staging, verdict)
+            report(verdict, run.verify, show)
+        if run.golden is not None:
+            result.golden = record_golden(prepared.plan.checkpoint, run.golden, plan=prepared.plan,
+                                          staging=staging, quick=(run.verify or VerifyOptions()).quick,
+                                          progress=progress)
+        progress.note("publishing")  # the last point a signal stops the run (batch)
+
+    result.record = write(prepared, progress=progress, before_publish=before_publish)
+    if run.adapter is not None:
+        result.adapter_out = run.adapter.out
+        result.adapter_verified = _adapter(run, progress, show)
+    return result
+
+
+def _adapter(run: Run, progress: Progress, show) -> VerifyResult | None:
+    """The adapter step: written, verified against the model just published, published."""
+    checks = run.verify and replace(run.verify, report=None, junit=None)  # those are the model's
+    return _write_verified_adapter(run.adapter, run.prepared.out, checks, progress, show)
+
+
+def _write_verified_adapter(prepared: PreparedAdapter, llama_base: Path | None, checks: VerifyOptions | None,
+                            progress: Progress, show) -> VerifyResult | None:
+    verdict = None
+
+    def before_publish(staging: Path) -> None:
+        nonlocal verdict
+        if checks is not None and prepared.base is not None and llama_base is not None:
+            from .lora.verify import verify_adapter
+
+            verdict = verify_adapter(prepared.base, llama_base, prepared.adapter, staging, quick=checks.quick,
+                                     display=prepared.out)
+            report(verdict, checks, show)
+
+    write_adapter(prepared, progress=progress, before_publish=before_publish)
+    return verdict
+
+
+def convert_adapter(src, out, *, base=None, llama_base: Path | None = None, base_name: str | None = None,
+                    force: bool = False, hash: str = "blake3", verify: VerifyOptions | None = VerifyOptions(),
+                    progress: Progress | None = None, show=None, planned=None) -> VerifyResult | None:
+    """`adapter SRC OUT` as a library call: convert a PEFT adapter, verified before publishing
+    when both its Qwen `base` and that base converted (`llama_base`) are given; `planned(prepared)`
+    sees the checked plan. Returns the verdict (None: not verified)."""
+    if base_name is None and llama_base is not None:
+        base_name = str(Path(llama_base).resolve())
+    prepared = prepare_adapter(src, out, base=base, base_name=base_name, force=force, hash=hash,
+                               protect=[llama_base] if llama_base is not None else [])
+    if verify is not None:
+        for path, what in ((verify.report, "the report"), (verify.junit, "the JUnit file")):
+            if path is not None:
+                check_file_output(path, prepared.reads, force=True, what=what, inside=[prepared.out])
+    if planned is not None:
+        planned(prepared)
+    checkable = prepared.base is not None and llama_base is not None
+    if verify is not None and not checkable:
+        (progress or NullProgress()).note("not verified: give --base (the Qwen model) and --llama-base "
+                                          "(its conversion)")
+    return _write_verified_adapter(prepared, llama_base, verify, progress or NullProgress(), show)
+
+
+def run(src, out, options: Options = Options(), verify: VerifyOptions | None = VerifyOptions(), *,
+        golden: Path | None = None, adapter: AdapterStep | None = None, progress: Progress | None = None,
+        show=None) -> RunResult:
+    """Convert `src` into `out` and verify it before publishing (`verify=None`: without); see plan."""
+    return execute(plan(src, out, options, verify, golden=golden, adapter=adapter), progress=progress,
+                   show=show)
+
+
+def report(result: VerifyResult, options: VerifyOptions, show=None) -> None:
+    """Write the verdict where the options say (report, JUnit, GitHub step summary), show it,
+    and raise VerificationFailed if it failed."""
+    from . import summary
+
+    if options.report is not None:
+        result.write(options.report)
+    if options.junit is not None:
+        Path(options.junit).write_text(summary.verify_junit(result), encoding="utf-8")
+    if options.github_summary:
+        summary.append_github_summary(summary.verify_markdown(result))
+    if show is not None:
+        show(result, options)
+    result.raise_if_failed()
+
+
+def check(src, dst, options: VerifyOptions = VerifyOptions(), *, golden: Path | None = None, base=None,
+          adapter: Path | None = None, llama_adapter: Path | None = None, progress: Progress | None = None,
+          show=None) -> VerifyResult:
+    """`verify` as a library call: DST against SRC (or against a golden file, or a converted
+    adapter on DST against the Qwen adapter), with the verdict written as the options say."""
+    if golden is not None and src is not None:
+        raise InputError("with --golden, give only the converted folder",
+                         fix="qwen2llama verify DST --golden FILE")
+    if golden is None and src is None:
+        raise InputError("verify needs SRC and DST, or DST and --golden FILE",
+                         fix="qwen2llama verify SRC DST, or qwen2llama verify DST --golden FILE")
+    reads = reads_of(src, dst, golden, base, adapter, llama_adapter)
+    for path, what in ((options.report, "the report"), (options.junit, "the JUnit file")):
+        if path is not None:  # never into a folder being verified; replacing an old report is fine
+            check_file_output(path, reads, force=True, what=what)
+    if llama_adapter is not None:
+        if adapter is None or golden is not None:
+            raise InputError("--llama-adapter needs SRC, DST and --adapter (the Qwen adapter it came from)",
+                             fix="qwen2llama verify SRC DST --adapter QWEN_ADAPTER --llama-adapter "
+                                 "LLAMA_ADAPTER")
+        from .lora.verify import verify_adapter
+
+        result = verify_adapter(src, dst, adapter, llama_adapter, quick=options.quick)
+    elif golden is not None:
+        from .verify import verify_golden
+
+        result = verify_golden(dst, golden, progress=progress, display=dst)
+    else:
+        from .verify import verify
+
+        result = verify(src, dst, options, progress=progress, display=dst, base=base, adapter=adapter)
+    report(result, options, show)
+    return result
+
+
+def record_golden(ckpt, path: Path, *, plan=None, staging: Path | None = None, quick: bool = False,
+                  prompts: Path | None = None, long_prompt: bool | None = None,
+                  progress: Progress | None = None) -> dict:
+    """Record a golden file for `ckpt` at `path` (whole or not at all); `staging`: the folder the
+    same run wrote, whose file digests it keeps. Returns its header."""
+    from .verify import golden as golden_mod
+
+    files = None
+    if staging is not None:
+        written = manifest.read(staging)
+        files = {"hash": written["hash"], "files": written["files"]}
+    tensors, meta = golden_mod.record(ckpt, prompts=prompts, quick=quick, long_prompt=long_prompt,
+                                      progress=progress, files=files, plan=plan)
+    write_file(path, lambda tmp: golden_mod.write(tmp, tensors, meta))
+    return meta
+
+
+def write_golden(src, path: Path, *, base=None, dtype: str | None = None, dequantize: str | None = None,
+                 force: bool = False, **recording) -> dict:
+    """`golden SRC FILE` as a library call: the digests describe the conversion with `dtype` /
+    `dequantize`; `path` obeys the path rule and is replaced only with `force`."""
+    from .plan import build_plan
+    from .sources import open_source
+
+    ckpt = open_source(src, base)
+    check_file_output(path, reads_of(ckpt), force=force, what="the golden file")
+    return record_golden(ckpt, Path(path), plan=build_plan(ckpt, dtype, dequantize), **recording)

@@ -10,7 +10,7 @@ from rich.table import Table
 
 from .qwen.checkpoint import open_checkpoint
 from .reference import QwenReference
-from .verify.logits import TOL_EXACT, logit_limit
+from .verify.judge import TOL_EXACT, logit_limit
 
 PROMPTS = ["The capital of France is", "通义千问是一个", "def add(a, b):\n    return", "1 + 1 = 2, 2 + 2 ="]
 

@@ -101,7 +101,7 @@ def test_custom_prompt_file(sources, converted, tmp_path):
 def test_long_prompt_budget(tmp_path):
     from qwen2llama.qwen.config import parse_config
     from qwen2llama.synth import load_preset
-    from qwen2llama.verify.logits import LONG_PROMPT_MAX_FLOPS, long_prompt_flops
+    from qwen2llama.verify.prompts import LONG_PROMPT_MAX_FLOPS, long_prompt_flops
 
     def flops(preset):
         cfg = parse_config(load_preset(preset), tmp_path / "config.json")

@@ -84,11 +84,10 @@ def plan(console: Console, prepared) -> None:
                       f"({q.path.name}); "
                       + ("written as a LLaMA GPTQ folder" if p.quantized else
                          f"dequantized to {NAME_OF[p.dtype]} (--dequantize)"))
-    copies = sum(t.is_byte_copy for t in p.tensors)
-    columns = sum(t.cols is not None for t in p.tensors)
-    computed = Counter(t.derived.label for t in p.tensors if t.derived is not None)
-    zeros = sum(t.source is None and t.derived is None for t in p.tensors)
-    casts = len(p.tensors) - copies - zeros - computed.total()
+    kinds = Counter(t.kind for t in p.tensors)
+    columns, zeros, casts = kinds["columns"], kinds["zeros"], kinds["cast"]
+    copies = kinds["copy"] + columns
+    computed = Counter(t.derived.label for t in p.tensors if t.kind == "computed")
     kinds = [f"{copies} byte copies" + (f" ({columns} by columns)" if columns else ""),
              f"{casts} cast to {NAME_OF[p.dtype]}"] + [f"{n} {label}" for label, n in computed.items()] + \
         [f"{zeros} zero biases" + ("" if p.mlp_bias else " (o_proj)")]
@@ -109,13 +108,16 @@ def plan(console: Console, prepared) -> None:
 def plan_tensors(console: Console, prepared) -> None:
     for shard, tensors in prepared.shards:
         for t in tensors:
-            if t.derived is not None:
-                source = t.derived.describe()
-            elif t.source is None:
-                source = "zeros"
-            else:
-                cols = "" if t.cols is None else f", {t.cols[0]}:{t.cols[1]}"
-                source = f"{t.source.name}[{t.row_start}:{t.row_stop}{cols}] ({t.source.file.name})"
+            match t.kind:
+                case "computed":
+                    source = t.derived.describe()
+                case "zeros":
+                    source = "zeros"
+                case "columns":
+                    source = (f"{t.source.name}[{t.row_start}:{t.row_stop}, {t.cols[0]}:{t.cols[1]}] "
+                              f"({t.source.file.name})")
+                case "copy" | "cast":
+                    source = f"{t.source.name}[{t.row_start}:{t.row_stop}] ({t.source.file.name})"
             console.print(f"{shard}  {t.name}  {list(t.shape)} {t.dtype}  <- {source}")
 
 

@@ -113,16 +113,17 @@ class ShardWriter:
         try:
             self._emit(header_bytes([(t.name, t.dtype, t.shape) for t in tensors]))
             for t in tensors:
-                if t.derived is not None:
-                    self._write_derived(t)
-                elif t.source is None:
-                    self._write_zeros(t)
-                elif t.cols is not None:
-                    self._copy_columns(t)
-                elif t.is_byte_copy:
-                    self._copy_rows(t)
-                else:
-                    self._cast_rows(t)
+                match t.kind:
+                    case "computed":
+                        self._write_derived(t)
+                    case "zeros":
+                        self._write_zeros(t)
+                    case "columns":
+                        self._copy_columns(t)
+                    case "copy":
+                        self._copy_rows(t)
+                    case "cast":
+                        self._cast_rows(t)
             while self.pending:
                 self.pending.popleft().result()
             os.fsync(self.fd)

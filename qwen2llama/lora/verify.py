@@ -28,7 +28,7 @@ from ..reference import QwenReference
 from ..sources import open_source
 from ..storage.weights import read_shards
 from ..verify.integrity import check_integrity
-from ..verify.logits import TOL_EXACT, _judge
+from ..verify.judge import TOL_EXACT, judge, judge_greedy, stats_rows, tally
 from ..verify.prompts import load_prompts, qwen_chat_text, tiktoken_encoder
 from ..verify.report import VerifyResult, check, with_fixes
 from ..verify.stats import HeadStats
@@ -147,18 +147,16 @@ def _check_logits(ckpt, adapter, model, quick: bool, n_greedy: int) -> dict:
         stats = HeadStats(len(prompt[1]))
         stats.add(zr, zl, 0)
         effect = max(effect, (zr - plain.logits(prompt[1])).abs().max().item())
-        row, failed = _judge([prompt], stats, TOL_EXACT)
-        rows += row
-        failures += failed
+        rows += stats_rows([prompt], stats, TOL_EXACT)
+    failures = [line for row in rows for line in judge(row, TOL_EXACT)]
     greedy = []
     for _, ids in prompts[:3]:
         a, b = _greedy(reference.logits, ids, n_greedy), _greedy(llama, ids, n_greedy)
         greedy.append({"tokens": n_greedy, "reference": a, "llama": b, "identical": a == b})
-        if a != b:
-            failures.append(f"greedy continuation differs: {a} vs {b}")
     note = None if effect > 10 * max(r["max_abs_logit_diff"] for r in rows) else \
         "the adapter barely changes these logits, so this comparison could not tell it was dropped"
-    return check(not failures, compute_dtype="float32", tolerance=TOL_EXACT, prompts=rows, greedy=greedy,
-                 max_abs_logit_diff=max(r["max_abs_logit_diff"] for r in rows),
-                 kl_max=max(r["kl_max"] for r in rows), top1_agreement=min(r["top1_agreement"] for r in rows),
-                 adapter_effect_max_abs_logit=effect, note=note, failures=failures)
+    result = check(not failures, compute_dtype="float32", tolerance=TOL_EXACT,
+                   adapter_effect_max_abs_logit=effect,
+                   note=note, **tally(rows, failures))
+    judge_greedy(result, greedy, lossy=False)
+    return result

@@ -72,9 +72,22 @@ class OutputTensor:
         return prod(self.shape) * ITEMSIZE[self.dtype]
 
     @property
+    def kind(self) -> str:
+        """How its bytes are made, decided here once for every consumer (writer, verify, golden
+        digests, plan display): "computed" by `derived`, "zeros", "columns" of a same-dtype source,
+        a byte "copy" of a row range, or a "cast" of one."""
+        if self.derived is not None:
+            return "computed"
+        if self.source is None:
+            return "zeros"
+        if self.cols is not None:
+            return "columns"
+        return "copy" if self.source.dtype == self.dtype else "cast"
+
+    @property
     def is_byte_copy(self) -> bool:
-        """The output is a byte range of the source (contiguous unless `cols`)."""
-        return self.source is not None and self.source.dtype == self.dtype
+        """The output is a byte range of the source (contiguous unless by columns)."""
+        return self.kind in ("copy", "columns")
 
     @property
     def narrows(self) -> bool:

@@ -39,23 +39,20 @@ def output_chunks(t: OutputTensor) -> Iterator:
     def raw(block):
         return block.contiguous().view(torch.uint8).numpy()
 
-    if t.derived is not None:
-        for block in t.derived.blocks(t.dtype):
-            yield raw(block)
-        return
-    if t.source is None:
-        left = t.nbytes
-        while left:
-            yield bytes(min(left, CHUNK))
-            left -= min(left, CHUNK)
-        return
     src = t.source
-    row_bytes = src.nbytes // src.shape[0] if src.shape and src.shape[0] else src.nbytes
-    if t.cols is not None:
-        for a, b in row_blocks(t.row_start, t.row_stop, row_bytes, CHUNK):
-            yield raw(read_ref(src, a, b)[:, t.cols[0]:t.cols[1]])
-    elif t.is_byte_copy:
-        yield from byte_chunks(src, *src.rows(t.row_start, t.row_stop))
-    else:
-        for a, b in row_blocks(t.row_start, t.row_stop, row_bytes, COMPUTE_BLOCK):
-            yield raw(read_ref(src, a, b).to(torch_dtype(t.dtype)))
+    row_bytes = (src.nbytes // src.shape[0] if src.shape and src.shape[0] else src.nbytes) if src else 0
+    match t.kind:
+        case "computed":
+            for block in t.derived.blocks(t.dtype):
+                yield raw(block)
+        case "zeros":
+            for start in range(0, t.nbytes, CHUNK):
+                yield bytes(min(CHUNK, t.nbytes - start))
+        case "columns":
+            for a, b in row_blocks(t.row_start, t.row_stop, row_bytes, CHUNK):
+                yield raw(read_ref(src, a, b)[:, t.cols[0]:t.cols[1]])
+        case "copy":
+            yield from byte_chunks(src, *src.rows(t.row_start, t.row_stop))
+        case "cast":
+            for a, b in row_blocks(t.row_start, t.row_stop, row_bytes, COMPUTE_BLOCK):
+                yield raw(read_ref(src, a, b).to(torch_dtype(t.dtype)))

@@ -29,8 +29,7 @@ from ..tokenizer.files import vocab_digest
 from ..tokens import SPECIAL_IDS
 from . import digests
 from .lockstep import continue_greedily, forward, reference_layers
-from .logits import GREEDY_MAX_BYTES, _prompt_set
-from .prompts import GOLDEN, PROBES, load_prompts, qwen_chat_text, tiktoken_encoder
+from .prompts import GOLDEN, PROBES, greedy_count, load_prompts, prompt_set, qwen_chat_text, tiktoken_encoder
 from .stats import reference_head_blocks, side_stats
 
 FORMAT = 2
@@ -73,7 +72,7 @@ def record(ckpt, *, prompts: Path | None = None, quick: bool = False, long_promp
     cfg = ckpt.config
     texts, chats = load_prompts(prompts, quick)
     encode = tiktoken_encoder(ckpt.vocab)
-    named, long_note, _ = _prompt_set(cfg, encode, texts, chats, quick, long_prompt)
+    named, long_note, _ = prompt_set(cfg, encode, texts, chats, quick, long_prompt)
     ref = QwenReference(ckpt)
     seqs = [ids for _, ids in named]
     lens = [len(s) for s in seqs]
@@ -83,8 +82,7 @@ def record(ckpt, *, prompts: Path | None = None, quick: bool = False, long_promp
     gather = sample_ids(cfg.vocab_rows, {i for seq in seqs for i in seq})
     stats = side_stats(reference_head_blocks(ref), ref.final_norm(h), TOP_K, gather)
     model_bytes = sum(r.nbytes for r in ckpt.tensors.values())
-    n_greedy = greedy_tokens if greedy_tokens is not None else (
-        (4 if quick else 8) if model_bytes <= GREEDY_MAX_BYTES else 0)
+    n_greedy = greedy_count(model_bytes, quick, greedy_tokens)
     greedy_seqs = seqs[: min(3, len(seqs))]
     if n_greedy:
         progress.start(f"golden: greedy ({n_greedy} tokens)", n_greedy * cfg.num_layers, "layers")

@@ -9,7 +9,8 @@ from importlib import resources
 from pathlib import Path
 
 from ..errors import InputError
-from ..tokens import DEFAULT_SYSTEM, PATTERN, SPECIAL_IDS
+from ..qwen.config import QwenConfig
+from ..tokens import DEFAULT_SYSTEM, ENDOFTEXT_ID, PATTERN, SPECIAL_IDS
 
 # Golden ids from the Qwen documentation (specials parsed).
 GOLDEN = {'print("<|endoftext|>")': [1350, 445, 151643, 899], "Hello world": [9707, 1879],
@@ -63,3 +64,41 @@ def _encoding(name: str, size: int, mtime_ns: int, tokens: tuple[bytes, ...]):
 
     return tiktoken.Encoding("qwen", pat_str=PATTERN, mergeable_ranks={t: r for r, t in enumerate(tokens)},
                              special_tokens=SPECIAL_IDS)
+
+
+LONG_PROMPT_MAX_FLOPS = 2e13  # a few minutes of float32 matmuls on 2 cores
+GREEDY_MAX_BYTES = 4 << 30  # greedy continuation re-reads the model per token: small models only
+
+
+def greedy_count(model_bytes: int, quick: bool, requested: int | None) -> int:
+    """Greedy tokens per prompt: as requested, else a few for models small enough to re-read."""
+    if requested is not None:
+        return requested
+    return (4 if quick else 8) if model_bytes <= GREEDY_MAX_BYTES else 0
+
+
+def long_prompt_flops(cfg: QwenConfig, tokens: int) -> float:
+    """Rough cost of one `tokens`-long sequence through both models: matmuls plus attention."""
+    layer = 4 * cfg.hidden_size * cfg.projection_size + 3 * cfg.hidden_size * cfg.mlp_width
+    per_side = 2 * tokens * (cfg.num_layers * layer + cfg.vocab_rows * cfg.hidden_size)
+    per_side += 4 * cfg.num_layers * tokens * tokens * cfg.projection_size
+    return 2 * per_side
+
+
+def prompt_set(cfg: QwenConfig, encode, texts, chats, quick: bool, long_prompt: bool | None):
+    """(named token sequences, note on the seq_length-token prompt, whether it runs)."""
+    prompts = [(t[:30], encode(t)) for t in texts]
+    prompts += [(f"chat {k}", encode(qwen_chat_text(m))) for k, m in enumerate(chats)]
+    prompts = [(n, ids[: cfg.seq_length]) for n, ids in prompts if ids]
+    note = None
+    if long_prompt is None:  # automatic: on unless it would take hours on a small machine
+        flops = long_prompt_flops(cfg, cfg.seq_length)
+        long_prompt = not quick and flops <= LONG_PROMPT_MAX_FLOPS
+        if not quick and not long_prompt:
+            note = (f"skipped the {cfg.seq_length}-token prompt: about {flops / 1e12:.0f} TFLOP, hours on a "
+                    "few CPU cores; pass --long-prompt to run it")
+    if long_prompt:
+        filler = [x for _, ids in prompts for x in ids] or [ENDOFTEXT_ID]
+        prompts.append((f"{cfg.seq_length} tokens (= seq_length)",
+                        (filler * (cfg.seq_length // len(filler) + 1))[: cfg.seq_length]))
+    return prompts, note or ("included" if long_prompt else "not run (--quick)"), long_prompt

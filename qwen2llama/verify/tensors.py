@@ -68,18 +68,21 @@ def _same_derived(want: OutputTensor, got: TensorRef) -> bool:
 
 def _compare(want: OutputTensor, got: TensorRef) -> str | None:
     """None when equal, else what differs."""
-    if want.derived is not None:
-        return None if _same_derived(want, got) else f"{want.name}: differs from the dequantized source"
-    if want.cols is not None:
-        return None if _same_columns(want, got) else \
-            f"{want.name}: differs from {want.source.name}[:, {want.cols[0]}:{want.cols[1]}]"
-    if want.source is None:
-        return None if _all_zero(got) else f"{want.name}: must be all zeros (Qwen has no bias there)"
-    if want.is_byte_copy:
-        return None if _same_bytes(want, got) else \
-            f"{want.name}: bytes differ from {want.source.name}[{want.row_start}:{want.row_stop}]"
-    return None if _same_cast(want, got) else \
-        f"{want.name}: differs from {want.source.name} cast to {NAME_OF[want.dtype]}"
+    match want.kind:
+        case "computed":
+            same, what = _same_derived(want, got), "differs from the dequantized source"
+        case "columns":
+            same = _same_columns(want, got)
+            what = f"differs from {want.source.name}[:, {want.cols[0]}:{want.cols[1]}]"
+        case "zeros":
+            same, what = _all_zero(got), "must be all zeros (Qwen has no bias there)"
+        case "copy":
+            same = _same_bytes(want, got)
+            what = f"bytes differ from {want.source.name}[{want.row_start}:{want.row_stop}]"
+        case "cast":
+            same = _same_cast(want, got)
+            what = f"differs from {want.source.name} cast to {NAME_OF[want.dtype]}"
+    return None if same else f"{want.name}: {what}"
 
 
 def _expected_plan(ckpt: Checkpoint, dst_tensors: dict[str, TensorRef], quantized: bool, adapter=None):

@@ -128,6 +128,16 @@ def jobs_from_args(specs: list[str], out_root: Path | None, options: Options) ->
     return [_job(spec, None, out_root, options) for spec in expand(specs)]
 
 
+def collect(specs: list[str], jobs_file: Path | None, out_root: Path | None, options: Options) -> list[Job]:
+    """The jobs of SRC arguments, then of a jobs file; none at all is bad input."""
+    jobs = jobs_from_args(specs, out_root, options)
+    if jobs_file is not None:
+        jobs += jobs_from_file(jobs_file, out_root, options)
+    if not jobs:
+        raise InputError("no jobs", fix="give SRC arguments or --jobs-file")
+    return jobs
+
+
 def check_unique(jobs: list[Job]) -> None:
     seen: dict[Path, str] = {}
     for job in jobs:

@@ -13,7 +13,7 @@ from pathlib import Path
 
 from . import manifest
 from .layout import llama_config
-from .llama.config import generation_config
+from .llama.generation import generation_config
 from .llama.shards import parse_size, plan_shards, shard_names
 from .llama.writer import ShardWriter
 from .plan import ConversionPlan, build_plan
@@ -88,8 +88,23 @@ def aim(prepared: Prepared, out: str | Path, *, force: bool = False) -> Prepared
 
 def _write_files(prepared: Prepared, folder: Path, progress: Progress) -> dict:
     """Every output file into `folder` (an empty staging folder); returns the manifest."""
-    plan, ckpt = prepared.plan, prepared.plan.checkpoint
-    cfg = ckpt.config
+    digests, tokenizer_stats = _write_weights(prepared, folder, progress)
+    _write_configs(prepared, folder)
+    for path in sorted(folder.iterdir()):
+        if path.name not in digests:
+            digests[path.name] = manifest.hash_file(path, prepared.options.hash)
+        fsync_path(path)
+    sizes = {name: (folder / name).stat().st_size for name in digests}
+    record = manifest.build(prepared, tokenizer_stats, digests, sizes)
+    manifest.write_json(folder / manifest.NAME, record)
+    fsync_path(folder / manifest.NAME)
+    return record
+
+
+def _write_weights(prepared: Prepared, folder: Path, progress: Progress) -> tuple[dict, dict]:
+    """The weight shards (digests by file name) and, beside them in a child process or from the
+    cache, the tokenizer files (their statistics)."""
+    plan, cfg = prepared.plan, prepared.plan.checkpoint.config
     digests: dict[str, str | None] = {}
     cache_key = tokenizer_cache.key(prepared.vocab, prepared.chat, cfg.seq_length)
     cached = tokenizer_cache.lookup(cache_key)
@@ -105,10 +120,10 @@ def _write_files(prepared: Prepared, folder: Path, progress: Progress) -> dict:
         progress.finish()
         if cached:
             tokenizer_cache.copy_into(cached[0], folder)
-            tokenizer_stats = cached[1]
-        else:
-            tokenizer_stats = tokenizer_job.result()
-            tokenizer_cache.store(cache_key, folder, tokenizer_stats)
+            return digests, cached[1]
+        tokenizer_stats = tokenizer_job.result()
+        tokenizer_cache.store(cache_key, folder, tokenizer_stats)
+        return digests, tokenizer_stats
     except BaseException:
         # also while waiting for the child: it must be gone before the staging folder is removed,
         # or it writes into a folder being deleted and leaves it behind
@@ -116,11 +131,17 @@ def _write_files(prepared: Prepared, folder: Path, progress: Progress) -> dict:
             with signals_deferred():
                 tokenizer_job.cancel()
         raise
+
+
+def _write_configs(prepared: Prepared, folder: Path) -> None:
+    """The shard index, config.json (with the format's entries), the format's own files,
+    generation_config.json and the copied license files."""
+    plan, ckpt = prepared.plan, prepared.plan.checkpoint
     if len(prepared.shards) > 1:
         index = {"metadata": {"total_size": plan.total_bytes},
                  "weight_map": dict(sorted((t.name, n) for n, ts in prepared.shards for t in ts))}
         manifest.write_json(folder / "model.safetensors.index.json", index)
-    config = {**llama_config(cfg, plan.dtype, prepared.chat, plan.mlp_bias), **plan.fmt.output_config()}
+    config = llama_config(ckpt.config, plan.dtype, prepared.chat, plan.mlp_bias) | plan.fmt.output_config()
     for name, content in plan.fmt.output_files().items():
         manifest.write_json(folder / name, content)
     manifest.write_json(folder / "config.json", config)
@@ -129,15 +150,6 @@ def _write_files(prepared: Prepared, folder: Path, progress: Progress) -> dict:
     for name in COPIED_FILES:
         if name in ckpt.companions:
             shutil.copyfile(ckpt.companions[name], folder / name)
-    for path in sorted(folder.iterdir()):
-        if path.name not in digests:
-            digests[path.name] = manifest.hash_file(path, prepared.options.hash)
-        fsync_path(path)
-    sizes = {name: (folder / name).stat().st_size for name in digests}
-    record = manifest.build(prepared, tokenizer_stats, digests, sizes)
-    manifest.write_json(folder / manifest.NAME, record)
-    fsync_path(folder / manifest.NAME)
-    return record
 
 
 def write(prepared: Prepared, *, progress: Progress | None = None, before_publish=None) -> dict:

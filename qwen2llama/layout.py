@@ -83,6 +83,19 @@ DROPPED = [re.compile(p) for p in (
 )]
 
 
+_PATHS = [(re.compile("^" + re.escape(m.qwen).replace(r"\{i\}", r"(\d+)") + "$"), m) for m in MODULES]
+BY_QWEN = {m.qwen: m for m in MODULES}  # by template ("transformer.h.{i}.mlp.w1")
+
+
+def match(qwen_path: str) -> tuple[Module, int | None] | None:
+    """The one reverse lookup: the table's module for a Qwen module path
+    ("transformer.h.3.mlp.w1") and its layer, or None when the table has no such module."""
+    for pattern, module in _PATHS:
+        if hit := pattern.match(qwen_path):
+            return module, int(hit.group(1)) if module.per_layer else None
+    return None
+
+
 def in_output_order(num_layers: int) -> list[tuple[Module, int | None]]:
     """Every (module, layer) of a model, in the order of the output files."""
     return ([(m, None) for m in BEFORE_LAYERS] + [(m, i) for i in range(num_layers) for m in LAYER]

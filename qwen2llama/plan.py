@@ -6,13 +6,12 @@ raised here, before a byte is written.
 """
 from __future__ import annotations
 
-import re
 from dataclasses import dataclass, field
 
 from . import layout
 from .dtypes import FLOAT_NAMES, NAME_OF
 from .errors import InputError
-from .formats import DENSE, Format, explain_unknown, format_for
+from .formats import Format, explain_unknown, format_for
 from .lora import mapping as lora
 from .qwen.checkpoint import Checkpoint
 from .storage import OutputTensor, TensorRef
@@ -25,8 +24,8 @@ class ConversionPlan:
     checkpoint: Checkpoint
     dtype: str  # of the floating-point tensors
     tensors: list[OutputTensor]
+    fmt: Format
     dropped: list[str] = field(default_factory=list)
-    fmt: Format = DENSE
     zero_dropped: list[TensorRef] = field(default_factory=list)  # stored, all zero, left out (checked)
 
     @property
@@ -57,32 +56,21 @@ class SourceMap:
     dropped: list[str]
 
 
-def _patterns(fmt, sizes: dict[str, int]) -> list[tuple[re.Pattern, layout.Module, str]]:
-    out = []
-    for module in layout.MODULES:
-        for suffix in fmt.stored(module, sizes):
-            template = re.escape(f"{module.qwen}.{suffix}").replace(r"\{i\}", r"(\d+)")
-            out.append((re.compile(f"^{template}$"), module, suffix))
-    return out
-
-
 def map_source(ckpt: Checkpoint, fmt: Format | None = None) -> SourceMap:
     """Place every source tensor in the table, or raise naming the first that does not fit."""
     fmt = fmt or format_for(ckpt)
     n_layers = ckpt.config.num_layers
     sizes = layout.feature_sizes(ckpt.config)
-    patterns = _patterns(fmt, sizes)
     found: dict[tuple[str, int | None], dict[str, TensorRef]] = {}
     dropped: list[str] = []
     for name, ref in ckpt.tensors.items():
-        hit = next(((m, module, suffix) for p, module, suffix in patterns if (m := p.match(name))), None)
-        if hit is None:
+        module_path, _, suffix = name.rpartition(".")
+        module, layer = layout.match(module_path) or (None, None)
+        if module is None or suffix not in fmt.stored(module, sizes):
             if layout.is_dropped(name):
                 dropped.append(name)
                 continue
             raise explain_unknown(ckpt, name, ref)
-        match, module, suffix = hit
-        layer = int(match.group(1)) if module.per_layer else None
         if layer is not None and layer >= n_layers:
             raise InputError(f"tensor {name} is for layer {layer}, but config.json says {n_layers} layers",
                              path=ref.file, fix=CONFIG_FIX)
@@ -105,9 +93,10 @@ def map_source(ckpt: Checkpoint, fmt: Format | None = None) -> SourceMap:
     return SourceMap(found, sorted(dropped))
 
 
-def choose_dtype(ckpt: Checkpoint, requested: str | None, fmt: Format = DENSE) -> str | None:
+def choose_dtype(ckpt: Checkpoint, requested: str | None, fmt: Format | None = None) -> str | None:
     """The output dtype of floating-point tensors: as requested, else the source's single one;
     None where the format keeps each tensor as stored (GPTQ's mix of types)."""
+    fmt = fmt or format_for(ckpt)
     dequantize = fmt.dequantize
     if requested is not None:
         if requested not in FLOAT_NAMES:
@@ -149,4 +138,4 @@ def build_plan(ckpt: Checkpoint, dtype: str | None = None, dequantize: str | Non
         tensors = lora.merge_into(tensors, adapter)
     # the type config.json names: the embedding's where the format keeps each tensor as stored
     plan_dtype = out_dtype or next(t.dtype for t in tensors if t.name == "model.embed_tokens.weight")
-    return ConversionPlan(ckpt, plan_dtype, tensors, source.dropped, fmt, fmt.dropped(source.found))
+    return ConversionPlan(ckpt, plan_dtype, tensors, fmt, source.dropped, fmt.dropped(source.found))

@@ -69,13 +69,40 @@ def _import_autogptq_root():
     sys.modules.setdefault("auto_gptq", stub)
 
 
+def _pack_linear(make, producer: str, tensor, bias, bits: int, sym: bool, gen):
+    """One linear with exactly representable weights, packed by the producer's own code; returns
+    (its state, the q and z it was given)."""
+    top = 1 << bits
+    out_f, in_f = tensor.shape
+    groups = in_f // GROUP
+    q = torch.randint(0, top, (out_f, in_f), generator=gen)
+    z = torch.full((out_f, groups), top // 2) if sym else \
+        torch.randint(1, top - 1, (out_f, groups), generator=gen)
+    scales = ((0.5 + torch.rand(out_f, groups, generator=gen)) * (12 ** 0.5 / (top * in_f ** 0.5))).half()
+    g_idx = torch.arange(in_f, dtype=torch.int32) // GROUP
+    weight = (scales.float()[:, g_idx.long()] * (q - z[:, g_idx.long()]).float()).half()
+    linear = torch.nn.Linear(in_f, out_f, bias=bias is not None, dtype=torch.float16)
+    with torch.no_grad():
+        linear.weight.copy_(weight)
+        if bias is not None:
+            linear.bias.copy_(bias.to(torch.float16))
+    ql = make(bits, in_f, out_f, bias is not None, sym)
+    ql.pack(linear, scales.float(), z.float(), g_idx)
+    if producer == "gptqmodel":
+        to_original_format(ql, bits)
+    state = {k: v for k, v in ql.state_dict().items() if k in ("qweight", "qzeros", "scales", "g_idx",
+                                                               "bias")}
+    if "g_idx" not in state:
+        state["g_idx"] = g_idx
+    return state, q, z
+
+
 def pack_model(producer: str, dense: Path, out: Path, bits: int, sym: bool = True, seed: int = 0) -> dict:
     """Write the packed checkpoint; returns the settings written."""
     if producer == "autogptq":
         _import_autogptq_root()
     make = {"autogptq": autogptq_linear, "gptqmodel": gptqmodel_linear}[producer]
     gen = torch.Generator().manual_seed(seed)
-    top = 1 << bits
     source = load_file(dense / "model.safetensors")
     packed, expected = {}, {}
     for name, tensor in source.items():
@@ -86,28 +113,7 @@ def pack_model(producer: str, dense: Path, out: Path, bits: int, sym: bool = Tru
             continue
         if name.endswith(".bias"):
             continue  # the quantized linear holds it
-        out_f, in_f = tensor.shape
-        groups = in_f // GROUP
-        q = torch.randint(0, top, (out_f, in_f), generator=gen)
-        z = torch.full((out_f, groups), top // 2) if sym else \
-            torch.randint(1, top - 1, (out_f, groups), generator=gen)
-        scales = ((0.5 + torch.rand(out_f, groups, generator=gen)) * (12 ** 0.5 / (top * in_f ** 0.5))).half()
-        g_idx = torch.arange(in_f, dtype=torch.int32) // GROUP
-        weight = (scales.float()[:, g_idx.long()] * (q - z[:, g_idx.long()]).float()).half()
-        bias = source.get(f"{stem}.bias")
-        linear = torch.nn.Linear(in_f, out_f, bias=bias is not None, dtype=torch.float16)
-        with torch.no_grad():
-            linear.weight.copy_(weight)
-            if bias is not None:
-                linear.bias.copy_(bias.to(torch.float16))
-        ql = make(bits, in_f, out_f, bias is not None, sym)
-        ql.pack(linear, scales.float(), z.float(), g_idx)
-        if producer == "gptqmodel":
-            to_original_format(ql, bits)
-        state = {k: v for k, v in ql.state_dict().items() if k in ("qweight", "qzeros", "scales", "g_idx",
-                                                                   "bias")}
-        if "g_idx" not in state:
-            state["g_idx"] = g_idx
+        state, q, z = _pack_linear(make, producer, tensor, source.get(f"{stem}.bias"), bits, sym, gen)
         packed.update({f"{stem}.{k}": v.contiguous() for k, v in state.items() if v is not None})
         expected[f"{stem}.q"] = q.to(torch.int32).T.contiguous()  # [in, out], as qweight unpacks
         # [groups, out], before AutoGPTQ's "minus one"

@@ -74,3 +74,53 @@ def test_rules_see_real_imports():
 def test_no_module_over_300_lines():
     long = {name: n for name, path in modules().items() if (n := len(path.read_text().splitlines())) > 300}
     assert long == {}
+
+
+FORMAT_MODULES = ("qwen2llama.formats.dense", "qwen2llama.formats.gptq")  # the registered formats
+
+
+def test_no_module_outside_formats_imports_a_specific_format():
+    """The plan, the writer, convert, the manifest and verify reach formats through the protocol
+    (formats.format_for and the Format a plan carries), so a new format is one module there."""
+    bad = {name: sorted(m for m in imports(name, path) if any(under(m, f) for f in FORMAT_MODULES))
+           for name, path in modules().items() if not under(name, "qwen2llama.formats")}
+    assert {k: v for k, v in bad.items() if v} == {}
+
+
+def test_the_plan_convert_manifest_and_verify_never_name_a_format():
+    names = ("gptq", "Gptq", "DENSE", "Dense", "quantization_config", "quantize_config")
+    said = {}
+    for name in ("qwen2llama.plan", "qwen2llama.convert", "qwen2llama.manifest", "qwen2llama.pipeline"):
+        tree = ast.parse(modules()[name].read_text())
+        code = [n for n in ast.walk(tree) if isinstance(n, (ast.Name, ast.Attribute, ast.Constant))]
+        words = {getattr(n, "id", None) or getattr(n, "attr", None) or (n.value if isinstance(n.value, str)
+                                                                          else None) for n in code}
+        said[name] = sorted(w for w in words if isinstance(w, str) and any(x == w for x in names))
+    assert said == {name: [] for name in said}, said
+
+
+def _body_lines(fn: ast.FunctionDef) -> int:
+    """A function's lines after its signature and docstring (a typer command's signature is a table
+    of options)."""
+    body = fn.body
+    if len(body) > 1 and isinstance(body[0], ast.Expr) and isinstance(body[0].value, ast.Constant):
+        body = body[1:]
+    return fn.end_lineno - body[0].lineno + 1
+
+
+def test_no_function_over_50_lines():
+    long = {f"{name}.{node.name}": n for name, path in modules().items()
+            for node in ast.walk(ast.parse(path.read_text()))
+            if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef)) and (n := _body_lines(node)) > 50}
+    assert long == {}
+
+
+def test_the_cli_and_batch_run_conversions_through_the_pipeline():
+    """One `run` owns verify-before-publish: no command or job calls the writer or verify itself."""
+    for name in ("qwen2llama.cli.commands", "qwen2llama.cli.adapter_command", "qwen2llama.batch"):
+        found = imports(name, modules()[name])
+        assert "qwen2llama.pipeline" in found, name
+        direct = {"qwen2llama.convert.write", "qwen2llama.lora.convert.write_adapter",
+                  "qwen2llama.verify.verify", "qwen2llama.lora.verify.verify_adapter",
+                  "qwen2llama.verify.verify_golden"}
+        assert not found & direct, (name, found & direct)

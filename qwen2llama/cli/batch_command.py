@@ -48,7 +48,6 @@ def batch(srcs: Annotated[Optional[list[str]], typer.Argument(
     from .. import batch as jobs_mod
     from .. import summary as summary_mod
     from ..convert import Options
-    from ..errors import InputError
 
     def check_reports(reads: list[Path], outputs: list[Path]) -> None:
         """--summary and --junit: under the path rule, and never inside a job's output folder."""
@@ -60,30 +59,10 @@ def batch(srcs: Annotated[Optional[list[str]], typer.Argument(
         check_reports(reads_of(*(srcs or [])), [])
         results, where = summary_mod.read_summaries([Path(p) for p in srcs or []]), None
     else:
-        options = Options(shard_size, dtype, kind, base=base)
-        jobs = jobs_mod.jobs_from_args(srcs or [], out_root, options)
-        if jobs_file is not None:
-            jobs += jobs_mod.jobs_from_file(jobs_file, out_root, options)
-        if not jobs:
-            raise InputError("no jobs", fix="give SRC arguments or --jobs-file")
+        jobs = jobs_mod.collect(srcs or [], jobs_file, out_root, Options(shard_size, dtype, kind, base=base))
+        check_reports(jobs_mod.sources_of(jobs) + reads_of(jobs_file), [j.out for j in jobs])
         where = jobs_mod.parse_shard(shard) if shard else jobs_mod.shard_from_env()
-        all_jobs = jobs
-        reads = jobs_mod.sources_of(jobs) + reads_of(*([jobs_file] if jobs_file else []))
-        check_reports(reads, [j.out for j in jobs])
-        if where is not None:
-            jobs = jobs_mod.take_shard(jobs, *where)
-            out.print(f"shard {where[0]} of {where[1]}: {len(jobs)} job(s)")
-        try:
-            results = jobs_mod.run_jobs(jobs, workers=workers, verify=verify, quick=quick, force=force,
-                                        progress_for=lambda job: render.JobLines(err, job.name),
-                                        on_done=lambda r: render.job_done(out, r), all_jobs=all_jobs)
-        except jobs_mod.BatchInterrupted as stop:
-            published = [r.name for r in stop.results if r.exit_code == 0]
-            missing = [r.name for r in stop.results if r.exit_code != 0] + [j.name for j in stop.pending]
-            err.print("[yellow]interrupted[/]: published before the signal: "
-                      f"{', '.join(published) or 'none'}; not published: {', '.join(missing) or 'none'} "
-                      "(their temporary files were removed)")
-            raise typer.Exit(130) from None
+        results = _run(jobs, where, workers=workers, verify=verify, quick=quick, force=force)
     render.batch_table(out, results)
     if summary is not None:
         summary.write_text(json.dumps(summary_mod.to_json(results, where), indent=2, sort_keys=True) + "\n")
@@ -93,3 +72,24 @@ def batch(srcs: Annotated[Optional[list[str]], typer.Argument(
     code = jobs_mod.exit_code(results)
     if code:
         raise typer.Exit(code)
+
+
+def _run(all_jobs, where, **settings):
+    """This shard's jobs, with a line per job as it ends; a signal ends the command with 130 after
+    saying what was published."""
+    from .. import batch as jobs_mod
+
+    jobs = all_jobs
+    if where is not None:
+        jobs = jobs_mod.take_shard(all_jobs, *where)
+        out.print(f"shard {where[0]} of {where[1]}: {len(jobs)} job(s)")
+    try:
+        return jobs_mod.run_jobs(jobs, progress_for=lambda job: render.JobLines(err, job.name),
+                                 on_done=lambda r: render.job_done(out, r), all_jobs=all_jobs, **settings)
+    except jobs_mod.BatchInterrupted as stop:
+        published = [r.name for r in stop.results if r.exit_code == 0]
+        missing = [r.name for r in stop.results if r.exit_code != 0] + [j.name for j in stop.pending]
+        err.print("[yellow]interrupted[/]: published before the signal: "
+                  f"{', '.join(published) or 'none'}; not published: {', '.join(missing) or 'none'} "
+                  "(their temporary files were removed)")
+        raise typer.Exit(130) from None

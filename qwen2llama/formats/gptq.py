@@ -16,7 +16,7 @@ from dataclasses import dataclass, replace
 
 from ..dtypes import FLOAT_NAMES, NAME_OF, torch_dtype
 from ..errors import InputError
-from ..layout import MODULES, Module, name_at
+from ..layout import BY_QWEN, Module, name_at
 from ..qwen.quantization import SUPPORTED, GptqSettings
 from ..storage import OutputTensor, TensorRef, read_ref
 from ..storage.refs import COMPUTE_BLOCK, row_blocks
@@ -228,8 +228,7 @@ def _check_groups(g_idx: TensorRef, groups: int) -> None:
 
 def _mlp_biases(found: dict) -> list[TensorRef]:
     """The biases a quantizer stored on the MLP linears (map_source's found: (module, layer) -> refs)."""
-    modules = {m.qwen: m for m in MODULES}
-    return [refs["bias"] for (qwen, _), refs in found.items() if "bias" in refs and _mlp(modules[qwen])]
+    return [refs["bias"] for (qwen, _), refs in found.items() if "bias" in refs and _mlp(BY_QWEN[qwen])]
 
 
 def _nonzero(ref: TensorRef) -> bool:

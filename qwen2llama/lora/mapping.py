@@ -6,30 +6,22 @@ magnitude vector, a per-output-row factor). `modules_to_save` tensors are split 
 """
 from __future__ import annotations
 
-import re
 from dataclasses import dataclass
 
 from ..dtypes import torch_dtype
 from ..errors import InputError
-from ..layout import AFTER_LAYERS, MODULES, Module, feature_sizes, name_at
+from ..layout import AFTER_LAYERS, MODULES, Module, feature_sizes, match, name_at
 from .read import PREFIX, LoraFactors, QwenAdapter
 from ..storage import OutputTensor, TensorRef, read_ref
 from ..storage.refs import COMPUTE_BLOCK, row_blocks
 from ..formats.rows import split_rows
 
-def _template(module: Module) -> re.Pattern:
-    return re.compile("^" + re.escape(module.qwen).replace(r"\{i\}", r"(\d+)") + "$")
-
-
-TEMPLATES = [(_template(m), m) for m in MODULES]
-
-
 def locate(qwen_path: str) -> tuple[Module, int | None]:
-    """The table's module for a Qwen module path, and its layer."""
-    for pattern, module in TEMPLATES:
-        if m := pattern.match(qwen_path):
-            return module, int(m.group(1)) if module.per_layer else None
-    raise KeyError(qwen_path)
+    """The table's module for a Qwen module path, and its layer (layout.match; KeyError if none)."""
+    hit = match(qwen_path)
+    if hit is None:
+        raise KeyError(qwen_path)
+    return hit
 
 
 def factor_outputs(f: LoraFactors, module: Module, layer: int | None) -> list[OutputTensor]:

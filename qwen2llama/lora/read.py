@@ -93,17 +93,8 @@ def read_adapter_config(folder: Path) -> dict:
     return config
 
 
-def open_adapter(folder: str | Path) -> QwenAdapter:
-    """Index a PEFT adapter folder (metadata only), refusing what cannot be converted exactly."""
-    folder = Path(folder)
-    if not folder.is_dir():
-        raise InputError("the adapter is not a folder", path=folder, fix="give the folder PEFT saved")
-    config = read_adapter_config(folder)
-    fmt = next((f for f, name in FILES.items() if (folder / name).is_file()), None)
-    if fmt is None:
-        raise InputError("no adapter_model.safetensors or adapter_model.bin", path=folder,
-                         fix="download the adapter weights into this folder")
-    tensors = read_shards(folder, fmt, [FILES[fmt]])
+def _sorted_tensors(tensors: dict[str, TensorRef]) -> tuple[dict[str, dict[str, TensorRef]], dict]:
+    """(LoRA factors by module and factor name, saved whole modules by name)."""
     parts: dict[str, dict[str, TensorRef]] = {}
     saved: dict[str, TensorRef] = {}
     for name, ref in tensors.items():
@@ -117,23 +108,38 @@ def open_adapter(folder: str | Path) -> QwenAdapter:
             saved[key] = ref
             continue
         parts.setdefault(key[: -len(factor) - 1], {})[factor] = ref
-    factors = {}
-    for module, found in sorted(parts.items()):
-        if "lora_A.weight" not in found or "lora_B.weight" not in found:
-            raise InputError(f"{module} has {', '.join(sorted(found))} but not both lora_A and lora_B",
-                             path=folder,
-                             fix="restore the adapter file")
-        a, b = found["lora_A.weight"], found["lora_B.weight"]
-        magnitude = found.get("lora_magnitude_vector")
-        if len(a.shape) != 2 or len(b.shape) != 2 or a.shape[0] != b.shape[1] or (
-                magnitude is not None and magnitude.shape != (b.shape[0],)):
-            raise InputError(f"{module}: lora_A {list(a.shape)}, lora_B {list(b.shape)} do not form B @ A",
-                             path=a.file, fix="restore the adapter file")
-        factors[module] = LoraFactors(module, a, b, magnitude,
-                                      pattern_value(config.get("rank_pattern") or {}, module, config["r"]),
-                                      pattern_value(config.get("alpha_pattern") or {}, module,
-                                                    config["lora_alpha"]),
-                                      bool(config.get("use_rslora")))
+    return parts, saved
+
+
+def _factors(module: str, found: dict[str, TensorRef], config: dict, folder: Path) -> LoraFactors:
+    """One module's A, B (and DoRA magnitude), with its rank and alpha from the patterns."""
+    if "lora_A.weight" not in found or "lora_B.weight" not in found:
+        raise InputError(f"{module} has {', '.join(sorted(found))} but not both lora_A and lora_B",
+                         path=folder, fix="restore the adapter file")
+    a, b = found["lora_A.weight"], found["lora_B.weight"]
+    magnitude = found.get("lora_magnitude_vector")
+    if len(a.shape) != 2 or len(b.shape) != 2 or a.shape[0] != b.shape[1] or (
+            magnitude is not None and magnitude.shape != (b.shape[0],)):
+        raise InputError(f"{module}: lora_A {list(a.shape)}, lora_B {list(b.shape)} do not form B @ A",
+                         path=a.file, fix="restore the adapter file")
+    return LoraFactors(module, a, b, magnitude,
+                       pattern_value(config.get("rank_pattern") or {}, module, config["r"]),
+                       pattern_value(config.get("alpha_pattern") or {}, module, config["lora_alpha"]),
+                       bool(config.get("use_rslora")))
+
+
+def open_adapter(folder: str | Path) -> QwenAdapter:
+    """Index a PEFT adapter folder (metadata only), refusing what cannot be converted exactly."""
+    folder = Path(folder)
+    if not folder.is_dir():
+        raise InputError("the adapter is not a folder", path=folder, fix="give the folder PEFT saved")
+    config = read_adapter_config(folder)
+    fmt = next((f for f, name in FILES.items() if (folder / name).is_file()), None)
+    if fmt is None:
+        raise InputError("no adapter_model.safetensors or adapter_model.bin", path=folder,
+                         fix="download the adapter weights into this folder")
+    parts, saved = _sorted_tensors(read_shards(folder, fmt, [FILES[fmt]]))
+    factors = {module: _factors(module, found, config, folder) for module, found in sorted(parts.items())}
     if not factors and not saved:
         raise InputError("the adapter holds no tensors", path=folder, fix="restore the adapter file")
     return QwenAdapter(folder, config, fmt, [folder / FILES[fmt]], factors, saved)

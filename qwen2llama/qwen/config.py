@@ -106,6 +106,21 @@ def _dtype_of(raw: dict) -> str | None:
     return None
 
 
+def _check_layout_fields(raw: dict, path: Path) -> None:
+    """Settings no Qwen v1 release changes, which the LLaMA layout cannot express otherwise."""
+    rotary_pct = raw.get("rotary_pct", 1.0)
+    if rotary_pct != 1.0:
+        raise InputError(f"config.json: rotary_pct={rotary_pct}; the LLaMA layout rotates the whole head",
+                         path=path, fix="only rotary_pct 1.0 (every Qwen v1 release) can be converted")
+    if raw.get("tie_word_embeddings"):
+        raise InputError("config.json: tie_word_embeddings is true; Qwen v1 releases keep a separate lm_head",
+                         path=path, fix="check that this is an unmodified Qwen v1 checkpoint")
+    base = raw.get("rotary_emb_base", 10000)
+    if "rope_theta" in raw and raw["rope_theta"] != base and "rotary_emb_base" in raw:
+        raise InputError(f"config.json: rotary_emb_base={base} but rope_theta={raw['rope_theta']}",
+                         path=path, fix="keep only the value the model was trained with")
+
+
 def parse_config(raw: Any, path: Path) -> QwenConfig:
     """Normalise a parsed config.json; raise InputError naming the field on anything unusable."""
     if not isinstance(raw, dict):
@@ -132,17 +147,8 @@ def parse_config(raw: Any, path: Path) -> QwenConfig:
     if inter % 2:
         raise InputError(f"config.json: intermediate_size {inter} is odd; Qwen writes twice the MLP width",
                          path=path, fix="check the config against the weights")
-    rotary_pct = raw.get("rotary_pct", 1.0)
-    if rotary_pct != 1.0:
-        raise InputError(f"config.json: rotary_pct={rotary_pct}; the LLaMA layout rotates the whole head",
-                         path=path, fix="only rotary_pct 1.0 (every Qwen v1 release) can be converted")
-    if raw.get("tie_word_embeddings"):
-        raise InputError("config.json: tie_word_embeddings is true; Qwen v1 releases keep a separate lm_head",
-                         path=path, fix="check that this is an unmodified Qwen v1 checkpoint")
+    _check_layout_fields(raw, path)
     base = raw.get("rotary_emb_base", 10000)
-    if "rope_theta" in raw and raw["rope_theta"] != base and "rotary_emb_base" in raw:
-        raise InputError(f"config.json: rotary_emb_base={base} but rope_theta={raw['rope_theta']}",
-                         path=path, fix="keep only the value the model was trained with")
     seq_length = _positive_int(raw.get("seq_length"), "seq_length", path)
     max_pos = _pick(raw, "max_position_field", path, required=False)
     return QwenConfig(

@@ -110,60 +110,74 @@ def read_torch_zip(path: Path) -> dict[str, TensorRef]:
                          fix="download the file again") from None
     with archive:
         members = {info.filename: info for info in archive.infolist()}
-        pickles = [n for n in members if n.endswith("/data.pkl") and n.count("/") == 1]
-        if len(pickles) != 1:
-            raise InputError("no single data.pkl in the torch archive", path=path,
-                             fix="re-save the weights with torch.save(state_dict)")
-        prefix = pickles[0][: -len("data.pkl")]
-        info = members[pickles[0]]
-        if info.file_size > MAX_PICKLE_BYTES:
-            raise InputError(f"data.pkl is {info.file_size} bytes, far more than a state dict needs",
-                             path=path, fix="use the checkpoint's safetensors files")
-        byteorder = members.get(prefix + "byteorder")
-        if byteorder is not None and archive.read(byteorder).strip() != b"little":
-            raise InputError("big-endian torch file", path=path, fix="re-save it on a little-endian machine")
-        try:
-            with archive.open(info) as pkl:
-                state = _RefusingUnpickler(pkl, path).load()
-        except InputError:
-            raise
-        except Exception as exc:  # any malformed pickle: report, never trace
-            raise InputError(f"cannot read the pickle in the torch file ({type(exc).__name__}: {exc})"[:400],
-                             path=path, fix="download the file again") from None
-        if not isinstance(state, dict) or not all(isinstance(v, _TensorRecord) for v in state.values()):
-            raise InputError("the torch file does not hold a flat state dict of tensors", path=path,
-                             fix="save model.state_dict() itself, not a wrapper object")
+        prefix, state = _state_dict(archive, members, path)
         out: dict[str, TensorRef] = {}
         with open(path, "rb") as fh:
-            offsets: dict[str, tuple[int, int]] = {}
+            storages: dict[str, tuple[int, int]] = {}
             for name, rec in state.items():
                 key = rec.storage.key
-                if key not in offsets:
-                    member = members.get(f"{prefix}data/{key}")
-                    if member is None:
-                        raise InputError(f"tensor {name}: storage data/{key} is missing from the archive",
-                                         path=path, fix="download the file again")
-                    if member.compress_type != zipfile.ZIP_STORED:
-                        raise InputError(f"tensor {name}: storage data/{key} is compressed", path=path,
-                                         fix="re-save it with torch.save (it stores tensors uncompressed)")
-                    offsets[key] = (_member_data_offset(fh, member, path), member.file_size)
-                start, size = offsets[key]
-                itemsize = ITEMSIZE[rec.storage.dtype]
-                if size != rec.storage.numel * itemsize:
-                    raise InputError(f"tensor {name}: storage data/{key} has {size} bytes, "
-                                     f"expected {rec.storage.numel * itemsize}", path=path,
-                                     fix="download the file again")
-                expected_stride, acc = [], 1
-                for dim in reversed(rec.shape):
-                    expected_stride.append(acc)
-                    acc *= dim
-                if prod(rec.shape) > 1 and tuple(reversed(expected_stride)) != rec.stride:
-                    raise InputError(f"tensor {name} is not contiguous (stride {rec.stride})", path=path,
-                                     fix="re-save it after .contiguous(), or as safetensors")
-                nbytes = prod(rec.shape) * itemsize
-                if rec.storage_offset < 0 or (rec.storage_offset * itemsize + nbytes) > size:
-                    raise InputError(f"tensor {name} runs past its storage", path=path,
-                                     fix="download the file again")
-                out[str(name)] = TensorRef(str(name), path, rec.storage.dtype, rec.shape,
-                                           start + rec.storage_offset * itemsize, nbytes)
+                if key not in storages:
+                    storages[key] = _storage_range(fh, members.get(f"{prefix}data/{key}"), name, key, path)
+                out[str(name)] = _tensor_ref(str(name), rec, *storages[key], path)
         return out
+
+
+def _state_dict(archive: zipfile.ZipFile, members: dict, path: Path) -> tuple[str, dict]:
+    """(the archive's folder prefix, its state dict of tensor records), unpickled with the
+    refusing unpickler: anything but tensors and plain containers is bad input."""
+    pickles = [n for n in members if n.endswith("/data.pkl") and n.count("/") == 1]
+    if len(pickles) != 1:
+        raise InputError("no single data.pkl in the torch archive", path=path,
+                         fix="re-save the weights with torch.save(state_dict)")
+    prefix = pickles[0][: -len("data.pkl")]
+    info = members[pickles[0]]
+    if info.file_size > MAX_PICKLE_BYTES:
+        raise InputError(f"data.pkl is {info.file_size} bytes, far more than a state dict needs",
+                         path=path, fix="use the checkpoint's safetensors files")
+    byteorder = members.get(prefix + "byteorder")
+    if byteorder is not None and archive.read(byteorder).strip() != b"little":
+        raise InputError("big-endian torch file", path=path, fix="re-save it on a little-endian machine")
+    try:
+        with archive.open(info) as pkl:
+            state = _RefusingUnpickler(pkl, path).load()
+    except InputError:
+        raise
+    except Exception as exc:  # any malformed pickle: report, never trace
+        raise InputError(f"cannot read the pickle in the torch file ({type(exc).__name__}: {exc})"[:400],
+                         path=path, fix="download the file again") from None
+    if not isinstance(state, dict) or not all(isinstance(v, _TensorRecord) for v in state.values()):
+        raise InputError("the torch file does not hold a flat state dict of tensors", path=path,
+                         fix="save model.state_dict() itself, not a wrapper object")
+    return prefix, state
+
+
+def _storage_range(fh, member: zipfile.ZipInfo | None, name: str, key: str, path: Path) -> tuple[int, int]:
+    """(offset, size) in the file of a storage's bytes, which must be stored uncompressed."""
+    if member is None:
+        raise InputError(f"tensor {name}: storage data/{key} is missing from the archive",
+                         path=path, fix="download the file again")
+    if member.compress_type != zipfile.ZIP_STORED:
+        raise InputError(f"tensor {name}: storage data/{key} is compressed", path=path,
+                         fix="re-save it with torch.save (it stores tensors uncompressed)")
+    return _member_data_offset(fh, member, path), member.file_size
+
+
+def _tensor_ref(name: str, rec: _TensorRecord, start: int, size: int, path: Path) -> TensorRef:
+    """A contiguous tensor inside its storage's byte range, as a byte range of the file."""
+    key, itemsize = rec.storage.key, ITEMSIZE[rec.storage.dtype]
+    if size != rec.storage.numel * itemsize:
+        raise InputError(f"tensor {name}: storage data/{key} has {size} bytes, "
+                         f"expected {rec.storage.numel * itemsize}", path=path,
+                         fix="download the file again")
+    expected_stride, acc = [], 1
+    for dim in reversed(rec.shape):
+        expected_stride.append(acc)
+        acc *= dim
+    if prod(rec.shape) > 1 and tuple(reversed(expected_stride)) != rec.stride:
+        raise InputError(f"tensor {name} is not contiguous (stride {rec.stride})", path=path,
+                         fix="re-save it after .contiguous(), or as safetensors")
+    nbytes = prod(rec.shape) * itemsize
+    if rec.storage_offset < 0 or (rec.storage_offset * itemsize + nbytes) > size:
+        raise InputError(f"tensor {name} runs past its storage", path=path,
+                         fix="download the file again")
+    return TensorRef(name, path, rec.storage.dtype, rec.shape, start + rec.storage_offset * itemsize, nbytes)

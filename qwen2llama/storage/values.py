@@ -32,27 +32,37 @@ def ref_chunks(ref: TensorRef) -> Iterator[bytes]:
     return byte_chunks(ref, ref.offset, ref.nbytes)
 
 
-def output_chunks(t: OutputTensor) -> Iterator:
-    """The bytes the conversion writes for `t`, in order (buffers: bytes or numpy arrays)."""
+def _row_bytes(ref: TensorRef) -> int:
+    return ref.nbytes // ref.shape[0] if ref.shape and ref.shape[0] else ref.nbytes
+
+
+def _raw(block):
     import torch
 
-    def raw(block):
-        return block.contiguous().view(torch.uint8).numpy()
+    return block.contiguous().view(torch.uint8).numpy()
 
-    src = t.source
-    row_bytes = (src.nbytes // src.shape[0] if src.shape and src.shape[0] else src.nbytes) if src else 0
+
+def _zeros(t: OutputTensor) -> Iterator[bytes]:
+    for start in range(0, t.nbytes, CHUNK):
+        yield bytes(min(CHUNK, t.nbytes - start))
+
+
+def _rows(t: OutputTensor, budget: int, block) -> Iterator:
+    """`block(rows)` of each row block of the source, as bytes."""
+    for a, b in row_blocks(t.row_start, t.row_stop, _row_bytes(t.source), budget):
+        yield _raw(block(read_ref(t.source, a, b)))
+
+
+def output_chunks(t: OutputTensor) -> Iterator:
+    """The bytes the conversion writes for `t`, in order (buffers: bytes or numpy arrays)."""
     match t.kind:
         case "computed":
-            for block in t.derived.blocks(t.dtype):
-                yield raw(block)
+            return (_raw(block) for block in t.derived.blocks(t.dtype))
         case "zeros":
-            for start in range(0, t.nbytes, CHUNK):
-                yield bytes(min(CHUNK, t.nbytes - start))
+            return _zeros(t)
         case "columns":
-            for a, b in row_blocks(t.row_start, t.row_stop, row_bytes, CHUNK):
-                yield raw(read_ref(src, a, b)[:, t.cols[0]:t.cols[1]])
+            return _rows(t, CHUNK, lambda rows: rows[:, t.cols[0]:t.cols[1]])
         case "copy":
-            yield from byte_chunks(src, *src.rows(t.row_start, t.row_stop))
+            return byte_chunks(t.source, *t.source.rows(t.row_start, t.row_stop))
         case "cast":
-            for a, b in row_blocks(t.row_start, t.row_stop, row_bytes, COMPUTE_BLOCK):
-                yield raw(read_ref(src, a, b).to(torch_dtype(t.dtype)))
+            return _rows(t, COMPUTE_BLOCK, lambda rows: rows.to(torch_dtype(t.dtype)))

@@ -32,8 +32,6 @@ def synthesize_adapter(out: str | Path, base: str | Path, *, targets: tuple[str,
     """Write a PEFT adapter for the Qwen checkpoint `base`; returns its folder."""
     import torch
 
-    from ..lora.read import pattern_value
-
     out, ckpt = Path(out), open_checkpoint(base)
     if ckpt.quantization is not None:
         raise InputError("synthesized adapters are for dense bases", path=base,
@@ -55,18 +53,7 @@ def synthesize_adapter(out: str | Path, base: str | Path, *, targets: tuple[str,
               "revision": None, "peft_version": "0.21.2"}
     tensors: dict[str, "torch.Tensor"] = {}
     for path in _targeted(list(targets), ckpt.config.num_layers, layers_to_transform):
-        weight = read_ref(ckpt.tensors[f"{path}.weight"]).float()
-        rank = pattern_value(config["rank_pattern"], path, r)
-        a = torch.randn(rank, weight.shape[1], generator=gen) / math.sqrt(weight.shape[1])
-        b = torch.randn(weight.shape[0], rank, generator=gen) * (0.5 / math.sqrt(rank))
-        tensors[f"base_model.model.{path}.lora_A.weight"] = a
-        tensors[f"base_model.model.{path}.lora_B.weight"] = b
-        if dora:
-            a_scale = pattern_value(config["alpha_pattern"], path, alpha)
-            s = a_scale / math.sqrt(rank) if rslora else a_scale / rank
-            norm = (weight + s * b @ a).norm(dim=1)
-            tensors[f"base_model.model.{path}.lora_magnitude_vector"] = norm * (1 + 0.1 * torch.randn(
-                norm.shape, generator=gen))
+        tensors.update(_factors(path, read_ref(ckpt.tensors[f"{path}.weight"]).float(), config, gen))
     if not tensors:
         raise InputError(f"target_modules {list(targets)} match no Qwen linear",
                          fix="use c_attn, c_proj, w1, w2 (or full module names)")
@@ -74,6 +61,32 @@ def synthesize_adapter(out: str | Path, base: str | Path, *, targets: tuple[str,
         base_t = read_ref(ckpt.tensors[SAVED[name]])
         tensors[f"base_model.model.{SAVED[name]}"] = (base_t.float() + 0.05 * torch.randn(
             base_t.shape, generator=gen)).to(base_t.dtype)
+    _save(out, config, tensors, fmt)
+    return out
+
+
+def _factors(path: str, weight, config: dict, gen) -> dict:
+    """A module's random A and non-zero B (and a DoRA magnitude near the merged weight's norm)."""
+    import torch
+
+    from ..lora.read import pattern_value
+
+    rank = pattern_value(config["rank_pattern"], path, config["r"])
+    a = torch.randn(rank, weight.shape[1], generator=gen) / math.sqrt(weight.shape[1])
+    b = torch.randn(weight.shape[0], rank, generator=gen) * (0.5 / math.sqrt(rank))
+    out = {f"base_model.model.{path}.lora_A.weight": a, f"base_model.model.{path}.lora_B.weight": b}
+    if config["use_dora"]:
+        a_scale = pattern_value(config["alpha_pattern"], path, config["lora_alpha"])
+        s = a_scale / math.sqrt(rank) if config["use_rslora"] else a_scale / rank
+        norm = (weight + s * b @ a).norm(dim=1)
+        out[f"base_model.model.{path}.lora_magnitude_vector"] = norm * (1 + 0.1 * torch.randn(
+            norm.shape, generator=gen))
+    return out
+
+
+def _save(out: Path, config: dict, tensors: dict, fmt: str) -> None:
+    import torch
+
     out.mkdir(parents=True, exist_ok=True)
     (out / "adapter_config.json").write_text(json.dumps(config, indent=2, sort_keys=True) + "\n")
     if fmt == "safetensors":
@@ -85,5 +98,4 @@ def synthesize_adapter(out: str | Path, base: str | Path, *, targets: tuple[str,
         torch.save(tensors, out / "adapter_model.bin")
     else:
         raise InputError(f"unknown format {fmt!r}", fix="use safetensors or bin")
-    return out
 

@@ -150,26 +150,11 @@ def synthesize(out: str | Path, preset: str = "tiny", *, layers: int | None = No
     quantizer writes it (see synth/gptq.py; "gptqmodel" keeps `dtype` for the dense tensors)."""
     import torch
 
-    from .gptq import STYLES, GptqTensors, default_group_size, settings
+    from .gptq import GptqTensors, default_group_size, settings
 
     out = Path(out)
     gptq = gptq or split_preset(preset)[1]
-    if gptq is not None:
-        if gptq not in (4, 8):
-            raise InputError(f"--gptq {gptq}: the Qwen v1 releases are Int4 and Int8",
-                             fix="use --gptq 4 or 8")
-        if gptq_style not in STYLES:
-            raise InputError(f"unknown --gptq-style {gptq_style!r}", fix=f"use one of {', '.join(STYLES)}")
-        if gptq_style == "autogptq":
-            dtype = "float16"
-    if fmt not in ("safetensors", "bin"):
-        raise InputError(f"unknown format {fmt!r}", fix="use safetensors or bin")
-    if dtype not in FLOAT_NAMES:
-        raise InputError(f"unknown dtype {dtype!r}", fix=f"use one of {', '.join(FLOAT_NAMES)}")
-    if shards < 1:
-        raise InputError("--shards must be at least 1", fix="use --shards 1 for a single file")
-    if out.exists() and any(out.iterdir()):
-        raise OutputError("the output folder exists and is not empty", path=out, fix="choose a new folder")
+    dtype = _checked(out, gptq, gptq_style, fmt, dtype, shards)
     raw = load_preset(preset)
     if layers is not None:
         raw["n_layer" if "n_layer" in raw else "num_hidden_layers"] = layers
@@ -182,17 +167,7 @@ def synthesize(out: str | Path, preset: str = "tiny", *, layers: int | None = No
         group = group_size or default_group_size(parse_config(raw, Path("config.json")).hidden_size)
         quant = GptqTensors(gptq, group, desc_act, sym_zeros, generator, gptq_style, FLOAT_NAMES[dtype])
         raw["quantization_config"] = settings(gptq, group, desc_act, gptq_style)
-    out.mkdir(parents=True, exist_ok=True)
-    (out / "config.json").write_text(json.dumps(raw, indent=2, sort_keys=True) + "\n")
-    if quant is not None:
-        (out / "quantize_config.json").write_text(json.dumps(raw["quantization_config"], indent=2) + "\n")
-    (out / "generation_config.json").write_text(json.dumps(GENERATION[chat], indent=2, sort_keys=True) + "\n")
-    (out / "tokenizer_config.json").write_text(json.dumps(
-        {"auto_map": {"AutoTokenizer": ["tokenization_qwen.QWenTokenizer", None]},
-         "model_max_length": raw["seq_length"], "tokenizer_class": "QWenTokenizer"}, indent=2) + "\n")
-    for name in VOCAB_FILES:
-        shutil.copyfile(str(ASSETS / name), out / name)
-
+    _write_metadata(out, raw, chat, quant is not None)
     shapes = qwen_tensor_shapes(raw)
     if buffers:
         head_dim = raw.get("kv_channels", 128)
@@ -213,6 +188,53 @@ def synthesize(out: str | Path, preset: str = "tiny", *, layers: int | None = No
             progress(t.numel() * t.element_size())
         return t
 
+    _write_weights(out, entries, make, fmt, shards)
+    if trainer:
+        _trainer_files(out, seed)
+    return out
+
+
+def _checked(out: Path, gptq: int | None, gptq_style: str, fmt: str, dtype: str, shards: int) -> str:
+    """The arguments checked; returns the dtype (AutoGPTQ's files are float16 whatever was asked)."""
+    from .gptq import STYLES
+
+    if gptq is not None:
+        if gptq not in (4, 8):
+            raise InputError(f"--gptq {gptq}: the Qwen v1 releases are Int4 and Int8",
+                             fix="use --gptq 4 or 8")
+        if gptq_style not in STYLES:
+            raise InputError(f"unknown --gptq-style {gptq_style!r}", fix=f"use one of {', '.join(STYLES)}")
+        if gptq_style == "autogptq":
+            dtype = "float16"
+    if fmt not in ("safetensors", "bin"):
+        raise InputError(f"unknown format {fmt!r}", fix="use safetensors or bin")
+    if dtype not in FLOAT_NAMES:
+        raise InputError(f"unknown dtype {dtype!r}", fix=f"use one of {', '.join(FLOAT_NAMES)}")
+    if shards < 1:
+        raise InputError("--shards must be at least 1", fix="use --shards 1 for a single file")
+    if out.exists() and any(out.iterdir()):
+        raise OutputError("the output folder exists and is not empty", path=out, fix="choose a new folder")
+    return dtype
+
+
+def _write_metadata(out: Path, raw: dict, chat: bool, quantized: bool) -> None:
+    """config.json (and quantize_config.json), generation and tokenizer configs, the vocabulary."""
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "config.json").write_text(json.dumps(raw, indent=2, sort_keys=True) + "\n")
+    if quantized:
+        (out / "quantize_config.json").write_text(json.dumps(raw["quantization_config"], indent=2) + "\n")
+    (out / "generation_config.json").write_text(json.dumps(GENERATION[chat], indent=2, sort_keys=True) + "\n")
+    (out / "tokenizer_config.json").write_text(json.dumps(
+        {"auto_map": {"AutoTokenizer": ["tokenization_qwen.QWenTokenizer", None]},
+         "model_max_length": raw["seq_length"], "tokenizer_class": "QWenTokenizer"}, indent=2) + "\n")
+    for name in VOCAB_FILES:
+        shutil.copyfile(str(ASSETS / name), out / name)
+
+
+def _write_weights(out: Path, entries: list, make, fmt: str, shards: int) -> None:
+    """The weight files, split evenly into `shards`, with an index when there are several."""
+    import torch
+
     sizes = [prod(s) * ITEMSIZE[d] for _, d, s in entries]
     groups = _split_even(entries, sizes, shards)
     ext = "safetensors" if fmt == "safetensors" else "bin"
@@ -227,9 +249,5 @@ def synthesize(out: str | Path, preset: str = "tiny", *, layers: int | None = No
             torch.save({name: make(name, shape) for name, _, shape in group}, out / fname)
         weight_map.update({name: fname for name, _, _ in group})
     if len(groups) > 1:
-        total = sum(sizes)
-        index = {"metadata": {"total_size": total}, "weight_map": dict(sorted(weight_map.items()))}
+        index = {"metadata": {"total_size": sum(sizes)}, "weight_map": dict(sorted(weight_map.items()))}
         (out / f"{stem}.{ext}.index.json").write_text(json.dumps(index, indent=2) + "\n")
-    if trainer:
-        _trainer_files(out, seed)
-    return out

@@ -22,6 +22,20 @@ def read_tiktoken(path: str | Path) -> list[bytes]:
     return list(_parsed(str(path), stat.st_size, stat.st_mtime_ns))
 
 
+def _line(line: bytes, lineno: int, path: Path) -> tuple[bytes, int]:
+    """(token, rank) of one `base64 rank` line."""
+    fields = line.split()
+    if len(fields) != 2 or not fields[1].isdigit():
+        raise InputError(f"line {lineno}: expected 'base64 rank', got {line[:60]!r}", path=path, fix=FIX)
+    try:
+        token = binascii.a2b_base64(fields[0], strict_mode=True)
+    except (binascii.Error, ValueError):
+        raise InputError(f"line {lineno}: bad base64 {fields[0][:40]!r}", path=path, fix=FIX) from None
+    if not token:
+        raise InputError(f"line {lineno}: empty token", path=path, fix=FIX)
+    return token, int(fields[1])
+
+
 @lru_cache(maxsize=4)
 def _parsed(name: str, size: int, mtime_ns: int) -> tuple[bytes, ...]:
     path = Path(name)
@@ -34,16 +48,7 @@ def _parsed(name: str, size: int, mtime_ns: int) -> tuple[bytes, ...]:
     for lineno, line in enumerate(data.splitlines(), 1):
         if not line.strip():
             continue
-        fields = line.split()
-        if len(fields) != 2 or not fields[1].isdigit():
-            raise InputError(f"line {lineno}: expected 'base64 rank', got {line[:60]!r}", path=path, fix=FIX)
-        try:
-            token = binascii.a2b_base64(fields[0], strict_mode=True)
-        except (binascii.Error, ValueError):
-            raise InputError(f"line {lineno}: bad base64 {fields[0][:40]!r}", path=path, fix=FIX) from None
-        rank = int(fields[1])
-        if not token:
-            raise InputError(f"line {lineno}: empty token", path=path, fix=FIX)
+        token, rank = _line(line, lineno, path)
         if rank in by_rank:
             raise InputError(f"line {lineno}: rank {rank} appears twice", path=path, fix=FIX)
         if token in seen:

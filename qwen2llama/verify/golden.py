@@ -180,30 +180,33 @@ def _is_int(v, lo: int, hi: int) -> bool:
     return isinstance(v, int) and not isinstance(v, bool) and lo <= v <= hi
 
 
+def _token_lists(tokenizer) -> bool:
+    ids = tokenizer.get("ids") if isinstance(tokenizer, dict) else None
+    return isinstance(ids, dict) and all(isinstance(v, list) and all(_is_int(i, 0, 1 << 31) for i in v)
+                                         for v in ids.values())
+
+
+HEADER_FIELDS = (  # (field, its test on the header, what it must be), in the order checked
+    ("prompts", lambda m: isinstance(p := m.get("prompts"), list) and 1 <= len(p) <= MAX_PROMPTS
+     and all(isinstance(x, str) for x in p), f"a list of 1 to {MAX_PROMPTS} names"),
+    ("greedy_tokens", lambda m: _is_int(m.get("greedy_tokens"), 0, MAX_GREEDY),
+     f"a count from 0 to {MAX_GREEDY}"),
+    ("top_k", lambda m: _is_int(m.get("top_k"), 2, MAX_TOP_K), f"a count from 2 to {MAX_TOP_K}"),
+    ("mlp_bias", lambda m: isinstance(m.get("mlp_bias", False), bool), "true or false"),
+    ("chat", lambda m: isinstance(m.get("chat"), bool), "true or false"),
+    ("vocab_digest", lambda m: isinstance(m.get("vocab_digest"), str), "a digest"),
+    ("prompt_set", lambda m: isinstance(s := m.get("prompt_set"), dict) and isinstance(s.get("texts"), list)
+     and isinstance(s.get("chats"), list) and isinstance(s.get("quick"), bool),
+     "an object with texts, chats and quick"),
+    ("tokenizer.ids", lambda m: _token_lists(m.get("tokenizer")), "an object of token id lists"),
+)
+
+
 def _check_header(meta: dict, path: Path) -> QwenConfig:
     """Every header field verify reads, of its type and within bounds; returns the Qwen config."""
-    prompts = meta.get("prompts")
-    if not isinstance(prompts, list) or not 1 <= len(prompts) <= MAX_PROMPTS or \
-            not all(isinstance(p, str) for p in prompts):
-        raise _bad(path, "prompts", f"a list of 1 to {MAX_PROMPTS} names")
-    if not _is_int(meta.get("greedy_tokens"), 0, MAX_GREEDY):
-        raise _bad(path, "greedy_tokens", f"a count from 0 to {MAX_GREEDY}")
-    if not _is_int(meta.get("top_k"), 2, MAX_TOP_K):
-        raise _bad(path, "top_k", f"a count from 2 to {MAX_TOP_K}")
-    if not isinstance(meta.get("mlp_bias", False), bool):
-        raise _bad(path, "mlp_bias", "true or false")
-    if not isinstance(meta.get("chat"), bool):
-        raise _bad(path, "chat", "true or false")
-    if not isinstance(meta.get("vocab_digest"), str):
-        raise _bad(path, "vocab_digest", "a digest")
-    prompt_set = meta.get("prompt_set")
-    if not isinstance(prompt_set, dict) or not isinstance(prompt_set.get("texts"), list) or \
-            not isinstance(prompt_set.get("chats"), list) or not isinstance(prompt_set.get("quick"), bool):
-        raise _bad(path, "prompt_set", "an object with texts, chats and quick")
-    ids = meta.get("tokenizer", {}).get("ids") if isinstance(meta.get("tokenizer"), dict) else None
-    if not isinstance(ids, dict) or not all(isinstance(v, list) and all(_is_int(i, 0, 1 << 31) for i in v)
-                                            for v in ids.values()):
-        raise _bad(path, "tokenizer.ids", "an object of token id lists")
+    for field, ok, want in HEADER_FIELDS:
+        if not ok(meta):
+            raise _bad(path, field, want)
     try:
         cfg = QwenConfig(**meta["qwen_config"])
     except (KeyError, TypeError, ValueError) as exc:

@@ -15,6 +15,8 @@ from .dtypes import NAME_OF
 from .storage.digest import HASHES, hash_file, new_hash, sha256_file  # noqa: F401  (this module's API too)
 
 NAME = "conversion.json"
+
+
 class ManifestUnreadable(Exception):
     """conversion.json exists but does not follow the schema; the message says how."""
 
@@ -42,33 +44,53 @@ def build(prepared, tokenizer: dict, digests: dict[str, str | None], sizes: dict
     output file's digest and byte count (what `batch` checks before calling a folder up to date)."""
     plan = prepared.plan
     ckpt, cfg = plan.checkpoint, plan.checkpoint.config
-    return {
-        "tool": {"name": "qwen2llama", "version": __version__},
-        "source": {
-            "folder": str(ckpt.folder.resolve()),
-            "format": ckpt.format,
-            "files": {p.name: p.stat().st_size for p in ckpt.files},
-            "config_generation": cfg.generation,
-            "config": cfg.to_dict(),
-            "companions": {name: str(path) for name, path in sorted(ckpt.companions.items())},
-            "notes": list(ckpt.notes),
-            "quantization": ckpt.quantization.raw if ckpt.quantization else None,
-        },
-        "target": {"dtype": NAME_OF[plan.dtype], "chat": prepared.chat, "chat_reason": prepared.chat_reason,
-                   "shards": len(prepared.shards), "total_bytes": plan.total_bytes, "format": plan.fmt.name,
-                   "quantized": plan.quantized},
-        "long_context": _long_context(cfg),
-        "merged_adapter": str(prepared.adapter.folder.resolve()) if prepared.adapter is not None else None,
-        "dropped_tensors": plan.dropped,
+    source = {
+        "folder": str(ckpt.folder.resolve()),
+        "format": ckpt.format,
+        "files": {p.name: p.stat().st_size for p in ckpt.files},
+        "config_generation": cfg.generation,
+        "config": cfg.to_dict(),
+        "companions": {name: str(path) for name, path in sorted(ckpt.companions.items())},
+        "notes": list(ckpt.notes),
+        "quantization": ckpt.quantization.raw if ckpt.quantization else None,
+    }
+    target = {"dtype": NAME_OF[plan.dtype], "chat": prepared.chat, "chat_reason": prepared.chat_reason,
+              "shards": len(prepared.shards), "total_bytes": plan.total_bytes, "format": plan.fmt.name,
+              "quantized": plan.quantized}
+    return record(
+        source, target, hash=prepared.options.hash, digests=digests, sizes=sizes,
+                  fingerprint=fingerprint(prepared),
+        long_context=_long_context(cfg),
+        merged_adapter=str(prepared.adapter.folder.resolve()) if prepared.adapter is not None else None,
+        dropped_tensors=plan.dropped,
         **({"dropped_zero_tensors": sorted(r.name for r in plan.zero_dropped)} if plan.zero_dropped else {}),
         **({"mlp_bias": "the source's MLP biases are not all zero: written, mlp_bias true"}
            if plan.mlp_bias else {}),
-        "tokenizer": tokenizer,
-        "fingerprint": fingerprint(prepared),
-        "hash": prepared.options.hash,
-        "files": dict(sorted(digests.items())),
-        "sizes": dict(sorted(sizes.items())),
-    }
+        tokenizer=tokenizer)
+
+
+def record(source: dict, target: dict, *, hash: str, digests: dict[str, str | None], sizes: dict[str, int],
+           fingerprint: str, **sections) -> dict:
+    """The one layout of conversion.json, for a model (build) and an adapter: what it was made
+    from, what it is, the fingerprint of both, and every file's digest and size."""
+    return {"tool": {"name": "qwen2llama", "version": __version__}, "source": source, "target": target,
+            **sections, "fingerprint": fingerprint, "hash": hash, "files": dict(sorted(digests.items())),
+            "sizes": dict(sorted(sizes.items()))}
+
+
+def _fingerprint_of(what: dict) -> str:
+    return hashlib.sha256(json.dumps(what, sort_keys=True).encode()).hexdigest()
+
+
+def adapter_fingerprint(prepared) -> str:
+    """What an adapter conversion was made from and how (as `fingerprint` for a model): the tool
+    version, the digest algorithm, the adapter's files by size and modification time, its
+    adapter_config.json by sha256, and the converted config it writes (base_model_name_or_path)."""
+    a = prepared.adapter
+    return _fingerprint_of({"tool": __version__, "kind": "adapter", "hash": prepared.hash,
+                            "weights": {p.name: [(st := p.stat()).st_size, st.st_mtime_ns] for p in a.files},
+                            "adapter_config.json": sha256_file(a.folder / "adapter_config.json"),
+                            "config": prepared.config})
 
 
 def fingerprint(prepared) -> str:
@@ -91,7 +113,7 @@ def fingerprint(prepared) -> str:
     if prepared.adapter is not None:
         what["adapter"] = {str(p): [(st := p.stat()).st_size, st.st_mtime_ns] for p in prepared.adapter.files}
         what["adapter"]["adapter_config.json"] = sha256_file(prepared.adapter.folder / "adapter_config.json")
-    return hashlib.sha256(json.dumps(what, sort_keys=True).encode()).hexdigest()
+    return _fingerprint_of(what)
 
 
 def record_verification(folder: Path, result) -> None:

@@ -137,40 +137,10 @@ def adapter_plan(console: Console, prepared) -> None:
                   f"{cfg.get('base_model_name_or_path')}")
 
 
-def _detail(name: str, c: dict) -> str:
-    if name == "tensors" and "identical" in c:
-        return (f"{c['identical']}/{c['tensors']} tensors identical, "
-                f"{c['bytes_compared'] / 1e9:.3f} GB compared")
-    if name == "logits" and "max_abs_logit_diff" in c:
-        spread = (f"KL max {c['kl_max']:.1e}" if c.get("kl_max") is not None else
-                  f"max |Δlogsumexp| {c.get('max_abs_lse_diff', float('nan')):.2e}")
-        detail = (f"max |Δlogit| {c['max_abs_logit_diff']:.2e}, {spread}, "
-                  f"top-1 {c['top1_agreement']:.4f}, {len(c['prompts'])} prompts")
-        if isinstance(c.get("greedy"), list):
-            detail += f", greedy {sum(g['identical'] for g in c['greedy'])}/{len(c['greedy'])} identical"
-        if c.get("adapter_effect_max_abs_logit") is not None:
-            detail += f"; the adapter moves logits by up to {c['adapter_effect_max_abs_logit']:.2g}"
-        return detail
-    if name == "tokenizer" and "samples" in c:
-        return f"{c['samples'] - c['mismatched_samples']}/{c['samples']} samples give tiktoken's ids"
-    if name == "config" and "compared" in c:
-        return f"{c['compared']} fields"
-    if name == "config" and "modules" in c:
-        return (f"{c['modules']} adapted modules: PEFT's LoRA layers scale each LLaMA part "
-                "as the Qwen adapter does")
-    if name == "tensors" and c.get("note"):
-        return c["note"]
-    if name == "integrity":
-        return c.get("note") or f"{c.get('files', 0)} files hashed ({c.get('hash')})" + (
-            f", {len(c['not_hashed'])} without a recorded digest (--no-checksums)"
-            if c.get("not_hashed") else "")
-    return ""
-
-
 def verify_summary(console: Console, result) -> None:
     for name, c in result["checks"].items():
         mark = {True: "[green]pass[/]", False: "[bold red]FAIL[/]", None: "[yellow]skip[/]"}[c["passed"]]
-        console.print(f"  {name:<10} {mark}  {_detail(name, c)}")
+        console.print(f"  {name:<10} {mark}  {escape(c.get('summary', ''))}")
         for failure in c.get("failures", [])[:5]:
             console.print(f"      - {escape(failure)}")
         if c.get("fix"):

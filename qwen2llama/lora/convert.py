@@ -8,7 +8,7 @@ import os
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from .. import __version__, manifest
+from .. import manifest
 from ..errors import InputError
 from .mapping import adapter_outputs, check_base, locate
 from ..layout import name_at
@@ -98,19 +98,15 @@ def prepare_adapter(src: str | Path, out: str | Path | None = None, *,
     return prepared
 
 
-def _manifest(prepared: PreparedAdapter, digests: dict) -> dict:
+def _manifest(prepared: PreparedAdapter, digests: dict, sizes: dict) -> dict:
     a = prepared.adapter
-    return {
-        "tool": {"name": "qwen2llama", "version": __version__},
-        "kind": "adapter",
-        "source": {"folder": str(a.folder.resolve()), "format": a.format,
-                   "files": {p.name: p.stat().st_size for p in a.files}, "config": a.config,
-                   "base": str(prepared.base.folder) if prepared.base else None},
-        "target": {"modules": len(a.factors), "saved_tensors": len(a.saved), "tensors": len(prepared.tensors),
-                   "target_modules": prepared.config["target_modules"]},
-        "hash": prepared.hash,
-        "files": dict(sorted(digests.items())),
-    }
+    source = {"folder": str(a.folder.resolve()), "format": a.format,
+              "files": {p.name: p.stat().st_size for p in a.files}, "config": a.config,
+              "base": str(prepared.base.folder) if prepared.base else None}
+    target = {"modules": len(a.factors), "saved_tensors": len(a.saved), "tensors": len(prepared.tensors),
+              "target_modules": prepared.config["target_modules"]}
+    return manifest.record(source, target, hash=prepared.hash, digests=digests, sizes=sizes,
+                           fingerprint=manifest.adapter_fingerprint(prepared), kind="adapter")
 
 
 def write_adapter(prepared: PreparedAdapter, *, progress: Progress | None = None,
@@ -129,7 +125,7 @@ def write_adapter(prepared: PreparedAdapter, *, progress: Progress | None = None
         digests["adapter_config.json"] = manifest.hash_file(staging / "adapter_config.json", prepared.hash)
         for name in digests:
             fsync_path(staging / name)
-        record = _manifest(prepared, digests)
+        record = _manifest(prepared, digests, {name: (staging / name).stat().st_size for name in digests})
         manifest.write_json(staging / manifest.NAME, record)
         fsync_path(staging / manifest.NAME)
         if before_publish is not None:

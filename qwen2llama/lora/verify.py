@@ -28,9 +28,9 @@ from ..reference import QwenReference
 from ..sources import open_source
 from ..storage.weights import read_shards
 from ..verify.integrity import check_integrity
-from ..verify.judge import TOL_EXACT, judge, judge_greedy, stats_rows, tally
+from ..verify.judge import TOL_EXACT, judge, judge_greedy, summarize, stats_rows, tally
 from ..verify.prompts import load_prompts, qwen_chat_text, tiktoken_encoder
-from ..verify.report import VerifyResult, check, with_fixes
+from ..verify.report import VerifyResult, check, tensors_summary, with_fixes
 from ..verify.stats import HeadStats
 from ..verify.tensors import compare_planned
 
@@ -69,7 +69,8 @@ def check_adapter_config(adapter: QwenAdapter, out: Path, scalings: dict[str, fl
     for key in ("use_dora", "use_rslora"):
         if bool(config.get(key)) != bool(adapter.config.get(key)):
             failures.append(f"{key}: {config.get(key)!r}, the source adapter has {adapter.config.get(key)!r}")
-    return check(not failures, modules=len(adapter.factors), failures=failures)
+    return check(not failures, f"{len(adapter.factors)} adapted modules: PEFT's LoRA layers scale each LLaMA "
+                 "part as the Qwen adapter does", modules=len(adapter.factors), failures=failures)
 
 
 def _peft_model(llama_base: Path, llama_adapter: Path):
@@ -115,7 +116,7 @@ def verify_adapter(src, llama_base: str | Path, qwen_adapter: str | Path | QwenA
         written, checks["tensors"] = None, check(False, failures=[exc.message])
     if written is not None:
         found = compare_planned(expected, written)
-        checks["tensors"] = check(not found["failures"], **found)
+        checks["tensors"] = check(not found["failures"], tensors_summary(found), **found)
     model = _peft_model(Path(llama_base), out)
     checks["config"] = check_adapter_config(adapter, out, peft_scalings(model))
     checks["logits"] = _check_logits(ckpt, adapter, model, quick,
@@ -159,4 +160,4 @@ def _check_logits(ckpt, adapter, model, quick: bool, n_greedy: int) -> dict:
                    adapter_effect_max_abs_logit=effect,
                    note=note, **tally(rows, failures))
     judge_greedy(result, greedy, lossy=False)
-    return result
+    return summarize(result)

@@ -129,7 +129,8 @@ def verify_golden(dst: str | Path, golden_file: str | Path, *, progress: Progres
         checks["tensors"] = check_tensors_golden(golden.meta["tensor_digests"], dst_tensors, str(golden.path),
                                                  progress)
     else:
-        checks["tensors"] = check(None, note=f"against a golden file: {golden_mod.OLDER}", **against)
+        note = f"against a golden file: {golden_mod.OLDER}"
+        checks["tensors"] = check(None, note, note=note, **against)
     side = LlamaSide(dst)
     checks["config"] = {**check_config(golden.config, side.config, raw, golden.meta.get("quantization"),
                                        mlp_bias=golden.meta.get("mlp_bias", False)), **against}

@@ -63,5 +63,5 @@ def check_config(q: QwenConfig, c, raw: dict, quantization: dict | None = None,
     eos_ids = eos if isinstance(eos, list) else [eos]
     if not eos_ids or any(e not in (ENDOFTEXT_ID, IM_END_ID) for e in eos_ids):
         failures.append(f"eos_token_id: {eos!r}, expected Qwen's {ENDOFTEXT_ID} and/or {IM_END_ID}")
-    return check(not failures, compared=len(expect) + 1, failures=failures,
+    return check(not failures, f"{len(expect) + 1} fields", compared=len(expect) + 1, failures=failures,
                  max_position_embeddings=raw.get("max_position_embeddings"), qwen_seq_length=q.seq_length)

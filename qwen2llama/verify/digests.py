@@ -16,7 +16,7 @@ from ..progress import NullProgress, Progress
 from ..storage import TensorRef
 from ..storage.digest import digest
 from ..storage.values import output_chunks, ref_chunks
-from .report import check
+from .report import check, tensors_summary
 
 ALGORITHM = "blake3"
 HEX_LENGTH = 64
@@ -84,7 +84,8 @@ def check_tensors_golden(recorded: dict, dst_tensors: dict[str, TensorRef], agai
         compared += got.nbytes
         progress.advance(got.nbytes)
     progress.finish()
-    return check(not failures, tensors=len(want), identical=identical, bytes_compared=compared,
+    found = {"tensors": len(want), "identical": identical, "bytes_compared": compared}
+    return check(not failures, tensors_summary(found), **found,
                  seconds=round(time.perf_counter() - t0, 2),
                  hash=recorded["hash"], output_dtype=recorded.get("dtype"), format=recorded.get("format"),
                  against=against, failures=failures)

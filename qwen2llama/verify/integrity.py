@@ -5,14 +5,15 @@ from __future__ import annotations
 from pathlib import Path
 
 from .. import manifest
-from .report import check
+from .report import check, hashed_summary
 
 
 def check_integrity(dst: Path) -> dict:
     try:
         record = manifest.read(dst)
         if record is None:
-            return check(None, note=f"no {manifest.NAME}: not written by qwen2llama, hashes not checked")
+            note = f"no {manifest.NAME}: not written by qwen2llama, hashes not checked"
+            return check(None, note, note=note)
         algorithm, files = manifest.recorded_files(record)
     except manifest.ManifestUnreadable as exc:
         return check(False, failures=[str(exc)])
@@ -27,5 +28,5 @@ def check_integrity(dst: Path) -> dict:
             failures.append(f"{name}: {algorithm} differs from the manifest")
     extra = sorted(p.name for p in dst.iterdir() if p.name not in files and p.name != manifest.NAME)
     failures += [f"{name}: not in the manifest" for name in extra]
-    return check(not failures, hash=algorithm, files=len(files) - len(unhashed), not_hashed=unhashed,
-                 failures=failures)
+    return check(not failures, hashed_summary(len(files) - len(unhashed), algorithm, len(unhashed)),
+                 hash=algorithm, files=len(files) - len(unhashed), not_hashed=unhashed, failures=failures)

@@ -76,3 +76,17 @@ def judge_greedy(result: dict, continuations: list[dict], lossy: bool) -> None:
     if differing and not lossy:
         result["passed"] = False
         result["failures"].append(f"greedy continuations differ on {differing} prompt(s)")
+
+
+def summarize(result: dict) -> dict:
+    """The logits check's one line: its figures, the greedy tally, the adapter's effect."""
+    spread = (f"KL max {result['kl_max']:.1e}" if result.get("kl_max") is not None else
+              f"max |Δlogsumexp| {result.get('max_abs_lse_diff', float('nan')):.2e}")
+    line = (f"max |Δlogit| {result['max_abs_logit_diff']:.2e}, {spread}, "
+            f"top-1 {result['top1_agreement']:.4f}, {len(result['prompts'])} prompts")
+    if isinstance(result.get("greedy"), list):
+        line += f", greedy {sum(g['identical'] for g in result['greedy'])}/{len(result['greedy'])} identical"
+    if result.get("adapter_effect_max_abs_logit") is not None:
+        line += f"; the adapter moves logits by up to {result['adapter_effect_max_abs_logit']:.2g}"
+    result["summary"] = line
+    return result

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from ..reference import QwenReference
 from .lockstep import LayerRejected, beyond_seq_length, greedy, lockstep
-from .judge import judge, judge_greedy, stats_rows, tally, tolerance
+from .judge import judge, judge_greedy, summarize, stats_rows, tally, tolerance
 from .prompts import greedy_count, prompt_set
 from .report import check
 from .stats import head_stats
@@ -52,4 +52,4 @@ def check_logits(ckpt, side, encode, texts, chats, *, quick: bool, lossy: bool, 
         result["greedy"] = skipped if greedy_tokens is None else "--greedy-tokens 0"
     if long_prompt and (cfg.use_dynamic_ntk or cfg.use_logn_attn):
         result["beyond_seq_length"] = beyond_seq_length(ref, side, seqs, progress)
-    return result
+    return summarize(result)

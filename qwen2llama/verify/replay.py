@@ -16,8 +16,8 @@ from ..tokenizer.files import tokens_from_vocab_json, vocab_digest
 from ..errors import InputError
 from .golden import Golden
 from .lockstep import LayerRejected, continue_greedily, forward, llama_layers
-from .judge import judge, judge_greedy, tally, tolerance, top1_agreement
-from .report import check
+from .judge import judge, judge_greedy, summarize, tally, tolerance, top1_agreement
+from .report import check, hashed_summary
 from .stats import llama_head_blocks, side_stats
 
 
@@ -48,7 +48,8 @@ def check_integrity_golden(golden: Golden, dst) -> dict | None:
                  and manifest.hash_file(dst / name, algorithm) != digest]
     extra = sorted(p.name for p in dst.iterdir() if p.name not in files and p.name != manifest.NAME)
     failures += [f"{name}: not in the golden file" for name in extra]
-    return check(not failures, hash=algorithm, files=len(files), against=str(golden.path), failures=failures)
+    return check(not failures, hashed_summary(len(files), algorithm), hash=algorithm, files=len(files),
+                 against=str(golden.path), failures=failures)
 
 
 def _llama_stats(side, seqs, gather, k, progress):
@@ -119,4 +120,4 @@ def check_logits_golden(golden: Golden, side, progress) -> dict:
         judge_greedy(result, _greedy(side, golden, progress), lossy)
     else:
         result["greedy"] = "not recorded in the golden file"
-    return result
+    return summarize(result)

@@ -42,11 +42,22 @@ class VerifyOptions:
     github_summary: bool = True  # appended to $GITHUB_STEP_SUMMARY when it is set
 
 
-def check(passed: bool | None, **details) -> dict:
-    """One check's verdict with its details."""
+def check(passed: bool | None, summary: str = "", **details) -> dict:
+    """One check's verdict with its details. `summary`: the one line a person reads beside the
+    verdict, written by the check that knows what it measured (the renderer never guesses)."""
     if "failures" in details:
         details["failures"] = details["failures"][:MAX_FAILURES]
-    return {"passed": passed, **details}
+    return {"passed": passed, "summary": summary, **details}
+
+
+def hashed_summary(files: int, algorithm: str, not_hashed: int = 0) -> str:
+    return f"{files} files hashed ({algorithm})" + (
+        f", {not_hashed} without a recorded digest (--no-checksums)" if not_hashed else "")
+
+
+def tensors_summary(found: dict) -> str:
+    return (f"{found['identical']}/{found['tensors']} tensors identical, "
+            f"{found['bytes_compared'] / 1e9:.3f} GB compared")
 
 
 def with_fixes(checks: dict[str, dict]) -> dict[str, dict]:

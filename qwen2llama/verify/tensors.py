@@ -13,7 +13,7 @@ from ..qwen.checkpoint import Checkpoint
 from ..storage import OutputTensor, TensorRef, read_ref
 from ..storage.refs import row_blocks
 from ..storage.values import CHUNK, byte_chunks
-from .report import check
+from .report import check, tensors_summary
 
 
 
@@ -138,5 +138,6 @@ def check_tensors(ckpt: Checkpoint, dst_tensors: dict[str, TensorRef], quantized
     found["failures"] += [f"{r.name}: left out of the output as zero, but holds non-zero values"
                           for r in plan.zero_dropped if not _all_zero(r, negative_zero=True)]
     found["dropped_zero"] = len(plan.zero_dropped)
-    return check(not found["failures"], **found, output_dtype=NAME_OF[plan.dtype], format=plan.fmt.name,
+    return check(not found["failures"], tensors_summary(found), **found, output_dtype=NAME_OF[plan.dtype],
+                 format=plan.fmt.name,
                  quantized=plan.quantized, merged_adapter=adapter is not None)

@@ -95,6 +95,7 @@ def check_tokenizer(dst: Path, encode, texts, chats, chat: bool) -> dict:
         if tok.convert_tokens_to_ids(content) != token_id or tok(content)["input_ids"] != [token_id]:
             failures.append(f"special token {content} is not id {token_id}")
     failures += _stop_failures(dst, chat)
-    return check(not failures, samples=len(samples), mismatched_samples=mismatched,
+    return check(not failures, f"{len(samples) - mismatched}/{len(samples)} samples give tiktoken's ids",
+                 samples=len(samples), mismatched_samples=mismatched,
                  special_tokens=len(SPECIAL_IDS),
                  chat_templates=len(chats), tokenizer_class=type(tok).__name__, failures=failures)

@@ -17,6 +17,12 @@ def check_integrity(dst: Path) -> dict:
         algorithm, files = manifest.recorded_files(record)
     except manifest.ManifestUnreadable as exc:
         return check(False, failures=[str(exc)])
+    return check_files(dst, algorithm, files, "the manifest")
+
+
+def check_files(dst: Path, algorithm: str, files: dict[str, str | None], against: str) -> dict:
+    """Every recorded file present with its recorded digest, no file beside them (but the
+    manifest); `against` names where the digests come from (the manifest or a golden file)."""
     failures, unhashed = [], []
     for name, digest in sorted(files.items()):
         path = dst / name
@@ -25,8 +31,8 @@ def check_integrity(dst: Path) -> dict:
         elif digest is None:
             unhashed.append(name)  # converted with --no-checksums
         elif manifest.hash_file(path, algorithm) != digest:
-            failures.append(f"{name}: {algorithm} differs from the manifest")
+            failures.append(f"{name}: {algorithm} differs from {against}")
     extra = sorted(p.name for p in dst.iterdir() if p.name not in files and p.name != manifest.NAME)
-    failures += [f"{name}: not in the manifest" for name in extra]
+    failures += [f"{name}: not in {against}" for name in extra]
     return check(not failures, hashed_summary(len(files) - len(unhashed), algorithm, len(unhashed)),
                  hash=algorithm, files=len(files) - len(unhashed), not_hashed=unhashed, failures=failures)

@@ -11,13 +11,13 @@ from __future__ import annotations
 
 import torch
 
-from .. import manifest
 from ..tokenizer.files import tokens_from_vocab_json, vocab_digest
 from ..errors import InputError
 from .golden import Golden
 from .lockstep import LayerRejected, continue_greedily, forward, llama_layers
 from .judge import judge, judge_greedy, summarize, tally, tolerance, top1_agreement
-from .report import check, hashed_summary
+from .integrity import check_files
+from .report import check
 from .stats import llama_head_blocks, side_stats
 
 
@@ -41,15 +41,8 @@ def check_integrity_golden(golden: Golden, dst) -> dict | None:
     recorded = golden.meta.get("files")
     if not recorded:
         return None
-    algorithm, files = recorded["hash"], recorded["files"]
-    failures = [f"{name}: missing" for name in sorted(files) if not (dst / name).is_file()]
-    failures += [f"{name}: {algorithm} differs from the golden file" for name, digest in sorted(files.items())
-                 if digest is not None and (dst / name).is_file()
-                 and manifest.hash_file(dst / name, algorithm) != digest]
-    extra = sorted(p.name for p in dst.iterdir() if p.name not in files and p.name != manifest.NAME)
-    failures += [f"{name}: not in the golden file" for name in extra]
-    return check(not failures, hashed_summary(len(files), algorithm), hash=algorithm, files=len(files),
-                 against=str(golden.path), failures=failures)
+    found = check_files(dst, recorded["hash"], recorded["files"], "the golden file")
+    return {**found, "against": str(golden.path)}
 
 
 def _llama_stats(side, seqs, gather, k, progress):

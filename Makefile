@@ -9,7 +9,7 @@ PY := $(VENV)/bin/python
 TORCH ?= torch==2.13.0
 DEMO ?= demo-out
 
-.PHONY: setup test test-fast demo bench bench-7b e2e clean
+.PHONY: setup lint test test-fast demo bench bench-7b e2e clean
 
 $(VENV)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -26,11 +26,15 @@ setup: $(VENV)/.installed
 PYTEST := OMP_NUM_THREADS=1 TOKENIZERS_PARALLELISM=false \
 	$(PY) -m pytest -q -p no:cacheprovider -n auto --maxprocesses 4 --dist loadfile
 
-test: setup
+# ruff's settings are in pyproject.toml (pyflakes, pycodestyle, complexity <= 10, 110 columns)
+lint: setup
+	$(PY) -m ruff check qwen2llama tests benchmarks
+
+test: lint
 	$(PYTEST)
 
 # The inner loop: everything but the tests marked slow (about a minute on 2 cores).
-test-fast: setup
+test-fast: lint
 	$(PYTEST) -m "not slow"
 
 demo: setup

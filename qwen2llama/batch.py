@@ -256,8 +256,7 @@ def run_jobs(jobs: list[Job], *, workers: int = 1, verify: bool = True, quick: b
         try:
             progress = _Cancellable(progress_for(job) if progress_for else NullProgress(), cancel)
             result = run_job(job, verify=verify, quick=quick, force=force, verify_lock=lock,
-                             progress=progress,
-                             protect=protect)
+                             progress=progress, protect=protect)
         except JobCancelled:
             return None
         if on_done is not None:

@@ -59,7 +59,7 @@ LAYER = (
     Module("transformer.h.{i}.ln_1", "norm", ("H",), (Split(L + "input_layernorm"),)),
     Module("transformer.h.{i}.attn.c_attn", "linear", ("3P", "H"), (
         Split(L + "self_attn.q_proj", 0, 3), Split(L + "self_attn.k_proj", 1, 3),
-                                                                    Split(L + "self_attn.v_proj", 2, 3),
+        Split(L + "self_attn.v_proj", 2, 3),
     ), bias=True),
     Module("transformer.h.{i}.attn.c_proj", "linear", ("H", "P"),
            (Split(L + "self_attn.o_proj", zero_bias=True),)),

@@ -24,8 +24,7 @@ from .publish import write_file
 from .verify.report import VerifyOptions, VerifyResult
 
 __all__ = ["AdapterStep", "Options", "Run", "RunResult", "VerifyOptions", "check", "convert_adapter",
-           "execute",
-           "plan", "record_golden", "run", "write_golden"]
+           "execute", "plan", "record_golden", "run", "write_golden"]
 
 
 @dataclass(frozen=True)
@@ -181,8 +180,8 @@ def run(src, out, options: Options = Options(), verify: VerifyOptions | None = V
         golden: Path | None = None, adapter: AdapterStep | None = None, progress: Progress | None = None,
         show=None) -> RunResult:
     """Convert `src` into `out` and verify it before publishing (`verify=None`: without); see plan."""
-    return execute(plan(src, out, options, verify, golden=golden, adapter=adapter), progress=progress,
-                   show=show)
+    run_ = plan(src, out, options, verify, golden=golden, adapter=adapter)
+    return execute(run_, progress=progress, show=show)
 
 
 def report(result: VerifyResult, options: VerifyOptions, show=None) -> None:

@@ -68,8 +68,8 @@ def command(fn):
         try:
             return fn(*args, **kwargs)
         except Qwen2LlamaError as exc:
-            render.error(err, "check failed" if exc.exit_code == 1 else "error", exc.message, exc.path,
-                         exc.fix)
+            render.error(err, "check failed" if exc.exit_code == 1 else "error", exc.message,
+                         exc.path, exc.fix)
             raise typer.Exit(exc.exit_code) from None
         except KeyboardInterrupt:
             err.print("[yellow]interrupted[/]: nothing was published; temporary files were removed")

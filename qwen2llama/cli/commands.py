@@ -208,8 +208,8 @@ def synth(dst: Dst,
 
         path = synthesize_adapter(dst, adapter, targets=tuple(t for t in targets.split(",") if t), r=rank,
                                   alpha=alpha, rslora=rslora, dora=dora,
-                                  modules_to_save=tuple(m for m in save.split(",") if m), fmt=format,
-                                  seed=seed)
+                                  modules_to_save=tuple(m for m in save.split(",") if m),
+                                  fmt=format, seed=seed)
         out.print(f"[green]wrote[/] {path} (LoRA r {rank} on {targets}, {format})")
         return
 

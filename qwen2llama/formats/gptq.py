@@ -209,11 +209,9 @@ class Gptq:
         for split in module.into:
             start, stop = split.block(out_f)
             recipe = Dequantized(refs["qweight"], refs["qzeros"], refs["scales"], refs["g_idx"],
-                                 self.settings.bits,
-                                 start, stop)
+                                 self.settings.bits, start, stop)
             tensors.append(OutputTensor(f"{name_at(split.llama, layer)}.weight", dtype, (stop - start, in_f),
-                                        None,
-                                        derived=recipe))
+                                        None, derived=recipe))
         return tensors
 
 

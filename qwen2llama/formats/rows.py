@@ -14,8 +14,7 @@ def split_rows(module: Module, layer: int | None, suffix: str, ref: TensorRef,
     for split in module.into:
         start, stop = split.block(ref.shape[0])
         tensors.append(OutputTensor(f"{name_at(split.llama, layer)}.{suffix}", dtype,
-                                    (stop - start, *ref.shape[1:]),
-                                    ref, start, stop))
+                                    (stop - start, *ref.shape[1:]), ref, start, stop))
     return tensors
 
 

@@ -90,8 +90,7 @@ def prepare_adapter(src: str | Path, out: str | Path | None = None, *,
     if ckpt is not None:
         check_base(adapter, ckpt)
     prepared = PreparedAdapter(adapter, adapter_outputs(adapter), llama_adapter_config(adapter, base_name),
-                               ckpt,
-                               None, force, hash, reads_of(adapter, ckpt) + [real(p) for p in protect])
+                               ckpt, None, force, hash, reads_of(adapter, ckpt) + [real(p) for p in protect])
     if out is not None:
         prepared.out = Path(os.path.abspath(out))
         check_target(prepared.out, force=force, protect=prepared.reads)

@@ -31,8 +31,8 @@ def factor_outputs(f: LoraFactors, module: Module, layer: int | None) -> list[Ou
         llama = PREFIX + name_at(split.llama, layer)
         tensors.append(OutputTensor(f"{llama}.lora_A.weight", f.a.dtype, f.a.shape, f.a, 0, f.a.shape[0]))
         start, stop = split.block(f.b.shape[0])
-        tensors.append(OutputTensor(f"{llama}.lora_B.weight", f.b.dtype, (stop - start, f.b.shape[1]), f.b,
-                                    start, stop))
+        tensors.append(OutputTensor(f"{llama}.lora_B.weight", f.b.dtype, (stop - start, f.b.shape[1]),
+                                    f.b, start, stop))
         if f.magnitude is not None:
             start, stop = split.block(f.magnitude.shape[0])
             tensors.append(OutputTensor(f"{llama}.lora_magnitude_vector", f.magnitude.dtype, (stop - start,),
@@ -163,8 +163,8 @@ class Merged:
     def blocks(self, dtype: str):
         a = read_ref(self.factors.a).float()
         for r0, r1 in row_blocks(self.start, self.stop, 4 * self.weight.shape[1], COMPUTE_BLOCK):
-            w = read_ref(self.weight, r0,
-                         r1).float() + self.factors.scaling * (read_ref(self.factors.b, r0, r1).float() @ a)
+            delta = read_ref(self.factors.b, r0, r1).float() @ a
+            w = read_ref(self.weight, r0, r1).float() + self.factors.scaling * delta
             if self.factors.magnitude is not None:
                 m = read_ref(self.factors.magnitude, r0, r1).float()
                 w = w * (m / w.norm(dim=1))[:, None]

@@ -5,5 +5,4 @@ from .safetensors import header_bytes, read_safetensors_header
 from .weights import WeightFiles, find_weights, read_index
 
 __all__ = ["OutputTensor", "TensorRef", "WeightFiles", "find_weights", "header_bytes", "read_index",
-           "read_ref",
-           "read_safetensors_header"]
+           "read_ref", "read_safetensors_header"]

@@ -24,8 +24,7 @@ def _targeted(targets: list[str], layers: int, only: list[int] | None) -> list[s
 
 
 def synthesize_adapter(out: str | Path, base: str | Path, *, targets: tuple[str, ...] = ("c_attn",),
-                       r: int = 8,
-                       alpha: float = 16, rslora: bool = False, dora: bool = False,
+                       r: int = 8, alpha: float = 16, rslora: bool = False, dora: bool = False,
                        modules_to_save: tuple[str, ...] = (), rank_pattern: dict | None = None,
                        alpha_pattern: dict | None = None, layers_to_transform: list[int] | None = None,
                        fmt: str = "safetensors", seed: int = 0) -> Path:

@@ -85,8 +85,8 @@ def check_tokenizer(dst: Path, encode, texts, chats, chat: bool) -> dict:
         theirs = encode(text)
         bad = [(name, ids) for name, fn in encoders.items() if (ids := fn(text)) != theirs]
         mismatched += bool(bad)
-        failures += [f"{name} ids differ on {text[:40]!r}: {ids[:12]} vs tiktoken {theirs[:12]}" for name,
-                     ids in bad]
+        failures += [f"{name} ids differ on {text[:40]!r}: {ids[:12]} vs tiktoken {theirs[:12]}"
+                     for name, ids in bad]
     for text, ids in GOLDEN.items():
         if encode(text) != ids:
             failures.append(f"tiktoken itself gives {encode(text)} for {text!r}, documented {ids}: "

@@ -97,6 +97,19 @@ def test_convert_with_adapter_opens_it_once_and_reports_like_a_model(qwen, tmp_p
     summary = step.read_text()  # one section per verdict: the model, then the adapter
     assert summary.count("### qwen2llama verify") == 2 and str(tmp_path / "llama-adapter") in summary
 
+    runner, before = CliRunner(), _tree(tmp_path)
+    for args in (["verify", qwen, tmp_path / "llama", "--adapter", lora, "--llama-adapter",
+                  tmp_path / "llama-adapter", "--junit", tmp_path / "llama-adapter" / "x.xml"],  # into it
+                 ["adapter", lora, tmp_path / "a2", "--junit", lora / "x.xml"],  # into its source
+                 ["adapter", lora, tmp_path / "a2", "--junit", tmp_path / "a2" / "x.xml"],  # into its output
+                 ["adapter", lora, tmp_path / "a2", "--no-verify", "--junit", tmp_path / "a.xml"],
+                 ["convert", qwen, tmp_path / "l2", "--no-verify", "--report", tmp_path / "r.json"],
+                 ["convert", qwen, tmp_path / "l2", "--junit", qwen / "x.xml"],
+                 ["convert", qwen, tmp_path / "l2", "--junit", tmp_path]):  # a folder
+        bad = runner.invoke(app, [str(a) for a in args])
+        assert bad.exit_code == 2 and "Traceback" not in bad.output, (args, bad.output)
+    assert _tree(tmp_path) == before  # nothing written, nothing replaced
+
     step.unlink()
     junit = tmp_path / "adapter.xml"
     result = CliRunner().invoke(app, ["verify", str(qwen), str(tmp_path / "llama"), "--adapter", str(lora),
@@ -107,6 +120,10 @@ def test_convert_with_adapter_opens_it_once_and_reports_like_a_model(qwen, tmp_p
     names = {c.get("name") for c in ET.parse(junit).getroot().iter("testcase")}
     assert {"integrity", "tensors", "config", "logits"} <= names
     assert "equivalent" in step.read_text() and json.loads((tmp_path / "adapter.json").read_text())["passed"]
+
+
+def _tree(root) -> dict:
+    return {str(p): p.stat().st_size for p in root.rglob("*") if p.is_file()}
 
 
 @dataclass(frozen=True)

@@ -9,7 +9,7 @@ import typer
 from . import render
 from ..verify.report import VerifyOptions
 from .app import JunitOpt, QuickOpt, ReportOpt, command, err, out
-from .commands import show_verdict
+from .commands import reports_need_verify, show_verdict
 
 AdapterSrc = Annotated[Path,
                        typer.Argument(help="PEFT adapter folder (adapter_config.json, adapter_model.*).")]
@@ -42,6 +42,7 @@ def adapter(src_adapter: AdapterSrc,
     """
     from ..pipeline import convert_adapter
 
+    reports_need_verify(verify, report, junit)
     convert_adapter(src_adapter, dst, base=base, llama_base=llama_base, base_name=base_name, force=force,
                     verify=VerifyOptions(quick=quick, report=report, junit=junit) if verify else None,
                     progress=render.TerminalProgress(err), show=show_verdict,

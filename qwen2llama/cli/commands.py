@@ -66,6 +66,7 @@ def convert(src: Src, dst: Dst, shard_size: ShardSizeOpt = "5GB", dtype: DtypeOp
 
     if merge and adapter is None:
         raise InputError("--merge needs --adapter", fix="give the PEFT adapter folder with --adapter")
+    reports_need_verify(verify, report, junit)
     options = pipeline.Options(shard_size, dtype, kind, force, checksums, base, hash, dequantize)
     checks = pipeline.VerifyOptions(quick=quick, report=report, junit=junit) if verify else None
     step = pipeline.AdapterStep(adapter, adapter_out, merge) if adapter is not None else None
@@ -83,6 +84,12 @@ def convert(src: Src, dst: Dst, shard_size: ShardSizeOpt = "5GB", dtype: DtypeOp
     out.print(f"[green]wrote[/] {dst}")
     if result.adapter_out is not None:
         out.print(f"[green]wrote[/] {result.adapter_out}")
+
+
+def reports_need_verify(verify: bool, *reports) -> None:
+    if not verify and any(r is not None for r in reports):
+        raise InputError("--report and --junit hold verify's verdict, and --no-verify skips it",
+                         fix="drop --no-verify, or drop --report/--junit")
 
 
 def show_verdict(result, options) -> None:

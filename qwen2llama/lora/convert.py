@@ -37,18 +37,6 @@ class PreparedAdapter:
     reads: list[Path] = field(default_factory=list)  # what the run reads, and other outputs (paths.py)
 
 
-def _check_settings(adapter: QwenAdapter) -> None:
-    cfg = adapter.config
-    for path, f in adapter.factors.items():
-        if f.a.shape[0] != f.rank:
-            raise InputError(f"{path}: lora_A has rank {f.a.shape[0]}, adapter_config.json gives {f.rank}",
-                             path=f.a.file, fix="restore the adapter_config.json that came with the weights")
-        if (f.magnitude is not None) != bool(cfg.get("use_dora")):
-            raise InputError(f"{path}: use_dora is {bool(cfg.get('use_dora'))} but the magnitude vector is "
-                             f"{'present' if f.magnitude is not None else 'absent'}", path=f.a.file,
-                             fix="restore the adapter_config.json that came with the weights")
-
-
 def llama_adapter_config(adapter: QwenAdapter, base_name: str | None) -> dict:
     """adapter_config.json for the LLaMA layout: targets, saved modules, per-module rank and alpha
     renamed through the table; every other setting carried over."""
@@ -85,7 +73,6 @@ def prepare_adapter(src: str | Path, out: str | Path | None = None, *,
     if hash not in manifest.HASHES:
         raise InputError(f"unknown --hash {hash!r}", fix=f"use one of {', '.join(manifest.HASHES)}")
     adapter = open_adapter(src)
-    _check_settings(adapter)
     ckpt = base if isinstance(base, Checkpoint) or base is None else open_source(base)
     if ckpt is not None:
         check_base(adapter, ckpt)

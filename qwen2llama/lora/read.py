@@ -122,8 +122,15 @@ def _factors(module: str, found: dict[str, TensorRef], config: dict, folder: Pat
             magnitude is not None and magnitude.shape != (b.shape[0],)):
         raise InputError(f"{module}: lora_A {list(a.shape)}, lora_B {list(b.shape)} do not form B @ A",
                          path=a.file, fix="restore the adapter file")
-    return LoraFactors(module, a, b, magnitude,
-                       pattern_value(config.get("rank_pattern") or {}, module, config["r"]),
+    rank = pattern_value(config.get("rank_pattern") or {}, module, config["r"])
+    if a.shape[0] != rank:
+        raise InputError(f"{module}: lora_A has rank {a.shape[0]}, adapter_config.json gives {rank}",
+                         path=a.file, fix="restore the adapter_config.json that came with the weights")
+    if (magnitude is not None) != bool(config.get("use_dora")):
+        raise InputError(f"{module}: use_dora is {bool(config.get('use_dora'))} but the magnitude vector is "
+                         f"{'present' if magnitude is not None else 'absent'}", path=a.file,
+                         fix="restore the adapter_config.json that came with the weights")
+    return LoraFactors(module, a, b, magnitude, rank,
                        pattern_value(config.get("alpha_pattern") or {}, module, config["lora_alpha"]),
                        bool(config.get("use_rslora")))
 

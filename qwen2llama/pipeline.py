@@ -16,9 +16,9 @@ from pathlib import Path
 
 from . import convert, manifest
 from .convert import Options, Prepared, prepare, write
-from .errors import InputError
+from .errors import InputError, OutputError
 from .lora.convert import PreparedAdapter, prepare_adapter, write_adapter
-from .paths import check_file_output, reads_of
+from .paths import check_file_output, reads_of, real
 from .progress import NullProgress, Progress
 from .publish import write_file
 from .verify.report import VerifyOptions, VerifyResult
@@ -81,21 +81,28 @@ def plan(src, out, options: Options = Options(), verify: VerifyOptions | None = 
 
 def aim(run: Run, out, *, force: bool = False) -> Run:
     """The run, to be written to `out`: the output folder, the golden, report and JUnit files and
-    the adapter with its output folder, checked against everything the run reads."""
+    the adapter with its output folder, checked against everything the run reads and each other."""
     prepared = convert.aim(run.prepared, out, force=force)
+    step, adapter_out = run.adapter_step, None
+    if step is not None and not step.merge:
+        adapter_out = Path(step.out or prepared.out.parent / f"{prepared.out.name}-adapter")
     v = run.verify or VerifyOptions()
     # the golden file is replaced only with --force; reports are rewritten each run (CI)
-    for path, what, replace_ok in ((run.golden, "the golden file", force), (v.report, "the report", True),
-                                   (v.junit, "the JUnit file", True)):
+    files = [(run.golden, "the golden file", force), (v.report, "the report", True),
+             (v.junit, "the JUnit file", True)]
+    for path, what, replace_ok in files:
         if path is not None:
-            check_file_output(path, prepared.reads, force=replace_ok, what=what, inside=[prepared.out])
-    converted, step = None, run.adapter_step
-    if step is not None and not step.merge:
-        adapter_out = step.out or prepared.out.parent / f"{prepared.out.name}-adapter"
+            check_file_output(path, prepared.reads, force=replace_ok, what=what,
+                              inside=[p for p in (prepared.out, adapter_out) if p is not None])
+    given = [real(path) for path, _, _ in files if path is not None]
+    if len(set(given)) < len(given):
+        raise OutputError("two outputs of this run are the same file (--golden, --report, --junit)",
+                          path=next(p for p in given if given.count(p) > 1), fix="give each its own file")
+    converted = None
+    if adapter_out is not None:
         converted = prepare_adapter(step.src, adapter_out, base=prepared.plan.checkpoint,
                                     base_name=str(prepared.out.resolve()), force=force,
-                                    hash=prepared.options.hash,
-                                    protect=[*prepared.reads, prepared.out])
+                                    hash=prepared.options.hash, protect=[*prepared.reads, prepared.out])
     return replace(run, prepared=prepared, adapter=converted)
 
 

@@ -68,7 +68,8 @@ def test_rules_see_real_imports():
     """The checker itself resolves relative imports (or every rule above would pass vacuously)."""
     mods = modules()
     assert "qwen2llama.storage" in imports("qwen2llama.qwen.checkpoint", mods["qwen2llama.qwen.checkpoint"])
-    assert "qwen2llama.qwen.checkpoint" in imports("qwen2llama.verify", mods["qwen2llama.verify"])
+    checks = "qwen2llama.verify.checks"
+    assert "qwen2llama.qwen.checkpoint" in imports(checks, mods[checks])
 
 
 def test_no_module_over_300_lines():
@@ -124,3 +125,15 @@ def test_the_cli_and_batch_run_conversions_through_the_pipeline():
                   "qwen2llama.verify.verify", "qwen2llama.lora.verify.verify_adapter",
                   "qwen2llama.verify.verify_golden"}
         assert not found & direct, (name, found & direct)
+
+
+def test_the_command_line_starts_without_torch():
+    """Every CLI subprocess (and every test that runs one) pays for what the command line imports
+    at start; torch and transformers are imported by the commands that need them."""
+    import subprocess
+    import sys
+
+    code = ("import sys, qwen2llama.cli, qwen2llama.pipeline; "
+            "print(sorted({'torch', 'transformers'} & set(sys.modules)))")
+    loaded = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
+    assert loaded.strip() == "[]"

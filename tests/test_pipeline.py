@@ -67,12 +67,17 @@ def test_run_verifies_before_publishing(qwen, tmp_path, monkeypatch):
 
 def test_every_output_is_checked_before_a_byte_is_written(qwen, tmp_path):
     (tmp_path / "golden.st").write_text("old")
+    (tmp_path / "out-adapter").mkdir()  # an earlier adapter output, which --force would replace
     for kwargs in (dict(golden=tmp_path / "golden.st"),  # exists, no --force
                    dict(golden=tmp_path / "out" / "g.st"),  # inside the output
-                   dict(verify=pipeline.VerifyOptions(report=qwen / "r.json"))):  # inside the source
+                   dict(verify=pipeline.VerifyOptions(report=qwen / "r.json")),  # inside the source
+                   dict(golden=tmp_path / "same", verify=pipeline.VerifyOptions(report=tmp_path / "same")),
+                   dict(verify=pipeline.VerifyOptions(report=tmp_path / "out-adapter" / "r.json"),
+                        adapter=pipeline.AdapterStep(tmp_path / "lora"))):  # inside the adapter's output
         with pytest.raises(OutputError):
             pipeline.plan(qwen, tmp_path / "out", **kwargs)
     assert not (tmp_path / "out").exists() and (tmp_path / "golden.st").read_text() == "old"
+    assert not list((tmp_path / "out-adapter").iterdir())
 
 
 def test_convert_with_adapter_opens_it_once_and_reports_like_a_model(qwen, tmp_path, monkeypatch):
@@ -85,7 +90,7 @@ def test_convert_with_adapter_opens_it_once_and_reports_like_a_model(qwen, tmp_p
         return real_open(folder)
 
     for module in ("qwen2llama.lora.read", "qwen2llama.lora.convert", "qwen2llama.lora.verify",
-                   "qwen2llama.convert", "qwen2llama.verify"):
+                   "qwen2llama.convert", "qwen2llama.verify.checks"):
         monkeypatch.setattr(f"{module}.open_adapter", counting)
     step = tmp_path / "summary.md"
     monkeypatch.setenv("GITHUB_STEP_SUMMARY", str(step))

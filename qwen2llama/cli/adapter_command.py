@@ -7,7 +7,6 @@ from typing import Annotated, Optional
 import typer
 
 from . import render
-from ..verify.report import VerifyOptions
 from .app import JunitOpt, QuickOpt, ReportOpt, command, err, out
 from .commands import reports_need_verify, show_verdict
 
@@ -40,7 +39,7 @@ def adapter(src_adapter: AdapterSrc,
     Example: qwen2llama adapter ./my-qwen-lora ./my-llama-lora --base ./Qwen-7B-Chat \
              --llama-base ./Qwen-7B-Chat-llama
     """
-    from ..pipeline import convert_adapter
+    from ..pipeline import VerifyOptions, convert_adapter
 
     reports_need_verify(verify, report, junit)
     convert_adapter(src_adapter, dst, base=base, llama_base=llama_base, base_name=base_name, force=force,

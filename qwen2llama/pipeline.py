@@ -49,10 +49,13 @@ class Run:
 
     @property
     def reads(self) -> list[Path]:
+        """Every path the run reads (convert.prepare built the list; paths.py: never written)."""
         return self.prepared.reads
 
     @property
     def writes(self) -> list[Path]:
+        """Every path the run writes: the output folder, the golden, report and JUnit files, the
+        adapter's output folder (aim checks them against the reads and each other)."""
         v = self.verify or VerifyOptions()
         paths = [self.prepared.out, self.golden, v.report, v.junit, self.adapter and self.adapter.out]
         return [p for p in paths if p is not None]
@@ -94,16 +97,18 @@ def aim(run: Run, out, *, force: bool = False) -> Run:
         if path is not None:
             check_file_output(path, prepared.reads, force=replace_ok, what=what,
                               inside=[p for p in (prepared.out, adapter_out) if p is not None])
-    given = [real(path) for path, _, _ in files if path is not None]
-    if len(set(given)) < len(given):
-        raise OutputError("two outputs of this run are the same file (--golden, --report, --junit)",
-                          path=next(p for p in given if given.count(p) > 1), fix="give each its own file")
     converted = None
     if adapter_out is not None:
         converted = prepare_adapter(step.src, adapter_out, base=prepared.plan.checkpoint,
                                     base_name=str(prepared.out.resolve()), force=force,
                                     hash=prepared.options.hash, protect=[*prepared.reads, prepared.out])
-    return replace(run, prepared=prepared, adapter=converted)
+    aimed = replace(run, prepared=prepared, adapter=converted)
+    writes = [real(path) for path in aimed.writes]
+    if len(set(writes)) < len(writes):
+        raise OutputError("two outputs of this run are the same path (--golden, --report, --junit, "
+                          "--adapter-out)",
+                          path=next(p for p in writes if writes.count(p) > 1), fix="give each its own path")
+    return aimed
 
 
 def execute(run: Run, *, progress: Progress | None = None, show=None, verify_lock=None) -> RunResult:

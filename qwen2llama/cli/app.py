@@ -6,7 +6,6 @@ with their code (2 = bad input, 1 = a verify check failed); `--debug` shows the 
 from __future__ import annotations
 
 import functools
-import signal
 from inspect import Parameter, signature
 from pathlib import Path
 from typing import Annotated, Optional
@@ -16,6 +15,7 @@ from rich.console import Console
 
 from .. import __version__
 from ..errors import Qwen2LlamaError
+from ..interrupts import release
 from . import render
 
 app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False,
@@ -64,8 +64,10 @@ def command(fn):
     @functools.wraps(fn)
     def run(ctx: typer.Context, *args, **kwargs):
         if ctx.find_root().obj["debug"]:
+            release()
             return fn(*args, **kwargs)
         try:
+            release()  # a signal held since the start is raised here, inside the wrapper
             return fn(*args, **kwargs)
         except Qwen2LlamaError as exc:
             render.error(err, "check failed" if exc.exit_code == 1 else "error", exc.message,
@@ -88,10 +90,6 @@ def command(fn):
     return app.command()(run)
 
 
-def _sigterm(signum, frame):
-    raise KeyboardInterrupt
-
-
 def _print_version(value: bool) -> None:
     if value:
         out.print(f"qwen2llama {__version__}")
@@ -105,7 +103,6 @@ def main(ctx: typer.Context,
          version: Annotated[bool, typer.Option("--version", callback=_print_version, is_eager=True,
                                                help="Print the version and exit.")] = False):
     ctx.obj = {"debug": debug}
-    signal.signal(signal.SIGTERM, _sigterm)
 
 
 def entry() -> None:

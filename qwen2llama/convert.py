@@ -20,7 +20,8 @@ from .plan import ConversionPlan, build_plan
 from .errors import InputError
 from .progress import NullProgress, Progress
 from .paths import reads_of
-from .publish import check_target, fsync_path, signals_deferred, staged_folder
+from .interrupts import signals_deferred
+from .publish import check_target, fsync_path, staged_folder
 from .lora.read import open_adapter
 from .qwen.checkpoint import Checkpoint, detect_chat
 from .sources import open_source

@@ -89,14 +89,9 @@ def aim(run: Run, out, *, force: bool = False) -> Run:
     step, adapter_out = run.adapter_step, None
     if step is not None and not step.merge:
         adapter_out = Path(step.out or prepared.out.parent / f"{prepared.out.name}-adapter")
-    v = run.verify or VerifyOptions()
-    # the golden file is replaced only with --force; reports are rewritten each run (CI)
-    files = [(run.golden, "the golden file", force), (v.report, "the report", True),
-             (v.junit, "the JUnit file", True)]
-    for path, what, replace_ok in files:
-        if path is not None:
-            check_file_output(path, prepared.reads, force=replace_ok, what=what,
-                              inside=[p for p in (prepared.out, adapter_out) if p is not None])
+    # the golden file is replaced only with --force
+    _check_files([(run.golden, "the golden file", force), *_reports(run.verify)], prepared.reads,
+                 inside=[p for p in (prepared.out, adapter_out) if p is not None])
     converted = None
     if adapter_out is not None:
         converted = prepare_adapter(step.src, adapter_out, base=prepared.plan.checkpoint,
@@ -109,6 +104,20 @@ def aim(run: Run, out, *, force: bool = False) -> Run:
                           "--adapter-out)",
                           path=next(p for p in writes if writes.count(p) > 1), fix="give each its own path")
     return aimed
+
+
+def _reports(options: VerifyOptions | None) -> list[tuple]:
+    """(path, what, may replace) of the verdict's files: rewritten each run, as CI does."""
+    if options is None:
+        return []
+    return [(options.report, "the report", True), (options.junit, "the JUnit file", True)]
+
+
+def _check_files(files: list[tuple], reads: list[Path], inside: list[Path]) -> None:
+    """Every single-file output given (paths.check_file_output), before anything is written."""
+    for path, what, replace_ok in files:
+        if path is not None:
+            check_file_output(path, reads, force=replace_ok, what=what, inside=inside)
 
 
 def execute(run: Run, *, progress: Progress | None = None, show=None, verify_lock=None) -> RunResult:
@@ -175,10 +184,7 @@ def convert_adapter(src, out, *, base=None, llama_base: Path | None = None, base
         base_name = str(Path(llama_base).resolve())
     prepared = prepare_adapter(src, out, base=base, base_name=base_name, force=force, hash=hash,
                                protect=[llama_base] if llama_base is not None else [])
-    if verify is not None:
-        for path, what in ((verify.report, "the report"), (verify.junit, "the JUnit file")):
-            if path is not None:
-                check_file_output(path, prepared.reads, force=True, what=what, inside=[prepared.out])
+    _check_files(_reports(verify), prepared.reads, inside=[prepared.out])
     if planned is not None:
         planned(prepared)
     checkable = prepared.base is not None and llama_base is not None
@@ -223,10 +229,8 @@ def check(src, dst, options: VerifyOptions = VerifyOptions(), *, golden: Path | 
     if golden is None and src is None:
         raise InputError("verify needs SRC and DST, or DST and --golden FILE",
                          fix="qwen2llama verify SRC DST, or qwen2llama verify DST --golden FILE")
-    reads = reads_of(src, dst, golden, base, adapter, llama_adapter)
-    for path, what in ((options.report, "the report"), (options.junit, "the JUnit file")):
-        if path is not None:  # never into a folder being verified; replacing an old report is fine
-            check_file_output(path, reads, force=True, what=what)
+    # never into a folder being verified
+    _check_files(_reports(options), reads_of(src, dst, golden, base, adapter, llama_adapter), inside=[])
     if llama_adapter is not None:
         if adapter is None or golden is not None:
             raise InputError("--llama-adapter needs SRC, DST and --adapter (the Qwen adapter it came from)",

@@ -61,12 +61,14 @@ def map_source(ckpt: Checkpoint, fmt: Format | None = None) -> SourceMap:
     fmt = fmt or format_for(ckpt)
     n_layers = ckpt.config.num_layers
     sizes = layout.feature_sizes(ckpt.config)
+    stored = {m.qwen: fmt.stored(m, sizes) for m in layout.MODULES}  # what each module holds, once
     found: dict[tuple[str, int | None], dict[str, TensorRef]] = {}
     dropped: list[str] = []
     for name, ref in ckpt.tensors.items():
         module_path, _, suffix = name.rpartition(".")
         module, layer = layout.match(module_path) or (None, None)
-        if module is None or suffix not in fmt.stored(module, sizes):
+        want = stored[module.qwen].get(suffix) if module is not None else None
+        if want is None:
             if layout.is_dropped(name):
                 dropped.append(name)
                 continue
@@ -74,7 +76,6 @@ def map_source(ckpt: Checkpoint, fmt: Format | None = None) -> SourceMap:
         if layer is not None and layer >= n_layers:
             raise InputError(f"tensor {name} is for layer {layer}, but config.json says {n_layers} layers",
                              path=ref.file, fix=CONFIG_FIX)
-        want = fmt.stored(module, sizes)[suffix]
         if ref.shape != want.shape:
             raise InputError(f"tensor {name} has shape {list(ref.shape)}, {fmt.implied_by()} "
                              f"{list(want.shape)}",
@@ -84,7 +85,7 @@ def map_source(ckpt: Checkpoint, fmt: Format | None = None) -> SourceMap:
         found.setdefault((module.qwen, layer), {})[suffix] = ref
     missing = [layout.name_at(f"{module.qwen}.{suffix}", layer)
                for module, layer in layout.in_output_order(n_layers)
-               for suffix, want in fmt.stored(module, sizes).items()
+               for suffix, want in stored[module.qwen].items()
                if not want.optional and suffix not in found.get((module.qwen, layer), {})]
     if missing:
         more = f" and {len(missing) - 5} more" if len(missing) > 5 else ""

@@ -12,12 +12,11 @@ import errno
 import fcntl
 import os
 import shutil
-import signal
-import threading
 from contextlib import contextmanager
 from pathlib import Path
 
 from .errors import OutputError
+from .interrupts import signals_deferred
 from .paths import check_output, real
 
 STAGING_TAG = ".qwen2llama-staging-"
@@ -98,26 +97,6 @@ def fsync_path(path: Path) -> None:
         os.fsync(fd)
     finally:
         os.close(fd)
-
-
-@contextmanager
-def signals_deferred():
-    """SIGINT and SIGTERM wait until the block ends, then raise KeyboardInterrupt as usual: for
-    steps a signal must not cut in half (starting a child process and recording it, cleaning
-    up). Python runs signal handlers in the main thread only, so elsewhere this changes nothing."""
-    if threading.current_thread() is not threading.main_thread():
-        yield
-        return
-    held: list[int] = []
-    wanted = [s for s in (signal.SIGINT, signal.SIGTERM) if signal.getsignal(s) != signal.SIG_IGN]
-    previous = {s: signal.signal(s, lambda signum, frame: held.append(signum)) for s in wanted}
-    try:
-        yield
-    finally:
-        for s, handler in previous.items():
-            signal.signal(s, handler)
-        if held:
-            raise KeyboardInterrupt
 
 
 @contextmanager

@@ -122,12 +122,11 @@ def golden(src: Src, file: Annotated[Path, typer.Argument(help="The golden file 
 @command
 def verify(first: Annotated[str, typer.Argument(
                help="SRC then the converted folder; with --golden, the converted folder alone.",
-                                                metavar="[SRC] DST")],
+               metavar="[SRC] DST")],
            second: Annotated[Optional[str], typer.Argument(show_default=False, metavar="")] = None,
            report: ReportOpt = None, prompts: PromptsOpt = None, quick: QuickOpt = False,
            long_prompt: LongPromptOpt = None, base: BaseOpt = None, golden: GoldenOpt = None,
-           junit: JunitOpt = None,
-           greedy_tokens: GreedyOpt = None,
+           junit: JunitOpt = None, greedy_tokens: GreedyOpt = None,
            adapter: Annotated[Optional[Path], typer.Option(
                "--adapter", help="The Qwen PEFT adapter: DST has it merged in (convert --merge); with "
                                  "--llama-adapter, DST is the converted base.")] = None,
@@ -142,9 +141,8 @@ def verify(first: Annotated[str, typer.Argument(
 
     if llama_adapter is not None:
         err.print("verify: Qwen reference + adapter vs LLaMA base + PEFT adapter (float32)")
+    # with --golden and two folders, pipeline.check refuses the SRC
     src, dst = (None, Path(first)) if second is None else (first, Path(second))
-    if golden is not None and second is not None:
-        src = first  # pipeline.check refuses SRC with --golden
     checks = pipeline.VerifyOptions(quick=quick, prompts=prompts, greedy_tokens=greedy_tokens,
                                     long_prompt=long_prompt, report=report, junit=junit)
     pipeline.check(src, dst, checks, golden=golden, base=base, adapter=adapter, llama_adapter=llama_adapter,

@@ -12,10 +12,10 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 from . import manifest
-from .layout import llama_config
 from .llama.generation import generation_config
 from .llama.shards import parse_size, plan_shards, shard_names
 from .llama.writer import ShardWriter
+from .options import ConvertOptions
 from .plan import ConversionPlan, build_plan
 from .errors import InputError
 from .progress import NullProgress, Progress
@@ -33,17 +33,7 @@ from .tokenizer.job import TokenizerJob
 COPIED_FILES = ("LICENSE", "NOTICE")
 
 
-@dataclass(frozen=True)
-class Options:
-    shard_size: str | int = "5GB"
-    dtype: str | None = None  # None: keep the source's
-    kind: str = "auto"  # auto | chat | base
-    force: bool = False  # replace an existing output, once the new one is complete
-    checksums: bool = True  # record each file's digest in conversion.json
-    base: str | None = None  # folder or hub id supplying files the source lacks (a Trainer checkpoint)
-    hash: str = "blake3"  # the digest algorithm: blake3 or sha256 (see manifest.HASHES)
-    dequantize: str | None = None  # GPTQ source: write dense weights of this dtype instead
-    merge_adapter: str | None = None  # a PEFT LoRA adapter folder to fold into the weights
+Options = ConvertOptions  # the name this module's API had
 
 
 @dataclass
@@ -55,13 +45,13 @@ class Prepared:
     chat: bool
     chat_reason: str
     vocab: Path
-    options: Options
+    options: ConvertOptions
     out: Path | None  # None: planned only (inspect)
     adapter: object | None = None  # the QwenAdapter merged in, if any
     reads: list[Path] = field(default_factory=list)  # every path the run reads (paths.py: never written)
 
 
-def prepare(src: str | Path | Checkpoint, options: Options = Options(),
+def prepare(src: str | Path | Checkpoint, options: ConvertOptions = ConvertOptions(),
             out: str | Path | None = None) -> Prepared:
     """Check the source, the options, the vocabulary and (when given) the output location; plan the output.
     `src` is a folder, a hub id, or a checkpoint already opened with `sources.open_source`."""
@@ -69,7 +59,7 @@ def prepare(src: str | Path | Checkpoint, options: Options = Options(),
         raise InputError(f"unknown --hash {options.hash!r}", fix=f"use one of {', '.join(manifest.HASHES)}")
     ckpt = src if isinstance(src, Checkpoint) else open_source(src, options.base)
     adapter = open_adapter(options.merge_adapter) if options.merge_adapter else None
-    plan = build_plan(ckpt, options.dtype, options.dequantize, adapter)
+    plan = build_plan(ckpt, options.dtype, options.dequantize, adapter, options.target)
     groups = plan_shards([t.nbytes for t in plan.tensors], parse_size(options.shard_size))
     shards = [(name, [plan.tensors[i] for i in g]) for name, g in zip(shard_names(len(groups)), groups)]
     chat, reason = detect_chat(ckpt, options.kind)
@@ -135,14 +125,15 @@ def _write_weights(prepared: Prepared, folder: Path, progress: Progress) -> tupl
 
 
 def _write_configs(prepared: Prepared, folder: Path) -> None:
-    """The shard index, config.json (with the format's entries), the format's own files,
+    """The shard index, config.json (the target's, with the format's entries), the format's own files,
     generation_config.json and the copied license files."""
     plan, ckpt = prepared.plan, prepared.plan.checkpoint
     if len(prepared.shards) > 1:
         index = {"metadata": {"total_size": plan.total_bytes},
                  "weight_map": dict(sorted((t.name, n) for n, ts in prepared.shards for t in ts))}
         manifest.write_json(folder / "model.safetensors.index.json", index)
-    config = llama_config(ckpt.config, plan.dtype, prepared.chat, plan.mlp_bias) | plan.fmt.output_config()
+    config = plan.target.config(ckpt.config, plan.dtype, prepared.chat, plan.mlp_bias)
+    config |= plan.fmt.output_config()
     for name, content in plan.fmt.output_files().items():
         manifest.write_json(folder / name, content)
     manifest.write_json(folder / "config.json", config)
@@ -170,5 +161,6 @@ def write(prepared: Prepared, *, progress: Progress | None = None, before_publis
 
 def convert(src: str | Path, out: str | Path, *, progress: Progress | None = None, before_publish=None,
             **options) -> dict:
-    """Convert the Qwen checkpoint in `src` into a LLaMA folder `out` (options: see `Options`)."""
-    return write(prepare(src, Options(**options), out), progress=progress, before_publish=before_publish)
+    """Convert the Qwen checkpoint in `src` into a folder `out` (options: see `ConvertOptions`)."""
+    return write(prepare(src, ConvertOptions(**options), out), progress=progress,
+                 before_publish=before_publish)

@@ -1,6 +1,7 @@
-"""The one Qwen v1 -> LLaMA mapping: modules and their output features, and the config.
+"""The one Qwen v1 -> LLaMA mapping: modules and their output features.
 
-Each Qwen module becomes one or more LLaMA modules; a `Split(k, n)` takes the k-th of n equal
+Each Qwen module becomes one or more LLaMA modules (the Qwen2 layout uses the same names; which of
+them carry a bias is the target's answer, targets/); a `Split(k, n)` takes the k-th of n equal
 blocks of the module's output features (c_attn's q/k/v thirds). How a block of output features
 becomes tensor slices depends on how the weights are stored, and is the job of `formats/`: for
 dense weights it is a row range, hence a byte range. Both sides are `nn.Linear` ([out, in]) with
@@ -11,20 +12,16 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass
 
-from .dtypes import NAME_OF
 from .qwen.config import QwenConfig
-from .tokens import ENDOFTEXT_ID, IM_END_ID
 
 
 @dataclass(frozen=True)
 class Split:
-    """LLaMA module `llama` takes output-feature block `index` of `count`. `zero_bias`: LLaMA
-    (with `attention_bias: true`) expects a bias here that Qwen lacks; it is written as zeros."""
+    """LLaMA module `llama` takes output-feature block `index` of `count`."""
 
     llama: str
     index: int = 0
     count: int = 1
-    zero_bias: bool = False
 
     def block(self, total: int) -> tuple[int, int]:
         """[start, stop) of this part among `total` output features (rows or columns)."""
@@ -61,8 +58,7 @@ LAYER = (
         Split(L + "self_attn.q_proj", 0, 3), Split(L + "self_attn.k_proj", 1, 3),
         Split(L + "self_attn.v_proj", 2, 3),
     ), bias=True),
-    Module("transformer.h.{i}.attn.c_proj", "linear", ("H", "P"),
-           (Split(L + "self_attn.o_proj", zero_bias=True),)),
+    Module("transformer.h.{i}.attn.c_proj", "linear", ("H", "P"), (Split(L + "self_attn.o_proj"),)),
     Module("transformer.h.{i}.ln_2", "norm", ("H",), (Split(L + "post_attention_layernorm"),)),
     # w2 is the branch Qwen passes through SiLU: LLaMA's gate. w1 is the plain branch: up.
     Module("transformer.h.{i}.mlp.w2", "linear", ("F", "H"), (Split(L + "mlp.gate_proj"),)),
@@ -113,44 +109,3 @@ def name_at(template: str, layer: int | None) -> str:
 
 def is_dropped(qwen_name: str) -> bool:
     return any(p.search(qwen_name) for p in DROPPED)
-
-
-def llama_config(cfg: QwenConfig, dtype: str, chat: bool, mlp_bias: bool = False) -> dict:
-    """The LLaMA config.json for the converted network. Every value is explicit: LlamaConfig's
-    defaults (bos 1, eos 2, rope_theta 10000, no biases) are wrong for Qwen. `mlp_bias`: a GPTQ
-    source whose quantizer stored non-zero MLP biases (formats/gptq.py)."""
-    name = NAME_OF[dtype]
-    return {
-        "architectures": ["LlamaForCausalLM"],
-        "model_type": "llama",
-        "hidden_size": cfg.hidden_size,
-        "intermediate_size": cfg.mlp_width,
-        "num_hidden_layers": cfg.num_layers,
-        "num_attention_heads": cfg.num_heads,
-        "num_key_value_heads": cfg.num_heads,
-        "head_dim": cfg.head_dim,
-        "hidden_act": "silu",
-        "rms_norm_eps": cfg.layer_norm_epsilon,
-        # transformers 5 turns rope_theta into rope_parameters itself; writing rope_parameters with
-        # rope_type "default" makes llama.cpp's converter warn about an unknown RoPE type.
-        "rope_theta": cfg.rotary_emb_base,
-        # Qwen's dynamic NTK and logn attention are identity up to seq_length and have no
-        # LLaMA equivalent beyond it, so the exact range is what we advertise.
-        "max_position_embeddings": cfg.seq_length,
-        "vocab_size": cfg.vocab_rows,
-        "attention_bias": True,
-        "attention_dropout": 0.0,
-        "mlp_bias": mlp_bias,
-        "tie_word_embeddings": False,
-        "initializer_range": 0.02,
-        "pretraining_tp": 1,
-        "use_cache": True,
-        "bos_token_id": ENDOFTEXT_ID,
-        "eos_token_id": IM_END_ID if chat else ENDOFTEXT_ID,
-        "pad_token_id": ENDOFTEXT_ID,
-        "torch_dtype": name,
-        "dtype": name,
-        # The oldest transformers this config is written for (LLaMA with attention_bias and head_dim).
-        # Without the field, transformers 4.57.3+ warns about a "Mistral regex" on every local tokenizer.
-        "transformers_version": "4.45.0",
-    }

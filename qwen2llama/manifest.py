@@ -12,6 +12,8 @@ from pathlib import Path
 
 from . import __version__
 from .dtypes import NAME_OF
+from .options import fingerprinted
+from .targets import DEFAULT as DEFAULT_TARGET
 from .storage.digest import HASHES, hash_file, new_hash, sha256_file  # noqa: F401  (this module's API too)
 
 NAME = "conversion.json"
@@ -57,6 +59,8 @@ def build(prepared, tokenizer: dict, digests: dict[str, str | None], sizes: dict
     target = {"dtype": NAME_OF[plan.dtype], "chat": prepared.chat, "chat_reason": prepared.chat_reason,
               "shards": len(prepared.shards), "total_bytes": plan.total_bytes, "format": plan.fmt.name,
               "quantized": plan.quantized}
+    if plan.target.name != DEFAULT_TARGET:  # recorded where it is not the default: older records stay
+        target["layout"] = plan.target.architecture
     return record(
         source, target, hash=prepared.options.hash, digests=digests, sizes=sizes,
                   fingerprint=fingerprint(prepared),
@@ -94,8 +98,9 @@ def adapter_fingerprint(prepared) -> str:
 
 
 def fingerprint(prepared) -> str:
-    """What a conversion was made from and how: the tool version, the resolved options, and every
-    source file by name, size and modification time (the weights) or sha256 (the small files). Equal
+    """What a conversion was made from and how: the tool version, the options (options.py says how
+    each enters: its value, or what the plan resolved from it), and every source file by name,
+    size and modification time (the weights) or sha256 (the small files). Equal
     fingerprints mean a rerun would write the same files; batch skips such jobs."""
     ckpt, plan = prepared.plan.checkpoint, prepared.plan
     small = {name: sha256_file(path) for name, path in ckpt.companions.items()}
@@ -104,8 +109,7 @@ def fingerprint(prepared) -> str:
             small[name] = sha256_file(ckpt.folder / name)
     weights = {p.name: [(st := p.stat()).st_size, st.st_mtime_ns] for p in ckpt.files}
     what = {"tool": __version__, "dtype": plan.dtype, "chat": prepared.chat,
-            "checksums": prepared.options.checksums,
-            "hash": prepared.options.hash,
+            **fingerprinted(prepared.options),
             "shards": [[name, len(tensors)] for name, tensors in prepared.shards], "weights": weights,
             "files": small}
     if plan.fmt.fingerprint is not None:  # keys only where they apply: other fingerprints stay as they were

@@ -15,16 +15,19 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 from . import convert, manifest
-from .convert import Options, Prepared, prepare, write
-from .errors import InputError, OutputError
+from .convert import Prepared, prepare, write
+from .options import ConvertOptions
+from .errors import OutputError
 from .lora.convert import PreparedAdapter, prepare_adapter, write_adapter
-from .paths import check_file_output, reads_of, real
+from .paths import real
 from .progress import NullProgress, Progress
-from .publish import write_file
+from .verdicts import check, check_files, record_golden, report, reports, write_golden  # noqa: F401 (API)
 from .verify.report import VerifyOptions, VerifyResult
 
-__all__ = ["AdapterStep", "Options", "Run", "RunResult", "VerifyOptions", "check", "convert_adapter",
-           "execute", "plan", "record_golden", "run", "write_golden"]
+Options = ConvertOptions  # the name this module's API had
+
+__all__ = ["AdapterStep", "ConvertOptions", "Options", "Run", "RunResult", "VerifyOptions", "check",
+           "convert_adapter", "execute", "plan", "record_golden", "run", "write_golden"]
 
 
 @dataclass(frozen=True)
@@ -72,7 +75,8 @@ class RunResult:
     notes: list[str] = field(default_factory=list)
 
 
-def plan(src, out, options: Options = Options(), verify: VerifyOptions | None = VerifyOptions(), *,
+def plan(src, out, options: ConvertOptions = ConvertOptions(),
+         verify: VerifyOptions | None = VerifyOptions(), *,
          golden: Path | None = None, adapter: AdapterStep | None = None) -> Run:
     """Every check of a run: the source and options (convert.prepare), then with `out` every
     output (see aim); `out` None plans only (batch aims once it knows the folder's state)."""
@@ -90,7 +94,7 @@ def aim(run: Run, out, *, force: bool = False) -> Run:
     if step is not None and not step.merge:
         adapter_out = Path(step.out or prepared.out.parent / f"{prepared.out.name}-adapter")
     # the golden file is replaced only with --force
-    _check_files([(run.golden, "the golden file", force), *_reports(run.verify)], prepared.reads,
+    check_files([(run.golden, "the golden file", force), *reports(run.verify)], prepared.reads,
                  inside=[p for p in (prepared.out, adapter_out) if p is not None])
     converted = None
     if adapter_out is not None:
@@ -104,20 +108,6 @@ def aim(run: Run, out, *, force: bool = False) -> Run:
                           "--adapter-out)",
                           path=next(p for p in writes if writes.count(p) > 1), fix="give each its own path")
     return aimed
-
-
-def _reports(options: VerifyOptions | None) -> list[tuple]:
-    """(path, what, may replace) of the verdict's files: rewritten each run, as CI does."""
-    if options is None:
-        return []
-    return [(options.report, "the report", True), (options.junit, "the JUnit file", True)]
-
-
-def _check_files(files: list[tuple], reads: list[Path], inside: list[Path]) -> None:
-    """Every single-file output given (paths.check_file_output), before anything is written."""
-    for path, what, replace_ok in files:
-        if path is not None:
-            check_file_output(path, reads, force=replace_ok, what=what, inside=inside)
 
 
 def execute(run: Run, *, progress: Progress | None = None, show=None, verify_lock=None) -> RunResult:
@@ -184,7 +174,7 @@ def convert_adapter(src, out, *, base=None, llama_base: Path | None = None, base
         base_name = str(Path(llama_base).resolve())
     prepared = prepare_adapter(src, out, base=base, base_name=base_name, force=force, hash=hash,
                                protect=[llama_base] if llama_base is not None else [])
-    _check_files(_reports(verify), prepared.reads, inside=[prepared.out])
+    check_files(reports(verify), prepared.reads, inside=[prepared.out])
     if planned is not None:
         planned(prepared)
     checkable = prepared.base is not None and llama_base is not None
@@ -194,87 +184,10 @@ def convert_adapter(src, out, *, base=None, llama_base: Path | None = None, base
     return _write_verified_adapter(prepared, llama_base, verify, progress or NullProgress(), show)
 
 
-def run(src, out, options: Options = Options(), verify: VerifyOptions | None = VerifyOptions(), *,
+def run(src, out, options: ConvertOptions = ConvertOptions(),
+        verify: VerifyOptions | None = VerifyOptions(), *,
         golden: Path | None = None, adapter: AdapterStep | None = None, progress: Progress | None = None,
         show=None) -> RunResult:
     """Convert `src` into `out` and verify it before publishing (`verify=None`: without); see plan."""
     run_ = plan(src, out, options, verify, golden=golden, adapter=adapter)
     return execute(run_, progress=progress, show=show)
-
-
-def report(result: VerifyResult, options: VerifyOptions, show=None) -> None:
-    """Write the verdict where the options say (report, JUnit, GitHub step summary), show it,
-    and raise VerificationFailed if it failed."""
-    from . import summary
-
-    if options.report is not None:
-        result.write(options.report)
-    if options.junit is not None:
-        Path(options.junit).write_text(summary.verify_junit(result), encoding="utf-8")
-    if options.github_summary:
-        summary.append_github_summary(summary.verify_markdown(result))
-    if show is not None:
-        show(result, options)
-    result.raise_if_failed()
-
-
-def check(src, dst, options: VerifyOptions = VerifyOptions(), *, golden: Path | None = None, base=None,
-          adapter: Path | None = None, llama_adapter: Path | None = None, progress: Progress | None = None,
-          show=None) -> VerifyResult:
-    """`verify` as a library call: DST against SRC (or against a golden file, or a converted
-    adapter on DST against the Qwen adapter), with the verdict written as the options say."""
-    if golden is not None and src is not None:
-        raise InputError("with --golden, give only the converted folder",
-                         fix="qwen2llama verify DST --golden FILE")
-    if golden is None and src is None:
-        raise InputError("verify needs SRC and DST, or DST and --golden FILE",
-                         fix="qwen2llama verify SRC DST, or qwen2llama verify DST --golden FILE")
-    # never into a folder being verified
-    _check_files(_reports(options), reads_of(src, dst, golden, base, adapter, llama_adapter), inside=[])
-    if llama_adapter is not None:
-        if adapter is None or golden is not None:
-            raise InputError("--llama-adapter needs SRC, DST and --adapter (the Qwen adapter it came from)",
-                             fix="qwen2llama verify SRC DST --adapter QWEN_ADAPTER --llama-adapter "
-                                 "LLAMA_ADAPTER")
-        from .lora.verify import verify_adapter
-
-        result = verify_adapter(src, dst, adapter, llama_adapter, quick=options.quick)
-    elif golden is not None:
-        from .verify import verify_golden
-
-        result = verify_golden(dst, golden, progress=progress, display=dst)
-    else:
-        from .verify import verify
-
-        result = verify(src, dst, options, progress=progress, display=dst, base=base, adapter=adapter)
-    report(result, options, show)
-    return result
-
-
-def record_golden(ckpt, path: Path, *, plan=None, staging: Path | None = None, quick: bool = False,
-                  prompts: Path | None = None, long_prompt: bool | None = None,
-                  progress: Progress | None = None) -> dict:
-    """Record a golden file for `ckpt` at `path` (whole or not at all); `staging`: the folder the
-    same run wrote, whose file digests it keeps. Returns its header."""
-    from .verify import golden as golden_mod
-
-    files = None
-    if staging is not None:
-        written = manifest.read(staging)
-        files = {"hash": written["hash"], "files": written["files"]}
-    tensors, meta = golden_mod.record(ckpt, prompts=prompts, quick=quick, long_prompt=long_prompt,
-                                      progress=progress, files=files, plan=plan)
-    write_file(path, lambda tmp: golden_mod.write(tmp, tensors, meta))
-    return meta
-
-
-def write_golden(src, path: Path, *, base=None, dtype: str | None = None, dequantize: str | None = None,
-                 force: bool = False, **recording) -> dict:
-    """`golden SRC FILE` as a library call: the digests describe the conversion with `dtype` /
-    `dequantize`; `path` obeys the path rule and is replaced only with `force`."""
-    from .plan import build_plan
-    from .sources import open_source
-
-    ckpt = open_source(src, base)
-    check_file_output(path, reads_of(ckpt), force=force, what="the golden file")
-    return record_golden(ckpt, Path(path), plan=build_plan(ckpt, dtype, dequantize), **recording)

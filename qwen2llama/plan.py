@@ -15,6 +15,7 @@ from .formats import Format, explain_unknown, format_for
 from .lora import mapping as lora
 from .qwen.checkpoint import Checkpoint
 from .storage import OutputTensor, TensorRef
+from .targets import Target, target_for
 
 CONFIG_FIX = "use the config.json that came with these weights"
 
@@ -25,12 +26,13 @@ class ConversionPlan:
     dtype: str  # of the floating-point tensors
     tensors: list[OutputTensor]
     fmt: Format
+    target: Target
     dropped: list[str] = field(default_factory=list)
     zero_dropped: list[TensorRef] = field(default_factory=list)  # stored, all zero, left out (checked)
 
     @property
     def quantized(self) -> bool:
-        """Whether the output is a LLaMA GPTQ folder (needs a quantization_config)."""
+        """Whether the output is a GPTQ folder (needs a quantization_config)."""
         return self.fmt.quantized
 
     @property
@@ -120,15 +122,18 @@ def choose_dtype(ckpt: Checkpoint, requested: str | None, fmt: Format | None = N
 
 
 def build_plan(ckpt: Checkpoint, dtype: str | None = None, dequantize: str | None = None,
-               adapter=None) -> ConversionPlan:
-    """Every output tensor, in the table's order, with its source slice; with `adapter` (a
-    QwenAdapter), the adapter merged into the weights."""
+               adapter=None, target: str | Target | None = None) -> ConversionPlan:
+    """Every output tensor, in the table's order, with its source slice, for the output layout
+    `target` (a name from targets.TARGETS; None: the default); with `adapter` (a QwenAdapter), the
+    adapter merged into the weights."""
+    target = target_for(target)
     fmt = format_for(ckpt, dequantize)
     source = map_source(ckpt, fmt)
-    fmt = fmt.for_source(source.found)
+    target.check_holds(ckpt.config, ckpt.folder / "config.json")
+    fmt = fmt.for_source(source.found, target)
     out_dtype = choose_dtype(ckpt, dtype, fmt)
     tensors = [t for module, layer in layout.in_output_order(ckpt.config.num_layers)
-               for t in fmt.outputs(module, layer, source.found[module.qwen, layer], out_dtype)]
+               for t in fmt.outputs(module, layer, source.found[module.qwen, layer], out_dtype, target)]
     if adapter is not None:
         if not fmt.mergeable:
             raise InputError(f"--merge needs dense base weights; this base is {fmt.label}",
@@ -139,4 +144,5 @@ def build_plan(ckpt: Checkpoint, dtype: str | None = None, dequantize: str | Non
         tensors = lora.merge_into(tensors, adapter)
     # the type config.json names: the embedding's where the format keeps each tensor as stored
     plan_dtype = out_dtype or next(t.dtype for t in tensors if t.name == "model.embed_tokens.weight")
-    return ConversionPlan(ckpt, plan_dtype, tensors, fmt, source.dropped, fmt.dropped(source.found))
+    return ConversionPlan(ckpt, plan_dtype, tensors, fmt, target, source.dropped,
+                          fmt.dropped(source.found, target))

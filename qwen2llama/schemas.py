@@ -13,10 +13,10 @@ from pathlib import Path
 from typing import Annotated, Literal, TypeVar
 
 from pydantic import (BaseModel, ConfigDict, Field, StrictBool, StrictFloat, StrictInt, StrictStr,
-                      ValidationError,
-                      field_validator)
+                      ValidationError, create_model, field_validator)
 
 from .errors import InputError
+from .options import ConvertOptions, job_options
 
 Model = TypeVar("Model", bound=BaseModel)
 Positive = Annotated[StrictInt, Field(gt=0)]
@@ -38,20 +38,16 @@ def validated(model: type[Model], data, path: str | Path, fix: str, where: str =
                          path=path, fix=fix) from None
 
 
-class JobFields(BaseModel):
-    """One [[jobs]] table or [defaults] of a jobs file (the options of `convert.Options` but --force)."""
+def job_fields(options=ConvertOptions) -> type[BaseModel]:
+    """The schema of one [[jobs]] table or [defaults] of a jobs file: src, out and every option
+    that declares a `job` type (options.py), each optional."""
+    return create_model("JobFields", __config__=ConfigDict(extra="forbid"),
+                        src=(StrictStr | None, None),
+                        out=(Annotated[StrictStr, Field(min_length=1)] | None, None),
+                        **{f.name: (f.metadata["job"] | None, None) for f in job_options(options)})
 
-    model_config = ConfigDict(extra="forbid")
-    src: StrictStr | None = None
-    out: Annotated[StrictStr, Field(min_length=1)] | None = None
-    shard_size: StrictStr | Positive | None = None
-    dtype: Literal["bfloat16", "float16", "float32"] | None = None
-    kind: Literal["auto", "chat", "base"] | None = None
-    checksums: StrictBool | None = None
-    base: StrictStr | None = None
-    hash: Literal["blake3", "sha256"] | None = None
-    dequantize: Literal["bfloat16", "float16", "float32"] | None = None
-    merge_adapter: StrictStr | None = None
+
+JobFields = job_fields()
 
 
 class JobsFile(BaseModel):

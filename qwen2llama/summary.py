@@ -11,7 +11,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 from . import __version__
-from .batch import JobResult, exit_code
+from .jobs import JobResult, exit_code
 from .errors import InputError
 from .schemas import Summary, validated
 

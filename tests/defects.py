@@ -39,8 +39,18 @@ def _zero(t, name):
     t[name] = torch.zeros_like(t[name])
 
 
+def _o_proj_bias(t):
+    name = L0 + "self_attn.o_proj.bias"
+    if name not in t:
+        t[name] = torch.zeros_like(t[L0 + "post_attention_layernorm.weight"])
+    t[name].fill_(0.05)
+
+
 def bump_row(t, name, row):
     t[name][row] += 1.0
+
+
+L0 = "model.layers.0."
 
 
 def _regroup_digits(tok):
@@ -55,7 +65,6 @@ def _drop_special(folder):
     edit_json(folder, "tokenizer_config.json", lambda c: c["added_tokens_decoder"].pop("151651"))
 
 
-L0 = "model.layers.0."
 DEFECTS = {
     "gate/up swapped": (lambda f: edit_weights(f, lambda t: _swap(t, L0 + "mlp.gate_proj.weight",
                                                                   L0 + "mlp.up_proj.weight")),
@@ -65,8 +74,8 @@ DEFECTS = {
     "q and k swapped": (lambda f: edit_weights(f, lambda t: _swap(t, L0 + "self_attn.q_proj.weight",
                                                                   L0 + "self_attn.k_proj.weight")),
                         {"tensors", "logits"}),
-    "non-zero o_proj bias": (lambda f: edit_weights(f, lambda t: t[L0 + "self_attn.o_proj.bias"].fill_(0.05)),
-                             {"tensors", "logits"}),
+    # LLaMA: its zero o_proj bias made non-zero; Qwen2, which has no o_proj bias: one added
+    "non-zero o_proj bias": (lambda f: edit_weights(f, _o_proj_bias), {"tensors", "logits"}),
     "lm_head row changed": (lambda f: edit_weights(f, lambda t: bump_row(t, "lm_head.weight", 1350)),
                             {"tensors", "logits"}),
     "embedding row changed": (lambda f: edit_weights(f,

@@ -137,3 +137,67 @@ def test_the_command_line_starts_without_torch():
             "print(sorted({'torch', 'transformers'} & set(sys.modules)))")
     loaded = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
     assert loaded.strip() == "[]"
+
+
+TARGET_CLASSES = ("LlamaForCausalLM", "Qwen2ForCausalLM", "LlamaConfig", "Qwen2Config", "LlamaDecoderLayer",
+                  "Qwen2DecoderLayer", "LlamaRMSNorm", "Qwen2RMSNorm", "LlamaRotaryEmbedding",
+                  "Qwen2RotaryEmbedding", "modeling_llama", "modeling_qwen2")
+
+
+def _words(path: Path) -> set[str]:
+    """Every name, attribute and string of a module (strings split into words)."""
+    words = set()
+    for n in ast.walk(ast.parse(path.read_text())):
+        if isinstance(n, ast.Name):
+            words.add(n.id)
+        elif isinstance(n, ast.Attribute):
+            words.add(n.attr)
+        elif isinstance(n, ast.alias):
+            words.update(n.name.split("."))
+        elif isinstance(n, ast.Constant) and isinstance(n.value, str):
+            words.update(w.strip(".,:;()'\"`") for w in n.value.replace(".", " ").split())
+    return words
+
+
+def test_no_module_outside_the_targets_names_a_target_class():
+    """A layout's transformers classes are the target module's answer (targets/), so a new layout
+    is one module there and verify loads whatever layout a folder declares."""
+    said = {name: sorted(_words(path) & set(TARGET_CLASSES)) for name, path in modules().items()
+            if not under(name, "qwen2llama.targets")}
+    assert {k: v for k, v in said.items() if v} == {}
+    targets = modules()["qwen2llama.targets.llama"]
+    assert "LlamaForCausalLM" in _words(targets)  # the check reads what it claims to
+
+
+def _import_graph() -> dict[str, set[str]]:
+    """Module -> the package modules it imports (at any depth of its code), without the implicit
+    edge from a module to its own package."""
+    mods = modules()
+
+    def module_of(name: str) -> str:
+        while name and name not in mods:
+            name = name.rpartition(".")[0]
+        return name
+
+    return {name: {m for i in imports(name, path) if (m := module_of(i)) and m != name
+                   and not name.startswith(m + ".")} for name, path in mods.items()}
+
+
+def test_no_import_circle_in_the_library():
+    graph = _import_graph()
+    circles = []
+
+    def visit(node: str, trail: list[str]) -> None:
+        for nxt in sorted(graph[node]):
+            if nxt in trail:
+                circles.append(trail[trail.index(nxt):] + [nxt])
+            elif nxt not in done:
+                visit(nxt, trail + [nxt])
+        done.add(node)
+
+    done: set[str] = set()
+    for start in sorted(graph):
+        if start not in done:
+            visit(start, [start])
+    assert circles == []
+    assert "qwen2llama.jobs" in graph["qwen2llama.summary"]  # the graph sees real edges

@@ -124,7 +124,7 @@ def test_a_nonzero_bias_the_output_drops_fails_verify(tmp_path, monkeypatch):
     assert {"tensors", "config", "logits"} <= failed, failed
     assert any("gate_proj.bias" in f for f in result["checks"]["tensors"]["failures"])
     assert "mlp_bias: False, expected True" in result["checks"]["config"]["failures"]
-    monkeypatch.setattr(Gptq, "for_source", lambda self, found: self)
+    monkeypatch.setattr(Gptq, "for_source", lambda self, found, target: self)
     tensors = verify(planted, tmp_path / "out", quick=True)["checks"]["tensors"]
     assert tensors["passed"] is False
     assert tensors["failures"] == ["transformer.h.0.mlp.w2.bias: left out of the output as zero, "

@@ -10,6 +10,8 @@ from qwen2llama.llama.shards import parse_size, plan_shards, shard_names
 from qwen2llama.plan import build_plan
 from qwen2llama.qwen.checkpoint import open_checkpoint
 from qwen2llama.synth import synthesize
+from qwen2llama.targets.llama import LLAMA
+from qwen2llama.targets.qwen2 import QWEN2
 
 
 def test_table_targets_are_unique_and_splits_cover_every_feature():
@@ -31,13 +33,13 @@ def test_dense_format_splits_rows_and_adds_zero_bias(tmp_path):
     stored = dense.stored(c_attn, layout.feature_sizes(ckpt.config))
     assert {k: v.shape for k, v in stored.items()} == {"weight": (3 * p, h), "bias": (3 * p,)}
     refs = {s: ckpt.tensors[f"transformer.h.1.attn.c_attn.{s}"] for s in ("weight", "bias")}
-    out = dense.DENSE.outputs(c_attn, 1, refs, "BF16")
+    out = dense.DENSE.outputs(c_attn, 1, refs, "BF16", LLAMA)
     assert [(t.name, t.row_start, t.row_stop, t.source.name) for t in out] == [
         (f"model.layers.1.self_attn.{x}_proj.{s}", k * p, (k + 1) * p, f"transformer.h.1.attn.c_attn.{s}")
         for s in ("weight", "bias") for k, x in enumerate("qkv")]
-    (o_weight, o_bias) = dense.DENSE.outputs(c_proj, 0,
-                                             {"weight": ckpt.tensors["transformer.h.0.attn.c_proj.weight"]},
-                                             "BF16")
+    o_proj = {"weight": ckpt.tensors["transformer.h.0.attn.c_proj.weight"]}
+    (o_weight, o_bias) = dense.DENSE.outputs(c_proj, 0, o_proj, "BF16", LLAMA)
+    assert [t.name for t in dense.DENSE.outputs(c_proj, 0, o_proj, "BF16", QWEN2)] == [o_weight.name]
     assert o_weight.name == "model.layers.0.self_attn.o_proj.weight" and o_weight.is_byte_copy
     assert (o_bias.name, o_bias.source, o_bias.shape) == ("model.layers.0.self_attn.o_proj.bias", None,
                                                           (ckpt.config.hidden_size,))

@@ -146,9 +146,9 @@ class Renamed(Dense):
     def stored(self, module, sizes):
         return {("w" if k == "weight" else k): v for k, v in super().stored(module, sizes).items()}
 
-    def outputs(self, module, layer, refs, dtype):
+    def outputs(self, module, layer, refs, dtype, target):
         return super().outputs(module, layer, {("weight" if k == "w" else k): v for k, v in refs.items()},
-                               dtype)
+                               dtype, target)
 
     def output_config(self):
         return {"exported_by": "toy"}

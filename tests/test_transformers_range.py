@@ -1,8 +1,8 @@
-"""The transformers releases pyproject.toml admits load the converted folder with
-AutoModelForCausalLM / AutoTokenizer and compute the Qwen reference's function: the oldest allowed
-(the floor, 4.45.0), the last 4.x (4.57.6) and the installed 5.x. Each older release is
-installed once with pip into ~/.cache/qwen2llama (about 110 MB) and put first on PYTHONPATH for a
-child process; a folder with gate/up swapped must fail the same comparison."""
+"""The transformers releases pyproject.toml admits load the converted folder, in both layouts (--target
+llama and qwen2), with AutoModelForCausalLM / AutoTokenizer and compute the Qwen reference's
+function: the oldest allowed (the floor, 4.45.0), the last 4.x (4.57.6) and the installed 5.x. Each
+older release is installed once with pip into ~/.cache/qwen2llama (about 110 MB) and put first on
+PYTHONPATH for a child process; a folder with gate/up swapped must fail the same comparison."""
 from __future__ import annotations
 
 import sys
@@ -17,9 +17,10 @@ from overlay import transformers_overlay  # noqa: E402
 pytestmark = pytest.mark.slow
 
 
-@pytest.fixture(scope="module")
-def case(tmp_path_factory):
-    return prepare_case(tmp_path_factory.mktemp("range") / "case", preset="tiny")
+@pytest.fixture(scope="module", params=["llama", "qwen2"])
+def case(request, tmp_path_factory):
+    """The folder in each output layout (--target)."""
+    return prepare_case(tmp_path_factory.mktemp("range") / "case", preset="tiny", target=request.param)
 
 
 @pytest.mark.parametrize("version", ["4.45.0", "4.57.6", "installed"])

@@ -56,12 +56,23 @@ def test_cli_exit_codes_and_report(sources, converted, tmp_path):
     assert missing.exit_code == 2 and "Traceback" not in missing.output
 
 
+@pytest.fixture(scope="module")
+def converted_qwen2(sources, tmp_path_factory):
+    """st-single-bf16 in the Qwen2 layout (--target qwen2)."""
+    from qwen2llama.convert import convert
+
+    out = tmp_path_factory.mktemp("qwen2") / "out"
+    convert(sources["st-single-bf16"], out, target="qwen2")
+    return out
+
+
 @pytest.mark.slow
+@pytest.mark.parametrize("target", ["llama", "qwen2"])
 @pytest.mark.parametrize("defect", list(DEFECTS))
-def test_planted_defect_fails(defect, sources, converted, tmp_path):
+def test_planted_defect_fails(defect, target, sources, converted, converted_qwen2, tmp_path):
     plant, must_fail = DEFECTS[defect]
     folder = tmp_path / "planted"
-    shutil.copytree(converted["st-single-bf16"], folder)
+    shutil.copytree(converted["st-single-bf16"] if target == "llama" else converted_qwen2, folder)
     plant(folder)
     rehash(folder)
     result = verify(sources["st-single-bf16"], folder, quick=True)

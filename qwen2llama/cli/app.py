@@ -16,6 +16,7 @@ from rich.console import Console
 from .. import __version__
 from ..errors import Qwen2LlamaError
 from ..interrupts import release
+from ..targets import TARGETS
 from . import render
 
 app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False,
@@ -38,6 +39,10 @@ DequantizeOpt = Annotated[Optional[str], typer.Option(
 KindOpt = Annotated[str, typer.Option("--kind",
                                       help="auto | chat | base: chat models also stop on <|im_end|>.")]
 ShardSizeOpt = Annotated[str, typer.Option("--shard-size", help="Largest shard, e.g. 5GB, 500MB, 2GiB.")]
+TargetOpt = Annotated[str, typer.Option(
+    "--target", help="The output layout: "
+                     + ", ".join(f"{t.name} ({t.architecture})" for t in TARGETS.values())
+                     + " (the README's table says which runtime loads which best).")]
 ForceOpt = Annotated[bool, typer.Option("--force", help="Replace DST, once the new one is complete.")]
 QuickOpt = Annotated[bool, typer.Option("--quick", help="Short prompt set, no long-context probe.")]
 ReportOpt = Annotated[Optional[Path], typer.Option("--report",

@@ -9,7 +9,7 @@ import typer
 
 from . import render
 from ..paths import check_file_output, reads_of
-from .app import (BaseOpt, DtypeOpt, KindOpt, QuickOpt, ShardSizeOpt, command, err, out)
+from .app import BaseOpt, DtypeOpt, KindOpt, QuickOpt, ShardSizeOpt, TargetOpt, command, err, out
 
 
 @command
@@ -21,7 +21,7 @@ def batch(srcs: Annotated[Optional[list[str]], typer.Argument(
           out_root: Annotated[Optional[Path], typer.Option(
               "--out-root", help="Folder for the outputs, named by the rule in the README.")] = None,
           shard_size: ShardSizeOpt = "5GB", dtype: DtypeOpt = None, kind: KindOpt = "auto",
-          base: BaseOpt = None,
+          base: BaseOpt = None, target: TargetOpt = "llama",
           workers: Annotated[int, typer.Option(
               "--jobs", help="Jobs converting at once (verify runs one at a time).")] = 1,
           shard: Annotated[Optional[str], typer.Option(
@@ -47,7 +47,7 @@ def batch(srcs: Annotated[Optional[list[str]], typer.Argument(
     """
     from .. import batch as jobs_mod
     from .. import summary as summary_mod
-    from ..convert import Options
+    from ..options import ConvertOptions
 
     def check_reports(reads: list[Path], outputs: list[Path]) -> None:
         """--summary and --junit: under the path rule, and never inside a job's output folder."""
@@ -59,7 +59,7 @@ def batch(srcs: Annotated[Optional[list[str]], typer.Argument(
         check_reports(reads_of(*(srcs or [])), [])
         results, where = summary_mod.read_summaries([Path(p) for p in srcs or []]), None
     else:
-        jobs = jobs_mod.collect(srcs or [], jobs_file, out_root, Options(shard_size, dtype, kind, base=base))
+        jobs = jobs_mod.collect(srcs or [], jobs_file, out_root, ConvertOptions.pick(locals()))
         check_reports(jobs_mod.sources_of(jobs) + reads_of(jobs_file), [j.out for j in jobs])
         where = jobs_mod.parse_shard(shard) if shard else jobs_mod.shard_from_env()
         results = _run(jobs, where, workers=workers, verify=verify, quick=quick, force=force)

@@ -10,7 +10,7 @@ from ..errors import InputError
 from . import render
 from .app import (BaseOpt, DequantizeOpt, Dst, DtypeOpt, ForceOpt, GoldenOpt, GreedyOpt, JunitOpt, KindOpt,
                   LongPromptOpt, PromptsOpt,
-                  QuickOpt, ReportOpt, ShardSizeOpt, Src, command, err, out)
+                  QuickOpt, ReportOpt, ShardSizeOpt, Src, TargetOpt, command, err, out)
 
 
 @command
@@ -18,11 +18,12 @@ def inspect(src: Src, shard_size: ShardSizeOpt = "5GB", dtype: DtypeOpt = None, 
             base: BaseOpt = None,
             tensors: Annotated[bool, typer.Option(
                 "--tensors", help="List every output tensor and its source.")] = False,
-            dequantize: DequantizeOpt = None):
+            dequantize: DequantizeOpt = None, target: TargetOpt = "llama"):
     """Show what was detected and the conversion plan, without writing anything."""
-    from ..convert import Options, prepare
+    from ..convert import prepare
+    from ..options import ConvertOptions
 
-    prepared = prepare(src, Options(shard_size, dtype, kind, base=base, dequantize=dequantize))
+    prepared = prepare(src, ConvertOptions.pick(locals()))
     render.plan(out, prepared)
     if tensors:
         render.plan_tensors(out, prepared)
@@ -47,7 +48,7 @@ def convert(src: Src, dst: Dst, shard_size: ShardSizeOpt = "5GB", dtype: DtypeOp
                 help="Also record a golden file here, with the digests of the files written.")] = None,
             dry_run: Annotated[bool, typer.Option(
                 "--dry-run", help="Check everything and print the plan; write nothing.")] = False,
-            dequantize: DequantizeOpt = None,
+            dequantize: DequantizeOpt = None, target: TargetOpt = "llama",
             adapter: Annotated[Optional[Path], typer.Option(
                 "--adapter", help="A PEFT LoRA adapter trained on SRC: converted too (or folded in "
                                   "with --merge).")]
@@ -58,7 +59,8 @@ def convert(src: Src, dst: Dst, shard_size: ShardSizeOpt = "5GB", dtype: DtypeOp
             merge: Annotated[bool, typer.Option(
                 "--merge", help="Fold --adapter into the weights instead (for runtimes without LoRA); use "
                                 "--dtype float32 for an exact result.")] = False):
-    """Convert SRC into a LLaMA checkpoint in DST, then verify it (unless --no-verify).
+    """Convert SRC into a LLaMA (or, with --target qwen2, Qwen2) checkpoint in DST, then verify it
+    (unless --no-verify).
 
     Example: qwen2llama convert ./Qwen-7B-Chat ./Qwen-7B-Chat-llama --shard-size 2GB
     """
@@ -67,7 +69,7 @@ def convert(src: Src, dst: Dst, shard_size: ShardSizeOpt = "5GB", dtype: DtypeOp
     if merge and adapter is None:
         raise InputError("--merge needs --adapter", fix="give the PEFT adapter folder with --adapter")
     reports_need_verify(verify, report, junit)
-    options = pipeline.Options(shard_size, dtype, kind, force, checksums, base, hash, dequantize)
+    options = pipeline.ConvertOptions.pick(locals())
     checks = pipeline.VerifyOptions(quick=quick, report=report, junit=junit) if verify else None
     step = pipeline.AdapterStep(adapter, adapter_out, merge) if adapter is not None else None
     run = pipeline.plan(src, dst, options, checks, golden=golden, adapter=step)  # every check, early
@@ -108,13 +110,15 @@ def _golden_line(path: Path, meta: dict) -> None:
 def golden(src: Src, file: Annotated[Path, typer.Argument(help="The golden file to write (safetensors).")],
            prompts: PromptsOpt = None, quick: QuickOpt = False, long_prompt: LongPromptOpt = None,
            base: BaseOpt = None, dtype: DtypeOpt = None, dequantize: DequantizeOpt = None,
+           target: TargetOpt = "llama",
            force: Annotated[bool, typer.Option("--force", help="Replace FILE if it exists.")] = False):
     """Record what `verify OUT --golden FILE` needs from the Qwen reference on SRC, so that CI can
     verify a converted folder without the source checkpoint. --dtype / --dequantize: the tensor
-    digests describe the conversion made with the same option."""
+    digests describe the conversion made with the same option, and --target for that layout."""
     from ..pipeline import write_golden
 
-    meta = write_golden(src, file, base=base, dtype=dtype, dequantize=dequantize, force=force, quick=quick,
+    meta = write_golden(src, file, base=base, dtype=dtype, dequantize=dequantize, target=target, force=force,
+                        quick=quick,
                         prompts=prompts, long_prompt=long_prompt, progress=render.TerminalProgress(err))
     _golden_line(file, meta)
 

@@ -78,11 +78,12 @@ def plan(console: Console, prepared) -> None:
                   f"{c.use_dynamic_ntk}, "
                   f"logn {c.use_logn_attn}")
     console.print(f"kind:    {'chat' if prepared.chat else 'base'} ({prepared.chat_reason})")
+    console.print(f"layout:  {p.target.architecture} (--target {p.target.name})")
     q = ckpt.quantization
     if q is not None:
         console.print(f"quant:   GPTQ {q.bits}-bit, group_size {q.group_size}, desc_act {q.desc_act} "
                       f"({q.path.name}); "
-                      + ("written as a LLaMA GPTQ folder" if p.quantized else
+                      + ("written as a GPTQ folder" if p.quantized else
                          f"dequantized to {NAME_OF[p.dtype]} (--dequantize)"))
     kinds = Counter(t.kind for t in p.tensors)
     columns, zeros, casts = kinds["columns"], kinds["zeros"], kinds["cast"]
@@ -90,14 +91,14 @@ def plan(console: Console, prepared) -> None:
     computed = Counter(t.derived.label for t in p.tensors if t.kind == "computed")
     kinds = [f"{copies} byte copies" + (f" ({columns} by columns)" if columns else ""),
              f"{casts} cast to {NAME_OF[p.dtype]}"] + [f"{n} {label}" for label, n in computed.items()] + \
-        [f"{zeros} zero biases" + ("" if p.mlp_bias else " (o_proj)")]
+        ([f"{zeros} zero biases" + ("" if p.mlp_bias else " (o_proj)")] if zeros else [])
     console.print(f"output:  {len(p.tensors)} tensors ({', '.join(kinds)}), {p.total_bytes / 1e9:.3f} GB "
                   f"in {len(prepared.shards)} shard(s)")
     if p.dropped:
         console.print(f"dropped: {', '.join(p.dropped)} (buffers, not weights)")
     if p.zero_dropped:
-        console.print(f"dropped: {len(p.zero_dropped)} all-zero MLP biases a quantizer stored "
-                      "(LLaMA has none; verify re-reads them)")
+        console.print(f"dropped: {len(p.zero_dropped)} all-zero biases a quantizer stored "
+                      f"({p.target.label} has none there; verify re-reads them)")
     if p.mlp_bias:
         console.print("biases:  the source's MLP biases are not all zero: written, with mlp_bias true "
                       "(zeros where a linear has none)")

@@ -71,20 +71,24 @@ class Dense:
         """JSON files the output folder gets from the format, by name."""
         return {}
 
-    def for_source(self, found: dict) -> Dense:
+    def for_source(self, found: dict, target) -> Dense:
         return self
 
-    def dropped(self, found: dict) -> list[TensorRef]:
+    def dropped(self, found: dict, target) -> list[TensorRef]:
         return []
 
     def stored(self, module: Module, sizes: dict[str, int]) -> dict[str, Stored]:
         return stored(module, sizes)
 
     def outputs(self, module: Module, layer: int | None, refs: dict[str, TensorRef],
-                dtype: str) -> list[OutputTensor]:
+                dtype: str, target) -> list[OutputTensor]:
+        """Rows of each stored tensor; zeros where the target has a bias Qwen lacks (every target
+        holds the biases Qwen stores: q/k/v's)."""
         tensors = [t for suffix in ("weight", "bias") if suffix in refs
                    for t in split_rows(module, layer, suffix, refs[suffix], dtype)]
-        return tensors + zero_biases(module, layer, refs["weight"].shape[0], dtype)
+        if "bias" in refs:
+            return tensors
+        return tensors + zero_biases(module, layer, refs["weight"].shape[0], dtype, target)
 
 
 DENSE = Dense()

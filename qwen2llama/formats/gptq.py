@@ -5,10 +5,11 @@ as stored (AutoGPTQ: float16; gptqmodel: the model's dtype, bf16 beside float16 
 --dtype casts it. With `dequantize`, the linears are written as dense weights instead.
 
 AutoGPTQ builds every quantized linear with a bias, so its files carry one on `attn.c_proj`,
-`mlp.w1`, `mlp.w2` and `mlp.c_proj` too (zeros where the float layer had none). c_proj's becomes
-`o_proj.bias` (LLaMA has that slot with `attention_bias: true`); the MLP's are dropped when every
-one is zero (the tensors check re-reads them), else all written, with `mlp_bias: true` and zeros
-for a linear that has none.
+`mlp.w1`, `mlp.w2` and `mlp.c_proj` too (zeros where the float layer had none). Where the target
+has a slot, a stored bias is written (LLaMA's o_proj, with `attention_bias: true`); the MLP's are
+dropped when every one is zero (the tensors check re-reads them), else all written, with
+`mlp_bias: true` and zeros for a linear that has none. A bias the target has no slot for (Qwen2's
+o_proj and MLP) is dropped when zero, and refused when not.
 """
 from __future__ import annotations
 
@@ -75,8 +76,12 @@ class Dequantized:
 
 
 def _mlp(module: Module) -> bool:
-    """A block linear that neither Qwen nor LLaMA gives a bias (w1, w2, mlp.c_proj)."""
-    return module.role == "linear" and not module.bias and not any(s.zero_bias for s in module.into)
+    """A linear of the MLP (w1, w2, mlp.c_proj): Qwen gives none of them a bias."""
+    return module.role == "linear" and ".mlp." in module.qwen
+
+
+def _holds_bias(module: Module, target, mlp_bias: bool) -> bool:
+    return all(target.has_bias(s.llama, mlp_bias) for s in module.into)
 
 
 @dataclass(frozen=True)
@@ -147,17 +152,25 @@ class Gptq:
         """Without --dtype each tensor keeps its stored type (mixed types are how quantizers write)."""
         return self.quantized
 
-    def for_source(self, found: dict) -> Gptq:
+    def for_source(self, found: dict, target) -> Gptq:
         """This format with the MLP-bias decision for the source's tensors (whose `g_idx` must
-        index existing groups: a value out of range would crash, or write a wrong model)."""
+        index existing groups: a value out of range would crash, or write a wrong model); a
+        non-zero bias the target has no slot for is bad input."""
         for refs in found.values():
             if "g_idx" in refs:
                 _check_groups(refs["g_idx"], refs["scales"].shape[0])
-        return replace(self, mlp_bias=any(_nonzero(ref) for ref in _mlp_biases(found)))
+        decided = replace(self, mlp_bias=any(_nonzero(ref) for ref in _mlp_biases(found)))
+        for ref in decided.dropped(found, target):
+            if _nonzero(ref):
+                raise target.refuse(f"{ref.name} is not all zero, and {target.label} has no bias there",
+                                    path=ref.file)
+        return decided
 
-    def dropped(self, found: dict) -> list[TensorRef]:
-        """Stored tensors the output leaves out because they are zero: the MLP's biases, unless mlp_bias."""
-        return [] if self.mlp_bias else _mlp_biases(found)
+    def dropped(self, found: dict, target) -> list[TensorRef]:
+        """Stored biases the output leaves out, where the target has no slot for them: the MLP's
+        unless mlp_bias (and, for Qwen2, c_proj's); each must be zero (for_source, the tensors check)."""
+        return [refs["bias"] for (qwen, _), refs in found.items()
+                if "bias" in refs and not _holds_bias(BY_QWEN[qwen], target, self.mlp_bias)]
 
     def stored(self, module: Module, sizes: dict[str, int]) -> dict[str, Stored]:
         if module.role != "linear":
@@ -172,21 +185,20 @@ class Gptq:
                 "bias": Stored((out_f,), optional=not module.bias)}
 
     def outputs(self, module: Module, layer: int | None, refs: dict[str, TensorRef],
-                dtype: str | None) -> list[OutputTensor]:
+                dtype: str | None, target) -> list[OutputTensor]:
         """`dtype`: of the dense tensors, None to keep each as stored."""
         if module.role != "linear":
-            return DENSE.outputs(module, layer, refs, dtype)
+            return DENSE.outputs(module, layer, refs, dtype, target)
         out_f = refs["scales"].shape[1]
         tensors = self._dense(module, layer, refs,
                               dtype) if self.dequantize else self._packed(module, layer, refs)
         dense_dtype = self.dequantize or dtype
-        has_slot = not _mlp(module) or self.mlp_bias  # LLaMA has a bias here
-        if "bias" in refs and has_slot:
+        if "bias" in refs and _holds_bias(module, target, self.mlp_bias):
             return tensors + split_rows(module, layer, "bias", refs["bias"], dense_dtype)
         if "bias" in refs:
-            return tensors  # a zero MLP bias: dropped (Gptq.dropped)
-        return tensors + zero_biases(module, layer, out_f, dense_dtype or refs["scales"].dtype,
-                                     every=_mlp(module) and self.mlp_bias)
+            return tensors  # a zero bias without a slot: dropped (Gptq.dropped)
+        return tensors + zero_biases(module, layer, out_f, dense_dtype or refs["scales"].dtype, target,
+                                     self.mlp_bias)
 
     def _packed(self, module: Module, layer: int | None, refs: dict[str, TensorRef]) -> list[OutputTensor]:
         tensors = []

@@ -18,9 +18,9 @@ def split_rows(module: Module, layer: int | None, suffix: str, ref: TensorRef,
     return tensors
 
 
-def zero_biases(module: Module, layer: int | None, out_features: int, dtype: str, every: bool = False
-                ) -> list[OutputTensor]:
-    """The biases LLaMA expects where Qwen has none (o_proj; with `every`, each LLaMA module:
-    `mlp_bias: true` gives gate/up/down biases), as zeros."""
+def zero_biases(module: Module, layer: int | None, out_features: int, dtype: str, target,
+                mlp_bias: bool = False) -> list[OutputTensor]:
+    """The biases the target expects where the source stores none, as zeros (LLaMA's o_proj; with
+    `mlp_bias`, gate/up/down too)."""
     return [OutputTensor(f"{name_at(s.llama, layer)}.bias", dtype, (out_features // s.count,), None)
-            for s in module.into if s.zero_bias or every]
+            for s in module.into if target.has_bias(s.llama, mlp_bias)]

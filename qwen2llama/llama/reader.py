@@ -1,8 +1,9 @@
-"""A LLaMA folder as transformers sees it: config, weight shards, decoder layers.
+"""A converted folder as transformers sees it: config, weight shards, decoder layers.
 
-The LLaMA side of `verify` runs transformers' own `LlamaDecoderLayer`, `LlamaRMSNorm` and
-rotary embedding on the folder's weights, one layer at a time. Folders from other converters
-are read too: safetensors or `.bin` shards (through the restricted reader, never unpickled).
+The output side of `verify` runs transformers' own decoder layer, RMSNorm and rotary embedding
+of the folder's layout (the target's classes: LLaMA's or Qwen2's) on the folder's weights, one
+layer at a time. Folders from other converters are read too: safetensors or `.bin` shards
+(through the restricted reader, never unpickled).
 """
 from __future__ import annotations
 
@@ -23,23 +24,22 @@ def read_output_tensors(folder: Path) -> dict[str, TensorRef]:
     return weights.tensors
 
 
-class LlamaSide:
-    """transformers' LLaMA modules over a converted folder, loaded layer by layer in float32."""
+class OutputSide:
+    """transformers' modules of the target's layout over a converted folder, loaded layer by
+    layer in float32."""
 
-    def __init__(self, folder: Path):
-        from transformers import LlamaConfig
-        from transformers.models.llama.modeling_llama import LlamaRotaryEmbedding
-
-        self.folder = folder
+    def __init__(self, folder: Path, target):
+        config_class, self._layer_class, self._norm_class, rotary_class = target.transformers
+        self.folder, self.target = folder, target
         self.tensors = read_output_tensors(folder)
         try:
-            self.config = LlamaConfig.from_pretrained(folder)
+            self.config = config_class.from_pretrained(folder)
         except Exception as exc:
             raise InputError(f"transformers cannot read config.json ({exc})"[:400],
                              path=folder / "config.json",
                              fix="convert again") from None
         self.config._attn_implementation = "sdpa"
-        self.rotary = LlamaRotaryEmbedding(self.config)
+        self.rotary = rotary_class(self.config)
 
     def tensor(self, name: str, start: int | None = None, stop: int | None = None) -> torch.Tensor:
         """Rows [start, stop) of a tensor (all of it by default), in float32."""
@@ -56,8 +56,6 @@ class LlamaSide:
         return quant.get("bits") if isinstance(quant, dict) else None
 
     def layer(self, i: int):
-        from transformers.models.llama.modeling_llama import LlamaDecoderLayer
-
         prefix = f"model.layers.{i}."
         names = [n for n in self.tensors if n.startswith(prefix)]
         if self.gptq_bits is not None:
@@ -69,7 +67,7 @@ class LlamaSide:
         else:
             weights = {n[len(prefix):]: self.tensor(n) for n in names}
         with torch.device("meta"):
-            layer = LlamaDecoderLayer(self.config, layer_idx=i)
+            layer = self._layer_class(self.config, layer_idx=i)
         layer.load_state_dict(weights, strict=True, assign=True)
         return layer.float().eval()
 
@@ -81,9 +79,7 @@ class LlamaSide:
         return (out[0] if isinstance(out, tuple) else out)[0]
 
     def final_norm(self, x: torch.Tensor) -> torch.Tensor:
-        from transformers.models.llama.modeling_llama import LlamaRMSNorm
-
-        norm = LlamaRMSNorm(self.config.hidden_size, eps=self.config.rms_norm_eps)
+        norm = self._norm_class(self.config.hidden_size, eps=self.config.rms_norm_eps)
         norm.weight.data = self.tensor("model.norm.weight")
         with torch.no_grad():
             return norm(x)
@@ -92,7 +88,7 @@ class LlamaSide:
 def dequantize_by_bytes(qweight: torch.Tensor, qzeros: torch.Tensor, scales: torch.Tensor,
                         g_idx: torch.Tensor,
                         bits: int) -> torch.Tensor:
-    """A LLaMA GPTQ linear as a dense [out, in] float32 weight, read through the little-endian
+    """A GPTQ linear of the output as a dense [out, in] float32 weight, read through the little-endian
     bytes of the packed words (8 bits: one value per byte; 4 bits: low nibble first), a path
     apart from the converter's shifts and the reference's element formula."""
     def values(words: torch.Tensor) -> torch.Tensor:  # [n, m] words -> [n, m, per] values, lowest first

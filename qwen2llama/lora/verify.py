@@ -1,12 +1,12 @@
 """Verify a converted LoRA adapter: Qwen reference with the Qwen adapter merged in (its own code,
-in Qwen's terms) against transformers' LlamaForCausalLM on the converted base with PEFT's own
-`PeftModel.from_pretrained` on the converted adapter, in float32.
+in Qwen's terms) against the transformers model class of the converted base's layout (targets/)
+with PEFT's own `PeftModel.from_pretrained` on the converted adapter, in float32.
 
 Checks: integrity (conversion.json digests), tensors (every factor a bit-exact copy or row range),
 config (every part of every adapted Qwen module has a LoRA layer in the model PEFT built from
 the converted adapter_config.json, with the Qwen module's scaling, read off PEFT's layers), logits
 (max |Δlogit|, KL, top-1, greedy, as for models). The whole
-LLaMA base is loaded (PEFT wraps a model object): memory is the base in float32.
+converted base is loaded (PEFT wraps a model object): memory is the base in float32.
 """
 from __future__ import annotations
 
@@ -79,15 +79,22 @@ def _peft_model(llama_base: Path, llama_adapter: Path):
     except ImportError:
         raise InputError("verifying an adapter needs PEFT",
                          fix="pip install 'qwen2llama[adapters]' (peft)") from None
-    from transformers import LlamaForCausalLM
     from transformers.utils import logging
+
+    from ..jsonfile import read_object
+    from ..targets import for_config
+
+    # the base's own layout (LLaMA or Qwen2), as its config.json names it
+    raw = read_object(Path(llama_base) / "config.json", what="is missing or not a JSON object",
+                      fix="give the folder qwen2llama convert wrote")
+    model_class = for_config(raw).model_class()
 
     logging.set_verbosity_error()
     logging.disable_progress_bar()
 
     with warnings.catch_warnings():  # transformers' deprecation notices about PEFT's calls
         warnings.simplefilter("ignore", FutureWarning)
-        model = LlamaForCausalLM.from_pretrained(llama_base, dtype=torch.float32)
+        model = model_class.from_pretrained(llama_base, dtype=torch.float32)
         return PeftModel.from_pretrained(model, llama_adapter).eval()
 
 

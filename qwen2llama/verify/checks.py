@@ -5,26 +5,29 @@ from __future__ import annotations
 
 import resource
 import time
-from dataclasses import replace
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 from .. import manifest
 from ..errors import InputError
 from ..jsonfile import read_object
-from ..llama.reader import LlamaSide, read_output_tensors
+from ..llama.reader import OutputSide, read_output_tensors
 from ..plan import map_source
 from ..reference import has_mlp_bias
 from ..progress import NullProgress, Progress
 from ..lora.read import QwenAdapter, open_adapter
 from ..qwen.checkpoint import Checkpoint, detect_chat
 from ..sources import open_source
+from ..targets import DEFAULT as DEFAULT_TARGET
+from ..targets import for_config
 from .config import check_config
 from .integrity import check_integrity
 from .logits import check_logits
 from .prompts import load_prompts, tiktoken_encoder
-from .report import VerifyOptions, VerifyResult, check, with_fixes
+from .report import CHECKS, VerifyOptions, VerifyResult, check, with_fixes
 from .tensors import check_tensors
 from .tokenizer import check_tokenizer
+
 
 def _read_config(dst: Path) -> dict:
     if not dst.is_dir():
@@ -58,15 +61,72 @@ def _is_chat(dst: Path, ckpt: Checkpoint) -> bool:
     return detect_chat(ckpt)[0] if chat is None else chat
 
 
+# The one declaration of the checks: their order, and what progress says as each starts. Both ways
+# of verifying (against the source, against a golden file) run exactly these, in this order.
+STEPS = (("integrity", "checking file hashes"), ("tensors", "comparing tensors"), ("config", None),
+         ("tokenizer", "comparing tokenizers"), ("logits", None))
+assert tuple(name for name, _ in STEPS) == CHECKS
+
+
+def _run(subject, progress: Progress) -> dict[str, dict]:
+    """Every check of STEPS, by the subject's method of that name (which sees the verdicts so far)."""
+    checks: dict[str, dict] = {}
+    for name, note in STEPS:
+        if note is not None:
+            progress.note(note)
+        checks[name] = getattr(subject, name)(checks)
+    return checks
+
+
+@dataclass
+class _AgainstSource:
+    """The checks of a converted folder against its Qwen checkpoint."""
+
+    ckpt: Checkpoint
+    dst: Path
+    raw: dict
+    dst_tensors: dict
+    options: VerifyOptions
+    adapter: QwenAdapter | None
+    progress: Progress
+
+    def __post_init__(self):
+        self.target = for_config(self.raw)
+        self.texts, self.chats = load_prompts(self.options.prompts, self.options.quick)
+        self.encode = tiktoken_encoder(self.ckpt.vocab)
+
+    def integrity(self, checks):
+        return check_integrity(self.dst)
+
+    def tensors(self, checks):
+        return check_tensors(self.ckpt, self.dst_tensors, quantized="quantization_config" in self.raw,
+                             adapter=self.adapter, target=self.target)
+
+    def config(self, checks):
+        self.side = OutputSide(self.dst, self.target)
+        q = self.ckpt.quantization
+        return check_config(self.ckpt.config, self.side.config, self.raw, self.target,
+                            q.output_config() if q else None, mlp_bias=has_mlp_bias(self.ckpt))
+
+    def tokenizer(self, checks):
+        return check_tokenizer(self.dst, self.encode, self.texts, self.chats, _is_chat(self.dst, self.ckpt))
+
+    def logits(self, checks):
+        o = self.options
+        return check_logits(self.ckpt, self.side, self.encode, self.texts, self.chats, quick=o.quick,
+                            lossy=bool(checks["tensors"].get("lossy_cast")), greedy_tokens=o.greedy_tokens,
+                            progress=self.progress, long_prompt=o.long_prompt, adapter=self.adapter)
+
+
 def verify(src: str | Path | Checkpoint, dst: str | Path, options: VerifyOptions | None = None, *,
            base: str | Path | None = None, adapter=None, progress: Progress | None = None,
            display: Path | None = None, **settings) -> VerifyResult:
     """Run every check of `dst` against `src` (a folder, a hub id, or an opened checkpoint); never
     raises for a failed check (see raise_if_failed). `options` (or its fields as keywords, e.g.
     quick=True) say which prompts; `adapter` (a folder or QwenAdapter): `dst` was written with this
-    LoRA adapter merged in (`convert --adapter --merge`)."""
+    LoRA adapter merged in (`convert --adapter --merge`). The folder's config.json says its layout
+    (targets/); transformers' classes of that layout are the consumer checked."""
     options = replace(options or VerifyOptions(), **settings)
-    quick = options.quick
     progress = progress or NullProgress()
     t0 = time.perf_counter()
     ckpt = src if isinstance(src, Checkpoint) else open_source(src, base)
@@ -78,33 +138,62 @@ def verify(src: str | Path | Checkpoint, dst: str | Path, options: VerifyOptions
     raw = _read_config(dst)
     dst_tensors = read_output_tensors(dst)
     _same_model(ckpt, dst_tensors, dst)
-    texts, chats = load_prompts(options.prompts, quick)
-    encode = tiktoken_encoder(ckpt.vocab)
-    checks: dict[str, dict] = {}
-    progress.note("checking file hashes")
-    checks["integrity"] = check_integrity(dst)
-    progress.note("comparing tensors")
-    checks["tensors"] = check_tensors(ckpt, dst_tensors, quantized="quantization_config" in raw,
-                                      adapter=adapter)
-    side = LlamaSide(dst)
-    checks["config"] = check_config(ckpt.config, side.config, raw,
-                                    ckpt.quantization.output_config() if ckpt.quantization else None,
-                                    mlp_bias=has_mlp_bias(ckpt))
-    progress.note("comparing tokenizers")
-    checks["tokenizer"] = check_tokenizer(dst, encode, texts, chats, _is_chat(dst, ckpt))
-    checks["logits"] = check_logits(ckpt, side, encode, texts, chats, quick=quick,
-                                    lossy=bool(checks["tensors"].get("lossy_cast")),
-                                    greedy_tokens=options.greedy_tokens, progress=progress,
-                                    long_prompt=options.long_prompt, adapter=adapter)
-    return _result(checks, str(ckpt.folder), display or dst, quick, t0)
+    checks = _run(_AgainstSource(ckpt, dst, raw, dst_tensors, options, adapter, progress), progress)
+    return _result(checks, str(ckpt.folder), display or dst, options.quick, t0)
+
+
+@dataclass
+class _AgainstGolden:
+    """The checks of a converted folder against a golden file: everything that needs no source."""
+
+    golden: object  # verify/golden.Golden
+    dst: Path
+    raw: dict
+    dst_tensors: dict
+    progress: Progress
+
+    def __post_init__(self):
+        self.target = for_config(self.raw)
+        self.against = {"against": str(self.golden.path)}
+
+    def integrity(self, checks):
+        from .replay import check_integrity_golden
+
+        return check_integrity_golden(self.golden, self.dst) or {**check_integrity(self.dst), **self.against}
+
+    def tensors(self, checks):
+        from . import golden as golden_mod
+        from .digests import check_tensors_golden
+
+        if self.golden.meta.get("tensor_digests"):
+            return check_tensors_golden(self.golden.meta["tensor_digests"], self.dst_tensors,
+                                        str(self.golden.path), self.progress)
+        note = f"against a golden file: {golden_mod.OLDER}"
+        return check(None, note, note=note, **self.against)
+
+    def config(self, checks):
+        self.side = OutputSide(self.dst, self.target)
+        meta = self.golden.meta
+        return {**check_config(self.golden.config, self.side.config, self.raw, self.target,
+                               meta.get("quantization"), mlp_bias=meta.get("mlp_bias", False),
+                               recorded_target=meta.get("target", DEFAULT_TARGET)), **self.against}
+
+    def tokenizer(self, checks):
+        meta = self.golden.meta
+        texts, chats = meta["prompt_set"]["texts"], meta["prompt_set"]["chats"]
+        return {**check_tokenizer(self.dst, self.golden.encode, texts, chats, meta["chat"]), **self.against}
+
+    def logits(self, checks):
+        from .replay import check_logits_golden
+
+        return check_logits_golden(self.golden, self.side, self.progress)
 
 
 def verify_golden(dst: str | Path, golden_file: str | Path, *, progress: Progress | None = None,
                   display: Path | None = None) -> VerifyResult:
     """Every check that needs no source, against a golden file (see verify/golden.py)."""
     from . import golden as golden_mod
-    from .digests import check_tensors_golden
-    from .replay import check_integrity_golden, check_logits_golden, check_same_model
+    from .replay import check_same_model
 
     progress = progress or NullProgress()
     t0 = time.perf_counter()
@@ -113,22 +202,6 @@ def verify_golden(dst: str | Path, golden_file: str | Path, *, progress: Progres
     raw = _read_config(dst)
     dst_tensors = read_output_tensors(dst)
     check_same_model(golden, dst_tensors, dst)
-    against = {"against": str(golden.path)}
-    checks: dict[str, dict] = {}
-    progress.note("checking file hashes")
-    checks["integrity"] = check_integrity_golden(golden, dst) or {**check_integrity(dst), **against}
-    if golden.meta.get("tensor_digests"):
-        checks["tensors"] = check_tensors_golden(golden.meta["tensor_digests"], dst_tensors, str(golden.path),
-                                                 progress)
-    else:
-        note = f"against a golden file: {golden_mod.OLDER}"
-        checks["tensors"] = check(None, note, note=note, **against)
-    side = LlamaSide(dst)
-    checks["config"] = {**check_config(golden.config, side.config, raw, golden.meta.get("quantization"),
-                                       mlp_bias=golden.meta.get("mlp_bias", False)), **against}
-    progress.note("comparing tokenizers")
-    prompt_set = golden.meta["prompt_set"]
-    checks["tokenizer"] = {**check_tokenizer(dst, golden.encode, prompt_set["texts"], prompt_set["chats"],
-                                             golden.meta["chat"]), **against}
-    checks["logits"] = check_logits_golden(golden, side, progress)
-    return _result(checks, f"golden file {golden.path}", display or dst, bool(prompt_set["quick"]), t0)
+    checks = _run(_AgainstGolden(golden, dst, raw, dst_tensors, progress), progress)
+    quick = bool(golden.meta["prompt_set"]["quick"])
+    return _result(checks, f"golden file {golden.path}", display or dst, quick, t0)

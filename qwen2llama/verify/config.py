@@ -1,5 +1,6 @@
-"""Check 3, config: the LLaMA config, as transformers reads it, describes the Qwen network.
-Written independently of `layout.llama_config`, so a wrong value there shows up here."""
+"""Check 3, config: the output's config, as transformers reads it, describes the Qwen network.
+Written independently of the targets' `config()`, so a wrong value there shows up here; only the
+fields that differ between layouts (model_type, where biases are declared) are the target's."""
 from __future__ import annotations
 
 from ..qwen.config import QwenConfig
@@ -27,15 +28,16 @@ def _quantization_failures(raw: dict, source: dict | None) -> list[str]:
     return failures
 
 
-def check_config(q: QwenConfig, c, raw: dict, quantization: dict | None = None,
-                 mlp_bias: bool = False) -> dict:
-    """`c` is transformers' LlamaConfig of the folder, `raw` its config.json as written,
-    `quantization` the source's GPTQ settings (GptqSettings.output_config()), if any; `mlp_bias`:
-    the source's MLP linears carry non-zero biases (a quantizer's), so the output needs them."""
+def check_config(q: QwenConfig, c, raw: dict, target, quantization: dict | None = None,
+                 mlp_bias: bool = False, recorded_target: str | None = None) -> dict:
+    """`c` is transformers' config of the folder (of the `target` layout), `raw` its config.json as
+    written, `quantization` the source's GPTQ settings (GptqSettings.output_config()), if any;
+    `mlp_bias`: the source's MLP linears carry non-zero biases (a quantizer's), so the output needs
+    them; `recorded_target`: the layout a golden file was recorded for."""
     rope = getattr(c, "rope_parameters", None) or {}
     theta = rope.get("rope_theta", getattr(c, "rope_theta", None))
     expect = {
-        "model_type": (raw.get("model_type"), "llama"),
+        **target.expected_config(raw, c, mlp_bias),
         "hidden_size": (c.hidden_size, q.hidden_size),
         "intermediate_size": (c.intermediate_size, q.intermediate_size_written // 2),
         "num_hidden_layers": (c.num_hidden_layers, q.num_layers),
@@ -46,19 +48,19 @@ def check_config(q: QwenConfig, c, raw: dict, quantization: dict | None = None,
         "rope_theta (as transformers reads it)": (theta, q.rotary_emb_base),
         "rope_type": (rope.get("rope_type", "default"), "default"),
         "vocab_size": (c.vocab_size, q.vocab_rows),
-        "attention_bias": (c.attention_bias, True),
-        "mlp_bias": (getattr(c, "mlp_bias", False), mlp_bias),
         "tie_word_embeddings": (raw.get("tie_word_embeddings", True), False),
         "hidden_act": (c.hidden_act, "silu"),
         "bos_token_id": (raw.get("bos_token_id"), ENDOFTEXT_ID),
         "pad_token_id": (raw.get("pad_token_id"), ENDOFTEXT_ID),
     }
+    if recorded_target is not None:
+        expect["layout (as the golden file was recorded)"] = (target.name, recorded_target)
     if "rope_theta" in raw:
         expect["rope_theta (as written)"] = (raw["rope_theta"], q.rotary_emb_base)
     failures = [f"{k}: {got!r}, expected {want!r}" for k, (got, want) in expect.items() if got != want]
     failures += _quantization_failures(raw, quantization)
     if "rope_theta" not in raw and "rope_parameters" not in raw and theta != q.rotary_emb_base:
-        failures.append("config.json has no rope_theta, so LLaMA's default 10000 applies")
+        failures.append(f"config.json has no rope_theta, so {target.short}'s default 10000 applies")
     eos = raw.get("eos_token_id")
     eos_ids = eos if isinstance(eos, list) else [eos]
     if not eos_ids or any(e not in (ENDOFTEXT_ID, IM_END_ID) for e in eos_ids):

@@ -19,6 +19,8 @@ from pathlib import Path
 
 import torch
 
+from ..targets import DEFAULT as DEFAULT_TARGET
+from ..targets import TARGETS
 from .. import __version__
 from ..errors import InputError
 from ..progress import NullProgress
@@ -68,7 +70,6 @@ def record(ckpt, *, prompts: Path | None = None, quick: bool = False, long_promp
 
     progress = progress or NullProgress()
     plan = plan if plan is not None else build_plan(ckpt)
-    lossy = plan.lossy
     cfg = ckpt.config
     texts, chats = load_prompts(prompts, quick)
     encode = tiktoken_encoder(ckpt.vocab)
@@ -102,7 +103,7 @@ def record(ckpt, *, prompts: Path | None = None, quick: bool = False, long_promp
         "qwen_config": cfg.to_dict(), "vocab_digest": vocab_digest(read_tiktoken(ckpt.vocab)),
         "chat": _chat(ckpt), "prompt_set": {"texts": texts, "chats": chats, "quick": quick},
         "prompts": [name for name, _ in named], "long_prompt": long_note, "greedy_tokens": n_greedy,
-        "top_k": TOP_K, "lossy_cast": lossy,
+        "top_k": TOP_K, "lossy_cast": plan.lossy,
         "sample": {"size": SAMPLE_SIZE, "seed": SAMPLE_SEED,
                    "always": "every special token id and prompt token id"},
         "tokenizer": {"ids": {t: encode(t) for t in tokenizer_samples(texts, chats)},
@@ -111,6 +112,8 @@ def record(ckpt, *, prompts: Path | None = None, quick: bool = False, long_promp
         "quantization": ckpt.quantization.output_config() if ckpt.quantization else None,
         "tensor_digests": digests.record(plan, progress),
         "mlp_bias": has_mlp_bias(ckpt),
+        # the default layout is not named: older golden files stay as they were
+        **({"target": plan.target.name} if plan.target.name != DEFAULT_TARGET else {}),
     }
     return tensors, meta
 
@@ -194,6 +197,7 @@ HEADER_FIELDS = (  # (field, its test on the header, what it must be), in the or
     ("top_k", lambda m: _is_int(m.get("top_k"), 2, MAX_TOP_K), f"a count from 2 to {MAX_TOP_K}"),
     ("mlp_bias", lambda m: isinstance(m.get("mlp_bias", False), bool), "true or false"),
     ("chat", lambda m: isinstance(m.get("chat"), bool), "true or false"),
+    ("target", lambda m: m.get("target", DEFAULT_TARGET) in TARGETS, " or ".join(TARGETS)),
     ("vocab_digest", lambda m: isinstance(m.get("vocab_digest"), str), "a digest"),
     ("prompt_set", lambda m: isinstance(s := m.get("prompt_set"), dict) and isinstance(s.get("texts"), list)
      and isinstance(s.get("chats"), list) and isinstance(s.get("quick"), bool),

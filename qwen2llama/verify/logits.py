@@ -32,7 +32,7 @@ def check_logits(ckpt, side, encode, texts, chats, *, quick: bool, lossy: bool, 
         hr, hl, _ = lockstep(ref, side, seqs, seqs, progress, layers)
     except LayerRejected as rej:
         return check(False,
-                     failures=[f"layer {rej.layer}: transformers' LlamaDecoderLayer rejects the weights: "
+                     failures=[f"layer {rej.layer}: transformers' decoder layer rejects the weights: "
                                       f"{rej.exc}"[:400]])
     finally:
         progress.finish()

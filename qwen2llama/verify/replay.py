@@ -95,7 +95,7 @@ def check_logits_golden(golden: Golden, side, progress) -> dict:
         stats, lens = _llama_stats(side, seqs, gather, 1, progress)
     except LayerRejected as rej:
         return check(False, against=str(golden.path), failures=[
-            f"layer {rej.layer}: transformers' LlamaDecoderLayer rejects the weights: {rej.exc}"[:400]])
+            f"layer {rej.layer}: transformers' decoder layer rejects the weights: {rej.exc}"[:400]])
     finally:
         progress.finish()
     lossy = bool(golden.meta.get("lossy_cast"))

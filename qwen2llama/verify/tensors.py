@@ -85,23 +85,26 @@ def _compare(want: OutputTensor, got: TensorRef) -> str | None:
     return None if same else f"{want.name}: {what}"
 
 
-def _expected_plan(ckpt: Checkpoint, dst_tensors: dict[str, TensorRef], quantized: bool, adapter=None):
-    """The plan that would have written this folder, or what is wrong with its element types."""
+def _expected_plan(ckpt: Checkpoint, dst_tensors: dict[str, TensorRef], quantized: bool, adapter=None,
+                   target=None):
+    """The plan that would have written this folder (in the layout `target`), or what is wrong with
+    its element types."""
     floats = {r.dtype for r in dst_tensors.values() if r.dtype in NAME_OF}
     others = {r.dtype for r in dst_tensors.values()} - floats
     if ckpt.quantization is not None and quantized:
         if not floats or others - {"I32"}:
             return f"output dtypes {sorted(floats | others)}: expected GPTQ's int32 and floating-point types"
-        kept = build_plan(ckpt)  # each tensor as stored, or the dense ones cast with --dtype
+        kept = build_plan(ckpt, target=target)  # each tensor as stored, or the dense ones cast with --dtype
         if all(dst_tensors[t.name].dtype == t.dtype for t in kept.tensors if t.name in dst_tensors):
             return kept
         emb = dst_tensors.get("model.embed_tokens.weight")
-        return build_plan(ckpt, NAME_OF[emb.dtype]) if emb is not None and emb.dtype in NAME_OF else kept
+        return build_plan(ckpt, NAME_OF[emb.dtype], target=target) if emb is not None and \
+            emb.dtype in NAME_OF else kept
     if len(floats) != 1 or others:
         return f"output dtypes {sorted(floats | others)}: expected one floating-point type"
     if ckpt.quantization is not None:  # a --dequantize conversion
-        return build_plan(ckpt, dequantize=NAME_OF[floats.pop()])
-    return build_plan(ckpt, NAME_OF[floats.pop()], adapter=adapter)
+        return build_plan(ckpt, dequantize=NAME_OF[floats.pop()], target=target)
+    return build_plan(ckpt, NAME_OF[floats.pop()], adapter=adapter, target=target)
 
 
 def compare_planned(expected: dict[str, OutputTensor], dst_tensors: dict[str, TensorRef]) -> dict:
@@ -128,10 +131,10 @@ def compare_planned(expected: dict[str, OutputTensor], dst_tensors: dict[str, Te
 
 
 def check_tensors(ckpt: Checkpoint, dst_tensors: dict[str, TensorRef], quantized: bool = False,
-                  adapter=None) -> dict:
-    """`quantized`: the folder's config.json has a quantization_config (a LLaMA GPTQ folder);
-    `adapter`: the folder was written with this adapter merged in."""
-    plan = _expected_plan(ckpt, dst_tensors, quantized, adapter)
+                  adapter=None, target=None) -> dict:
+    """`quantized`: the folder's config.json has a quantization_config (a GPTQ folder);
+    `adapter`: the folder was written with this adapter merged in; `target`: its layout."""
+    plan = _expected_plan(ckpt, dst_tensors, quantized, adapter, target)
     if isinstance(plan, str):
         return check(False, failures=[plan])
     found = compare_planned({t.name: t for t in plan.tensors}, dst_tensors)

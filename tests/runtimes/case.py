@@ -46,7 +46,8 @@ def _swap_gate_up(folder: Path) -> None:
 
 
 @torch.no_grad()
-def prepare_case(root: Path, preset: str = "tiny-hd64", adapter: bool = False) -> Case:
+def prepare_case(root: Path, preset: str = "tiny-hd64", adapter: bool = False,
+                 target: str = "llama") -> Case:
     from qwen2llama.convert import convert
     from qwen2llama.reference import QwenReference
     from qwen2llama.sources import open_source
@@ -57,7 +58,7 @@ def prepare_case(root: Path, preset: str = "tiny-hd64", adapter: bool = False) -
     root.mkdir(parents=True)
     src = synthesize(root / "qwen", preset, dtype="float32", seed=17, chat=True)
     good = root / "llama"
-    convert(src, good, kind="chat")
+    convert(src, good, kind="chat", target=target)
     bad = root / "llama-gate-up-swapped"
     shutil.copytree(good, bad)
     _swap_gate_up(bad)

@@ -1,0 +1,58 @@
+"""What a target is: the questions the plan, the writer, verify and the adapter ask of an output
+layout. Each target module subclasses `Target` and fills them in."""
+from __future__ import annotations
+
+from functools import cached_property
+
+from ..errors import InputError
+from ..qwen.config import QwenConfig
+
+
+class Target:
+    name: str  # --target value
+    model_type: str  # config.json model_type (how verify recognises a folder's target)
+    architecture: str  # config.json architectures[0]: the transformers class a runtime loads
+    label: str  # for messages: "the LLaMA layout"
+    short: str  # for messages: "LLaMA"
+    tokenizer_class = "Qwen2Tokenizer"  # both layouts load the Qwen v1 vocabulary as Qwen2's BPE
+    attention_biases: frozenset[str]  # attention modules with a bias ("q_proj", ..., "o_proj")
+    holds_mlp_bias: bool  # config.json can give the MLP linears biases (mlp_bias)
+    modeling: str  # the transformers module with the classes below
+    classes: tuple[str, str, str, str]  # config, decoder layer, RMSNorm, rotary embedding
+
+    def has_bias(self, llama_module: str, mlp_bias: bool = False) -> bool:
+        """Whether the output module (a layout name: "model.layers.{i}.self_attn.o_proj") carries
+        a bias; `mlp_bias`: the source's MLP biases are kept (formats/gptq.py)."""
+        part, _, proj = llama_module.rpartition(".")
+        if part.endswith("self_attn"):
+            return proj in self.attention_biases
+        return part.endswith("mlp") and mlp_bias and self.holds_mlp_bias
+
+    def check_holds(self, cfg: QwenConfig, path) -> None:
+        """Bad input when this layout cannot express the source's network (the default: it can)."""
+
+    def refuse(self, what: str, path, fix: str | None = None) -> InputError:
+        other = next(n for n in ("llama", "qwen2") if n != self.name)
+        return InputError(f"--target {self.name}: {what}", path=path,
+                          fix=fix or f"convert with --target {other}")
+
+    def config(self, cfg: QwenConfig, dtype: str, chat: bool, mlp_bias: bool = False) -> dict:
+        raise NotImplementedError
+
+    def expected_config(self, raw: dict, loaded, mlp_bias: bool) -> dict[str, tuple]:
+        """Target-specific fields of verify's config check: name -> (got, expected)."""
+        raise NotImplementedError
+
+    @cached_property
+    def transformers(self):
+        """(config class, decoder layer class, RMSNorm class, rotary embedding class)."""
+        import importlib
+
+        module = importlib.import_module(self.modeling)
+        return tuple(getattr(module, name) for name in self.classes)
+
+    def model_class(self):
+        """The transformers causal-LM class of this layout (PEFT's adapter verify loads it)."""
+        import transformers
+
+        return getattr(transformers, self.architecture)

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import math
 import re
+from typing import Callable
 
 import torch
 
@@ -81,11 +82,9 @@ class QwenReference:
         pre = f"transformer.h.{i}."
         names = ("ln_1.weight", "attn.c_attn.weight", "attn.c_attn.bias", "attn.c_proj.weight", "ln_2.weight",
                  "mlp.w1.weight", "mlp.w2.weight", "mlp.c_proj.weight")
-        if self.ckpt.quantization is None:
-            w = {n: self._w(pre + n) for n in names}
-        else:
-            w = {n: self._gptq_weight(pre + n.removesuffix(".weight")) if n.endswith("weight") and
-                 "ln_" not in n else self._w(pre + n) for n in names}
+        read = linear_reader(self.ckpt)
+        w = {n: read(self, pre + n.removesuffix(".weight")) if n.endswith("weight") and "ln_" not in n
+             else self._w(pre + n) for n in names}
         # a bias on a linear that Qwen's float model lacks: quantizers store one (AutoGPTQ: zeros)
         for n in LINEAR_BIASES:
             if pre + n in self.ckpt.tensors:
@@ -104,7 +103,11 @@ class QwenReference:
             return merged
         return merged * (read_ref(lora.magnitude).float() / merged.norm(p=2, dim=1))[:, None]
 
-    def _gptq_weight(self, linear: str) -> torch.Tensor:
+    def dense_weight(self, linear: str) -> torch.Tensor:
+        """A linear's weight [out, in] as stored (every Qwen v1 release but the Int4/Int8 ones)."""
+        return self._w(f"{linear}.weight")
+
+    def gptq_weight(self, linear: str) -> torch.Tensor:
         """A GPTQ linear's weight [out, in], element by element as AutoGPTQ defines it:
         W[o, i] = scales[g, o] * (q[i, o] - (z[g, o] + 1)), g = g_idx[i], where q[i, o] is bits
         (i % pack) of qweight[i // pack, o] and z[g, o] bits (o % pack) of qzeros[g, o // pack]."""
@@ -166,6 +169,24 @@ class QwenReference:
 
 
 LINEAR_BIASES = ("attn.c_proj.bias", "mlp.w1.bias", "mlp.w2.bias", "mlp.c_proj.bias")
+
+# How the reference reads a block linear's weight, by the way the checkpoint stores it: the one place
+# that dispatches on storage, apart from formats/ (a new storage format registers its own reader
+# here, written from that format's definition, not from the converter). First claim wins.
+LinearReader = Callable[["QwenReference", str], torch.Tensor]
+READERS: list[tuple[Callable[[Checkpoint], bool], LinearReader]] = [
+    (lambda ckpt: ckpt.quantization is not None, QwenReference.gptq_weight),
+    (lambda ckpt: True, QwenReference.dense_weight),
+]
+
+
+def register_reader(claims: Callable[[Checkpoint], bool], read: LinearReader) -> None:
+    """Read the linears of the checkpoints `claims` accepts with `read(reference, linear_path)`."""
+    READERS.insert(0, (claims, read))
+
+
+def linear_reader(ckpt: Checkpoint) -> LinearReader:
+    return next(read for claims, read in READERS if claims(ckpt))
 
 
 def _linear(x: torch.Tensor, w: dict[str, torch.Tensor], name: str) -> torch.Tensor:

@@ -1,6 +1,7 @@
-"""`make e2e` (runtimes): one converted model, and a copy with gate/up swapped, in llama.cpp,
-vLLM, MLX and the transformers releases the package admits, each in its own environment; every
-runtime is held to the Qwen reference forward (float32), not only to the others.
+"""`make e2e` (runtimes): one converted model in each output layout (--target llama and qwen2), and
+a copy with gate/up swapped, in llama.cpp, vLLM, MLX and the transformers releases the package
+admits, each in its own environment; every runtime is held to the Qwen reference forward
+(float32), not only to the others. E2E_TARGETS=llama (or qwen2) runs one layout.
 
 Tolerances: full logits (transformers, MLX, llama.cpp, all float32): max |Δlogit| <= 1e-4 x
 max(1, |logit|), as verify's exact tolerance (float32 round-off in a different operation order);
@@ -47,12 +48,13 @@ def runtimes() -> list[tuple[str, str, str, str | None, str]]:
 
 
 def table(rows: list[dict]) -> str:
-    lines = ["| runtime | version | how installed | ids equal | chat template | measure vs reference | "
-             "worst (tolerance) | greedy equal | gate/up swapped caught | verdict |",
-             "|---|---|---|---|---|---|---|---|---|---|"]
+    lines = ["| runtime | target | version | how installed | ids equal | chat template | "
+             "measure vs reference | worst (tolerance) | greedy equal | gate/up swapped caught | verdict |",
+             "|---|---|---|---|---|---|---|---|---|---|---|"]
     for r in rows:
         if "skipped" in r:
-            lines.append(f"| {r['name']} | | {r['how']} | | | | | | | skipped: {r['skipped']} |")
+            lines.append(f"| {r['name']} | {r['target']} | | {r['how']} | | | | | | | "
+                         f"skipped: {r['skipped']} |")
             continue
         good, bad = r["good"], r["gate_up_swapped"]
         chat = (("equal" if r["chat_template_equal"] else "DIFFERS") if r["chat_template_checked"]
@@ -65,7 +67,8 @@ def table(rows: list[dict]) -> str:
         if "server" in r:
             chat += f"; server: {'equal' if r['server']['chat_template_equal'] else 'DIFFERS'}, " \
                     f"{'stops' if r['server']['stops_on_im_end'] else 'does NOT stop'} on <\\|im_end\\|>"
-        lines.append(f"| {r['name']} | {r['version']} | {r['how']} | {r['ids_equal']} | {chat} | "
+        lines.append(f"| {r['name']} | {r['target']} | {r['version']} | {r['how']} | {r['ids_equal']} | "
+                     f"{chat} | "
                      f"{good['measure'].replace('|', chr(92) + '|')} | {good['worst']:.1e} "
                      f"({good['tolerance']:g}) | "
                      f"{good['greedy_equal']} | {not bad['agrees']} ({bad['worst']:.2g}) | "
@@ -75,34 +78,43 @@ def table(rows: list[dict]) -> str:
 
 def main() -> int:
     t0 = time.perf_counter()
-    case = prepare_case(OUT / "case", adapter=True)
     rows, ok = [], True
-    allow_skip = os.environ.get("E2E_ALLOW_SKIP") == "1"
-    for name, python, probe, pythonpath, how in runtimes():
-        which = name.split()[1 if "transformers" in name else 0]
-        out = OUT / probe.removesuffix(".py").removeprefix("probe_") / which
-        if not Path(python).exists():
-            rows.append({"name": name, "how": how, "skipped": f"no environment at {python}"})
-            ok &= allow_skip
-            continue
-        t = time.perf_counter()
-        try:
-            run_probe(python, probe, case, out, pythonpath, timeout=1800)
-        except Exception as exc:  # the runtime could not load or run the folder: that is a failure
-            rows.append({"name": name, "how": how, "skipped": f"FAILED: {str(exc)[-300:]}"})
-            ok = False
-            continue
-        row = {"name": name, "how": how, **judge(case, out), "seconds": round(time.perf_counter() - t, 1)}
-        rows.append(row)
-        ok &= row["passed"]
-        print(f"{name}: {'pass' if row['passed'] else 'FAIL'} (worst {row['good']['worst']:.1e}, "
-              f"defect {'caught' if not row['gate_up_swapped']['agrees'] else 'MISSED'})", flush=True)
+    for target in os.environ.get("E2E_TARGETS", "llama,qwen2").split(","):
+        target_rows = run_target(target)
+        rows += target_rows
+        ok &= all(r.get("passed", False) or r.get("allowed", False) for r in target_rows)
     (ROOT / "e2e-out" / "runtimes.json").write_text(json.dumps({"rows": rows, "passed": ok}, indent=2) + "\n")
     md = table(rows)
     (ROOT / "e2e-out" / "runtimes.md").write_text(md)
     print("\n" + md)
     print(f"runtimes e2e: {'passed' if ok else 'FAILED'} in {time.perf_counter() - t0:.0f} s")
     return 0 if ok else 1
+
+
+def run_target(target: str) -> list[dict]:
+    """Every runtime on the case converted with --target `target`."""
+    case = prepare_case(OUT / target / "case", adapter=True, target=target)
+    rows = []
+    allow_skip = os.environ.get("E2E_ALLOW_SKIP") == "1"
+    for name, python, probe, pythonpath, how in runtimes():
+        which = name.split()[1 if "transformers" in name else 0]
+        out = OUT / target / probe.removesuffix(".py").removeprefix("probe_") / which
+        if not Path(python).exists():
+            rows.append({"name": name, "target": target, "how": how, "skipped": f"no environment at {python}",
+                         "allowed": allow_skip})
+            continue
+        t = time.perf_counter()
+        try:
+            run_probe(python, probe, case, out, pythonpath, timeout=1800)
+        except Exception as exc:  # the runtime could not load or run the folder: that is a failure
+            rows.append({"name": name, "target": target, "how": how, "skipped": f"FAILED: {str(exc)[-300:]}"})
+            continue
+        row = {"name": name, "target": target, "how": how, **judge(case, out),
+               "seconds": round(time.perf_counter() - t, 1)}
+        rows.append(row)
+        print(f"{name} ({target}): {'pass' if row['passed'] else 'FAIL'} (worst {row['good']['worst']:.1e}, "
+              f"defect {'caught' if not row['gate_up_swapped']['agrees'] else 'MISSED'})", flush=True)
+    return rows
 
 
 if __name__ == "__main__":

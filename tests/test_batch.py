@@ -5,7 +5,6 @@ from __future__ import annotations
 import hashlib
 import json
 import os
-import signal
 import subprocess
 import sys
 import time
@@ -20,6 +19,8 @@ from qwen2llama.convert import Options
 from qwen2llama.errors import InputError
 from qwen2llama.synth import synthesize
 
+from helpers import run_cli
+
 
 def statuses(summary: Path) -> list[str]:
     return [j["status"] for j in json.loads(summary.read_text())["jobs"]]
@@ -27,13 +28,6 @@ def statuses(summary: Path) -> list[str]:
 
 def names(summary: Path) -> list[str]:
     return [j["name"] for j in json.loads(summary.read_text())["jobs"]]
-
-
-def run_cli(*args, env=None, timeout=600):
-    return subprocess.run([sys.executable, "-m", "qwen2llama", *map(str, args)], capture_output=True,
-                          text=True,
-                          env={**os.environ, **(env or {})}, timeout=timeout,
-                          preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
 
 
 class Payload:

@@ -21,38 +21,7 @@ from qwen2llama.errors import OutputError
 from qwen2llama.publish import OLD_TAG, STAGING_TAG
 from qwen2llama.synth import synthesize
 
-
-def default_signals(then=None):
-    """preexec_fn: SIGINT as the Unix default in the child. A shell started in the background
-    (`make test &`, nohup, some CI runners) starts its children with SIGINT ignored, and a child
-    keeps that; the tests must not depend on how they were started."""
-    def preexec():
-        signal.signal(signal.SIGINT, signal.SIG_DFL)
-        if then is not None:
-            then()
-    return preexec
-
-
-def run_cli(*args, preexec=None, timeout=300):
-    return subprocess.run([sys.executable, "-m", "qwen2llama", *map(str, args)], capture_output=True,
-                          text=True,
-                          preexec_fn=default_signals(preexec), timeout=timeout)
-
-
-def spawn_cli(*args, **kwargs):
-    return subprocess.Popen([sys.executable, "-m", "qwen2llama", *map(str, args)],
-                            preexec_fn=default_signals(),
-                            **kwargs)
-
-
-def assert_bad_input(result, *needles):
-    text = result.stdout + result.stderr
-    assert result.returncode == 2, text
-    assert "Traceback" not in text
-    assert len(text.splitlines()) <= 20, text  # one screen
-    assert "fix:" in text
-    for needle in needles:
-        assert needle in text, (needle, text)
+from helpers import assert_bad_input, default_signals, run_cli, spawn_cli  # noqa: F401
 
 
 def no_output(out: Path):

@@ -20,20 +20,7 @@ from qwen2llama.synth import synthesize
 from qwen2llama.synth import synthesize_adapter
 
 from defects import edit_weights
-
-
-def cli(*args, env=None):
-    result = CliRunner().invoke(app, [str(a) for a in args], env=env)
-    assert result.exception is None or isinstance(result.exception, SystemExit), result.output
-    assert "Traceback" not in result.output
-    return result
-
-
-def bad(*args, needle, env=None):
-    result = cli(*args, env=env)
-    assert result.exit_code == 2 and needle in result.output, result.output
-    assert "fix:" in result.output
-    return result
+from helpers import bad, cli
 
 
 @pytest.fixture(scope="module")

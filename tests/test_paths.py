@@ -11,14 +11,13 @@ import shutil
 from pathlib import Path
 
 import pytest
-from typer.testing import CliRunner
 
-from qwen2llama.cli import app
 from qwen2llama.convert import convert
 from qwen2llama.synth import synthesize
 from qwen2llama.synth import synthesize_adapter
 
-from test_batch import make_hub_cache, run_cli
+from helpers import cli, run_cli
+from test_batch import make_hub_cache
 
 
 def digest_tree(folder: Path) -> dict[str, str]:
@@ -27,13 +26,6 @@ def digest_tree(folder: Path) -> dict[str, str]:
         return {folder.name: hashlib.sha256(folder.read_bytes()).hexdigest()}
     return {str(p.relative_to(folder)): hashlib.sha256(p.read_bytes()).hexdigest()
             for p in sorted(folder.rglob("*")) if p.is_file()}
-
-
-def cli(*args):
-    result = CliRunner().invoke(app, [str(a) for a in args])
-    assert result.exception is None or isinstance(result.exception, SystemExit), result.output
-    assert "Traceback" not in result.output
-    return result
 
 
 def refused(*args, needle="overlaps the source"):

@@ -5,6 +5,8 @@ from __future__ import annotations
 
 import json
 import os
+import re
+import shutil
 import xml.etree.ElementTree as ET
 from dataclasses import dataclass
 
@@ -12,13 +14,15 @@ import pytest
 from safetensors.torch import load_file
 from typer.testing import CliRunner
 
-from qwen2llama import formats, pipeline
+from qwen2llama import formats, pipeline, reference
 from qwen2llama.cli import app
 from qwen2llama.errors import InputError, OutputError, VerificationFailed
 from qwen2llama.formats.dense import Dense
 from qwen2llama.lora import read as lora_read
 from qwen2llama.progress import Progress
 from qwen2llama.synth import synthesize, synthesize_adapter
+
+from defects import DEFECTS, rehash
 
 
 @pytest.fixture(scope="module")
@@ -131,9 +135,12 @@ def _tree(root) -> dict:
     return {str(p): p.stat().st_size for p in root.rglob("*") if p.is_file()}
 
 
+LINEAR = re.compile(r"\.(attn\.c_attn|attn\.c_proj|mlp\.w1|mlp\.w2|mlp\.c_proj)\.weight$")
+
+
 @dataclass(frozen=True)
 class Renamed(Dense):
-    """A toy format: an exporter that saved every weight under `.w` instead of `.weight`."""
+    """A toy format: an exporter that saved every block linear's weight under `.w` instead of `.weight`."""
 
     name = "renamed"
     label = "a renamed export"
@@ -144,7 +151,8 @@ class Renamed(Dense):
         return cls() if any(n.endswith(".w") for n in ckpt.tensors) else None
 
     def stored(self, module, sizes):
-        return {("w" if k == "weight" else k): v for k, v in super().stored(module, sizes).items()}
+        linear = module.role == "linear"
+        return {("w" if k == "weight" and linear else k): v for k, v in super().stored(module, sizes).items()}
 
     def outputs(self, module, layer, refs, dtype, target):
         return super().outputs(module, layer, {("weight" if k == "w" else k): v for k, v in refs.items()},
@@ -154,7 +162,14 @@ class Renamed(Dense):
         return {"exported_by": "toy"}
 
 
-def test_a_registered_format_converts_without_touching_the_plan(qwen, tmp_path, monkeypatch):
+def _read_renamed(reference_, linear: str):
+    """The toy format's linears, read for the reference by the format's definition (not the converter's)."""
+    from qwen2llama.storage import read_ref
+
+    return read_ref(reference_.ckpt.tensors[f"{linear}.w"]).float()
+
+
+def test_a_registered_format_converts_and_verifies_without_touching_the_plan(qwen, tmp_path, monkeypatch):
     from safetensors.torch import save_file
 
     src = tmp_path / "renamed"
@@ -163,17 +178,27 @@ def test_a_registered_format_converts_without_touching_the_plan(qwen, tmp_path, 
         if not f.name.startswith("model"):
             (src / f.name).write_bytes(f.read_bytes())
     weights = load_file(str(next(qwen.glob("model*.safetensors"))))
-    save_file({(k[:-7] + ".w" if k.endswith(".weight") else k): v for k, v in weights.items()},
+    save_file({(k[:-7] + ".w" if LINEAR.search(k) else k): v for k, v in weights.items()},
               str(src / "model.safetensors"))
     with pytest.raises(InputError, match="unknown tensor"):  # not registered: not a Qwen v1 model
         pipeline.plan(src, None)
     plain_conversion(qwen, tmp_path / "plain")
     monkeypatch.setattr(formats, "FORMATS", list(formats.FORMATS))
     formats.register(Renamed)
-    run = pipeline.plan(src, tmp_path / "out", verify=None)
+    monkeypatch.setattr(reference, "READERS", list(reference.READERS))
+    reference.register_reader(lambda ckpt: any(n.endswith(".w") for n in ckpt.tensors), _read_renamed)
+    run = pipeline.plan(src, tmp_path / "out", verify=pipeline.VerifyOptions(quick=True))
     assert run.prepared.plan.fmt.name == "renamed" and all(t.is_byte_copy for t in run.prepared.plan.tensors
                                                            if t.source is not None)
-    pipeline.execute(run)
+    verdict = pipeline.execute(run).verified
+    assert verdict["passed"] and verdict["checks"]["logits"]["max_abs_logit_diff"] <= 1e-5
+    planted = tmp_path / "planted"
+    shutil.copytree(tmp_path / "out", planted)
+    plant_gate_up_swap, _ = DEFECTS["gate/up swapped"]
+    plant_gate_up_swap(planted)
+    rehash(planted)
+    caught = CliRunner().invoke(app, ["verify", str(src), str(planted), "--quick"])
+    assert caught.exit_code == 1 and "gate_proj" in caught.output, caught.output
     assert json.loads((tmp_path / "out" / "config.json").read_text())["exported_by"] == "toy"
     ours = load_file(str(tmp_path / "out" / "model.safetensors"))
     q = weights["transformer.h.1.attn.c_attn.weight"]

@@ -10,6 +10,7 @@ from rich.markup import escape
 
 from ..dtypes import NAME_OF
 from ..progress import Progress
+from ..storage.refs import unknown_kind
 
 
 class TerminalProgress(Progress):
@@ -79,12 +80,8 @@ def plan(console: Console, prepared) -> None:
                   f"logn {c.use_logn_attn}")
     console.print(f"kind:    {'chat' if prepared.chat else 'base'} ({prepared.chat_reason})")
     console.print(f"layout:  {p.target.architecture} (--target {p.target.name})")
-    q = ckpt.quantization
-    if q is not None:
-        console.print(f"quant:   GPTQ {q.bits}-bit, group_size {q.group_size}, desc_act {q.desc_act} "
-                      f"({q.path.name}); "
-                      + ("written as a GPTQ folder" if p.quantized else
-                         f"dequantized to {NAME_OF[p.dtype]} (--dequantize)"))
+    if (storage := p.fmt.describe(NAME_OF[p.dtype])) is not None:
+        console.print(f"storage: {escape(storage)}")
     kinds = Counter(t.kind for t in p.tensors)
     columns, zeros, casts = kinds["columns"], kinds["zeros"], kinds["cast"]
     copies = kinds["copy"] + columns
@@ -119,6 +116,8 @@ def plan_tensors(console: Console, prepared) -> None:
                               f"({t.source.file.name})")
                 case "copy" | "cast":
                     source = f"{t.source.name}[{t.row_start}:{t.row_stop}] ({t.source.file.name})"
+                case _:
+                    raise unknown_kind(t.kind)
             console.print(f"{shard}  {t.name}  {list(t.shape)} {t.dtype}  <- {source}")
 
 

@@ -56,6 +56,10 @@ class Dense:
     def explain_unknown(ckpt, name: str, ref: TensorRef) -> InputError | None:
         return None
 
+    def describe(self, dtype: str) -> str | None:
+        """One line for inspect and --dry-run; None: nothing to say beyond the plan."""
+        return None
+
     def implied_by(self) -> str:
         return "config.json implies"
 

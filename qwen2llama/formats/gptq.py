@@ -129,6 +129,12 @@ class Gptq:
     def fingerprint(self) -> list:
         return [self.name, self.quantized]
 
+    def describe(self, dtype: str) -> str:
+        """One line for inspect and --dry-run (`dtype`: the output's, by name)."""
+        s = self.settings
+        kept = "written as a GPTQ folder" if self.quantized else f"dequantized to {dtype} (--dequantize)"
+        return f"GPTQ {s.bits}-bit, group_size {s.group_size}, desc_act {s.desc_act} ({s.path.name}); {kept}"
+
     def implied_by(self) -> str:
         s = self.settings
         return f"config.json with bits {s.bits}, group_size {s.group_size} implies"

@@ -17,7 +17,7 @@ import numpy as np
 from ..dtypes import ITEMSIZE, torch_dtype
 from ..errors import InputError, OutputError
 from ..storage.digest import new_hash
-from ..storage import OutputTensor, header_bytes, read_ref
+from ..storage import OutputTensor, header_bytes, read_ref, unknown_kind
 from ..storage.refs import row_blocks
 
 CHUNK = 1 << 20  # bytes per read, write and worker task: small enough to stay in the CPU cache
@@ -124,6 +124,8 @@ class ShardWriter:
                         self._copy_rows(t)
                     case "cast":
                         self._cast_rows(t)
+                    case _:
+                        raise unknown_kind(t.kind)
             while self.pending:
                 self.pending.popleft().result()
             os.fsync(self.fd)

@@ -4,12 +4,29 @@ from __future__ import annotations
 
 from collections.abc import Iterator
 from dataclasses import dataclass
+from enum import StrEnum
 from math import prod
 from pathlib import Path
 from typing import Protocol
 
 from ..dtypes import ITEMSIZE, WIDENING, torch_dtype
 from ..errors import InputError
+
+
+class Kind(StrEnum):
+    """How an output tensor's bytes are made: "computed" by its `derived` recipe, "zeros", "columns"
+    of a same-dtype source, a byte "copy" of a row range, or a "cast" of one. Every consumer
+    matches on it and fails loudly on a kind it does not know (`unknown_kind`)."""
+
+    COMPUTED = "computed"
+    ZEROS = "zeros"
+    COLUMNS = "columns"
+    COPY = "copy"
+    CAST = "cast"
+
+
+def unknown_kind(kind) -> ValueError:
+    return ValueError(f"no rule for output tensors of kind {kind!r}")
 
 
 @dataclass(frozen=True)
@@ -72,17 +89,16 @@ class OutputTensor:
         return prod(self.shape) * ITEMSIZE[self.dtype]
 
     @property
-    def kind(self) -> str:
+    def kind(self) -> Kind:
         """How its bytes are made, decided here once for every consumer (writer, verify, golden
-        digests, plan display): "computed" by `derived`, "zeros", "columns" of a same-dtype source,
-        a byte "copy" of a row range, or a "cast" of one."""
+        digests, plan display): see Kind."""
         if self.derived is not None:
-            return "computed"
+            return Kind.COMPUTED
         if self.source is None:
-            return "zeros"
+            return Kind.ZEROS
         if self.cols is not None:
-            return "columns"
-        return "copy" if self.source.dtype == self.dtype else "cast"
+            return Kind.COLUMNS
+        return Kind.COPY if self.source.dtype == self.dtype else Kind.CAST
 
     @property
     def is_byte_copy(self) -> bool:

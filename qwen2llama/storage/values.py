@@ -10,7 +10,7 @@ from __future__ import annotations
 from collections.abc import Iterator
 
 from ..dtypes import torch_dtype
-from .refs import COMPUTE_BLOCK, OutputTensor, TensorRef, read_ref, row_blocks
+from .refs import COMPUTE_BLOCK, OutputTensor, TensorRef, read_ref, row_blocks, unknown_kind
 
 CHUNK = 16 << 20  # bytes per read
 
@@ -66,3 +66,5 @@ def output_chunks(t: OutputTensor) -> Iterator:
             return byte_chunks(t.source, *t.source.rows(t.row_start, t.row_stop))
         case "cast":
             return _rows(t, COMPUTE_BLOCK, lambda rows: rows.to(torch_dtype(t.dtype)))
+        case _:
+            raise unknown_kind(t.kind)

@@ -10,7 +10,7 @@ import torch
 from ..dtypes import NAME_OF, torch_dtype
 from ..plan import build_plan
 from ..qwen.checkpoint import Checkpoint
-from ..storage import OutputTensor, TensorRef, read_ref
+from ..storage import OutputTensor, TensorRef, read_ref, unknown_kind
 from ..storage.refs import row_blocks
 from ..storage.values import CHUNK, byte_chunks
 from .report import check, tensors_summary
@@ -82,6 +82,8 @@ def _compare(want: OutputTensor, got: TensorRef) -> str | None:
         case "cast":
             same = _same_cast(want, got)
             what = f"differs from {want.source.name} cast to {NAME_OF[want.dtype]}"
+        case _:
+            raise unknown_kind(want.kind)
     return None if same else f"{want.name}: {what}"
 
 

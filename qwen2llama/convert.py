@@ -6,7 +6,6 @@ staging folder and publishes it as `out`. `convert()` is both in one call.
 """
 from __future__ import annotations
 
-import os
 import shutil
 from dataclasses import dataclass, field, replace
 from pathlib import Path
@@ -19,7 +18,7 @@ from .options import ConvertOptions
 from .plan import ConversionPlan, build_plan
 from .errors import InputError
 from .progress import NullProgress, Progress
-from .paths import reads_of
+from .paths import output_path, reads_of
 from .interrupts import signals_deferred
 from .publish import check_target, fsync_path, staged_folder
 from .lora.read import open_adapter
@@ -72,7 +71,7 @@ def prepare(src: str | Path | Checkpoint, options: ConvertOptions = ConvertOptio
 
 def aim(prepared: Prepared, out: str | Path, *, force: bool = False) -> Prepared:
     """The same plan, to be written to `out` (checked: see publish.check_target)."""
-    out = Path(os.path.abspath(out))
+    out = output_path(out)
     check_target(out, force=force, protect=prepared.reads)
     return replace(prepared, out=out, options=replace(prepared.options, force=force))
 

@@ -35,6 +35,14 @@ class OutputError(Qwen2LlamaError):
     """The output location cannot be written as asked (exit 2)."""
 
 
+class FolderCheckFailed(Qwen2LlamaError):
+    """The converted folder under verification is broken before any check can run (an empty
+    config.json, two weight sets, a .bin that asks for code): a failed check (exit 1), not bad
+    input — the README's promise for anything wrong with the converted folder."""
+
+    exit_code = 1
+
+
 class VerificationFailed(Qwen2LlamaError):
     """A verify check found a difference (exit 1)."""
 

@@ -4,14 +4,13 @@ record of each job's outcome, which batch.py writes and summary.py reads."""
 from __future__ import annotations
 
 import glob
-import os
 import tomllib
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 from .errors import InputError
 from .options import ConvertOptions, job_options
-from .paths import reads_of
+from .paths import output_path, reads_of
 from .schemas import JobFields, JobsFile, validated
 from .sources import HUB_ID
 
@@ -126,13 +125,21 @@ def collect(specs: list[str], jobs_file: Path | None, out_root: Path | None,
 
 
 def check_unique(jobs: list[Job]) -> None:
-    seen: dict[Path, str] = {}
+    """No two jobs write one folder, nor one inside another's, after the OS's resolution (a link
+    in one job's path makes two spellings one folder)."""
+    seen: dict[Path, Job] = {}
     for job in jobs:
-        key = Path(os.path.abspath(job.out))
+        key = output_path(job.out)
         if key in seen:
-            raise InputError(f"{seen[key]} and {job.src} would both be written to {job.out}",
+            raise InputError(f"{seen[key].src} and {job.src} would both be written to {key}",
                              fix="give each job its own out in a jobs file")
-        seen[key] = job.src
+        seen[key] = job
+    for key, job in seen.items():
+        holder = next((seen[p] for p in key.parents if p in seen), None)
+        if holder is not None:
+            raise InputError(f"the output of {job.src} ({key}) lies inside the output of {holder.src} "
+                             f"({output_path(holder.out)}), which that job replaces",
+                             fix="give each job an output folder outside every other job's")
 
 
 def sources_of(jobs: list[Job]) -> list[Path]:

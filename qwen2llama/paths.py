@@ -19,6 +19,17 @@ def real(path: str | Path) -> Path:
     return Path(os.path.realpath(path))
 
 
+def output_path(path: str | Path) -> Path:
+    """The path the OS will write for an output, resolved as the OS resolves it — symlinks first,
+    then `..` — before any rule judges it: its folder through realpath, its own name kept (an
+    output that is itself a link is refused by the rules, never followed). `dd/L/../x`, with L a
+    link to far/deep, is dd/far/x, not the dd/x that normalising the string would give."""
+    path = Path(path)
+    if path.name in ("", ".", ".."):  # names a folder by reference: the folder it resolves to
+        return real(path)
+    return real(path.parent if str(path.parent) else ".") / path.name
+
+
 def _inside(child: Path, parent: Path) -> bool:
     return child == parent or parent in child.parents
 
@@ -45,7 +56,7 @@ def reads_of(*sources) -> list[Path]:
 def check_output(path: str | Path, reads: Iterable[Path], what: str = "the output") -> None:
     """Refuse an output that equals, holds or lies inside a path the run reads, or that holds the
     current folder (an output of "" or "." would replace the folder the user works in)."""
-    target = real(path)
+    target = real(output_path(path))
     for r in reads:
         if _inside(target, r) or _inside(r, target):
             raise OutputError(f"{what} overlaps the source or another input of this run ({r})", path=path,
@@ -58,9 +69,10 @@ def check_output(path: str | Path, reads: Iterable[Path], what: str = "the outpu
 
 def check_file_output(path: str | Path, reads: Iterable[Path], *, force: bool, what: str = "the output file",
                       inside: Iterable[Path] = ()) -> None:
-    """A single output file: the path rule, not inside a folder this run replaces (`inside`), not a
-    folder, not replaced without --force, in an existing writable folder."""
-    path = Path(path)
+    """A single output file: the path rule, not inside a folder this run replaces (`inside`), only
+    ever a regular file (not a folder, a device, a FIFO or a link), not replaced without --force, in
+    an existing writable folder."""
+    path = output_path(path)
     check_output(path, reads, what)
     for folder in inside:
         if _inside(real(path), real(folder)):
@@ -69,6 +81,10 @@ def check_file_output(path: str | Path, reads: Iterable[Path], *, force: bool, w
                               path=path, fix="write it beside the output folder, not into it")
     if path.is_dir():
         raise OutputError(f"{what} is a folder", path=path, fix="give a file name")
+    if os.path.lexists(path) and (path.is_symlink() or not path.is_file()):
+        raise OutputError(f"{what} exists and is not a regular file (a link, device or FIFO): outputs "
+                          "are only ever regular files", path=path,
+                          fix="give the path of a new or regular file")
     if path.exists() and not force:
         raise OutputError(f"{what} already exists", path=path,
                           fix="choose a new file name, or pass --force to replace it")

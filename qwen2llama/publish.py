@@ -17,7 +17,7 @@ from pathlib import Path
 
 from .errors import OutputError
 from .interrupts import signals_deferred
-from .paths import check_output, real
+from .paths import check_output, output_path, real
 
 STAGING_TAG = ".qwen2llama-staging-"
 OLD_TAG = ".qwen2llama-old-"
@@ -165,7 +165,7 @@ def publish(staging: Path, out: Path, *, force: bool) -> None:
 def staged_folder(out: Path, *, force: bool, protect: list[Path] = ()):
     """Yield a fresh staging folder beside `out`; on normal exit publish it as `out`
     (replacing the old one only then, and only with --force); on any error or interrupt remove it."""
-    out = Path(os.path.abspath(out))
+    out = output_path(out)
     check_target(out, force=force, protect=protect)  # before taking a lock in a folder we may not write
     with target_lock(out):
         check_target(out, force=force, protect=protect)  # again, now that no other run can change it

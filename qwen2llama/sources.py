@@ -18,6 +18,10 @@ WEIGHT_PATTERNS = ["*.safetensors", "model.safetensors.index.json", "pytorch_mod
                    "pytorch_model.bin.index.json"]
 COMPANION_PATTERNS = ["config.json", "generation_config.json", "qwen.tiktoken", "LICENSE*", "NOTICE*"]
 HUB_ID = re.compile(r"^[A-Za-z0-9][\w.-]*/[\w.-]+(@[\w./-]+)?$")
+# A revision is a commit hash or a ref name: components of word characters, dots and dashes, none
+# of them "." or ".." (a revision is looked up as a file under the cache's refs/ when offline).
+REVISION = re.compile(r"^(?!.*(^|/)\.{1,2}(/|$))[\w.-]+(/[\w.-]+)*$")
+COMMIT = re.compile(r"^[0-9a-f]{40}$")
 
 
 def bundled_vocab() -> Path:
@@ -36,6 +40,9 @@ def locate(spec: str | Path, *, weights: bool = True) -> Path:
                                  "Qwen/Qwen-7B-Chat")
         return path
     repo, _, revision = str(spec).partition("@")
+    if revision and not REVISION.match(revision):
+        raise InputError(f"revision {revision!r} is not a commit hash or a ref name", path=path,
+                         fix="give a branch, tag or commit: owner/name@main, owner/name@<40-hex commit>")
     from huggingface_hub import snapshot_download
 
     try:
@@ -46,8 +53,23 @@ def locate(spec: str | Path, *, weights: bool = True) -> Path:
                          f"({type(exc).__name__}: {exc})"[:500], path=path,
                          fix="check the id and revision, log in (huggingface-cli login) for gated models, "
                              "or unset HF_HUB_OFFLINE to download") from None
-    check_snapshot_links(Path(folder))
+    check_snapshot(Path(folder))
     return Path(folder)
+
+
+def check_snapshot(snapshot: Path) -> None:
+    """The one containment rule for a hub snapshot: the folder is `<repo>/snapshots/<commit>`
+    itself, not a link, and resolves inside its repository's cache folder (a `refs/main` whose
+    content climbs out, or a snapshot linked elsewhere, fails here); every link in it resolves into
+    the repository's `blobs/`."""
+    repo = Path(os.path.realpath(snapshot.parent.parent))
+    where = Path(os.path.realpath(snapshot))
+    if snapshot.parent.name != "snapshots" or not COMMIT.match(snapshot.name) or snapshot.is_symlink() \
+            or where.parent != repo / "snapshots":
+        raise InputError(f"the hub cache's snapshot {snapshot} is not a commit folder inside the cache "
+                         f"(it resolves to {where})", path=snapshot,
+                         fix="delete the repository's folder from the hub cache and download it again")
+    check_snapshot_links(snapshot)
 
 
 def check_snapshot_links(snapshot: Path) -> None:

@@ -6,8 +6,8 @@ from __future__ import annotations
 from pathlib import Path
 
 from . import manifest
-from .errors import InputError
-from .paths import check_file_output, reads_of
+from .errors import InputError, OutputError
+from .paths import check_file_output, output_path, reads_of
 from .progress import Progress
 from .publish import write_file
 from .verify.report import VerifyOptions, VerifyResult
@@ -21,7 +21,13 @@ def reports(options: VerifyOptions | None) -> list[tuple]:
 
 
 def check_files(files: list[tuple], reads: list[Path], inside: list[Path]) -> None:
-    """Every single-file output given (paths.check_file_output), before anything is written."""
+    """Every single-file output given (paths.check_file_output), and no two of them one file
+    (after the OS's resolution), before anything is written."""
+    given = [(output_path(path), what) for path, what, _ in files if path is not None]
+    for k, (path, what) in enumerate(given):
+        twin = next((w for p, w in given[:k] if p == path), None)
+        if twin is not None:
+            raise OutputError(f"{twin} and {what} are the same file", path=path, fix="give each its own path")
     for path, what, replace_ok in files:
         if path is not None:
             check_file_output(path, reads, force=replace_ok, what=what, inside=inside)

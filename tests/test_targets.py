@@ -142,3 +142,21 @@ def test_a_lora_adapter_beside_a_qwen2_base_loads_in_peft_and_verifies(tmp_path)
     merged = pipeline.run(src, tmp_path / "q2-merged", ConvertOptions(target="qwen2", dtype="float32"),
                           pipeline.VerifyOptions(quick=True), adapter=pipeline.AdapterStep(lora, merge=True))
     assert merged.verified["passed"]
+
+
+@pytest.mark.slow
+def test_batch_redoes_a_folder_written_for_the_other_layout(sources, tmp_path):
+    """The target is in the fingerprint: a LLaMA folder is not "up to date" for a job asking for
+    Qwen2, nor the other way round; the same layout twice is."""
+    from qwen2llama import batch
+
+    src, out = str(sources["st-single-bf16"]), tmp_path / "out"
+
+    def status(target):
+        job = batch.Job("j", src, out, ConvertOptions(target=target))
+        return batch.run_jobs([job], verify=True, quick=True)[0].status
+
+    assert status("llama") == "passed" and status("llama") == "up to date"
+    assert status("qwen2") == "passed"
+    assert json.loads((out / "config.json").read_text())["model_type"] == "qwen2"
+    assert status("qwen2") == "up to date" and status("llama") == "passed"

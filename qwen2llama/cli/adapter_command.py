@@ -7,6 +7,7 @@ from typing import Annotated, Optional
 import typer
 
 from . import render
+from .literal import shown
 from .app import JunitOpt, QuickOpt, ReportOpt, command, err, out
 from .commands import reports_need_verify, show_verdict
 
@@ -46,4 +47,4 @@ def adapter(src_adapter: AdapterSrc,
                     verify=VerifyOptions(quick=quick, report=report, junit=junit) if verify else None,
                     progress=render.TerminalProgress(err), show=show_verdict,
                     planned=lambda prepared: render.adapter_plan(out, prepared))
-    out.print(f"[green]wrote[/] {dst}")
+    out.print(f"[green]wrote[/] {shown(dst)}")

@@ -11,19 +11,20 @@ from pathlib import Path
 from typing import Annotated, Optional
 
 import typer
-from rich.console import Console
 
 from .. import __version__
 from ..errors import Qwen2LlamaError
 from ..interrupts import release
 from ..targets import TARGETS
 from . import render
+from .literal import LiteralConsole
 
 app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False,
                   help="Convert Qwen v1 checkpoints (QWenLMHeadModel) into the LLaMA layout, and prove "
                        "the result computes the same function.")
-err = Console(stderr=True, highlight=False, soft_wrap=True)
-out = Console(highlight=False, soft_wrap=True)
+# every command prints through these: outside strings go through literal.shown
+err = LiteralConsole(stderr=True, highlight=False, soft_wrap=True)
+out = LiteralConsole(highlight=False, soft_wrap=True)
 
 # Arguments and options shared by several commands.
 Src = Annotated[str, typer.Argument(

@@ -8,7 +8,9 @@ from typing import Annotated, Optional
 import typer
 
 from . import render
-from ..paths import check_file_output, reads_of
+from .literal import shown
+from ..paths import reads_of
+from ..verdicts import check_files
 from .app import BaseOpt, DtypeOpt, KindOpt, QuickOpt, ShardSizeOpt, TargetOpt, command, err, out
 
 
@@ -50,10 +52,8 @@ def batch(srcs: Annotated[Optional[list[str]], typer.Argument(
     from ..options import ConvertOptions
 
     def check_reports(reads: list[Path], outputs: list[Path]) -> None:
-        """--summary and --junit: under the path rule, and never inside a job's output folder."""
-        for path, what in ((summary, "the summary"), (junit, "the JUnit file")):
-            if path is not None:
-                check_file_output(path, reads, force=True, what=what, inside=outputs)
+        """--summary and --junit: under the path rule, distinct, never inside a job's output folder."""
+        check_files([(summary, "the summary", True), (junit, "the JUnit file", True)], reads, inside=outputs)
 
     if summarize:
         check_reports(reads_of(*(srcs or [])), [])
@@ -90,6 +90,7 @@ def _run(all_jobs, where, **settings):
         published = [r.name for r in stop.results if r.exit_code == 0]
         missing = [r.name for r in stop.results if r.exit_code != 0] + [j.name for j in stop.pending]
         err.print("[yellow]interrupted[/]: published before the signal: "
-                  f"{', '.join(published) or 'none'}; not published: {', '.join(missing) or 'none'} "
+                  f"{shown(', '.join(published) or 'none')}; "
+                  f"not published: {shown(', '.join(missing) or 'none')} "
                   "(their temporary files were removed)")
         raise typer.Exit(130) from None

@@ -8,6 +8,7 @@ import typer
 
 from ..errors import InputError
 from . import render
+from .literal import shown
 from .app import (BaseOpt, DequantizeOpt, Dst, DtypeOpt, ForceOpt, GoldenOpt, GreedyOpt, JunitOpt, KindOpt,
                   LongPromptOpt, PromptsOpt,
                   QuickOpt, ReportOpt, ShardSizeOpt, Src, TargetOpt, command, err, out)
@@ -83,9 +84,9 @@ def convert(src: Src, dst: Dst, shard_size: ShardSizeOpt = "5GB", dtype: DtypeOp
     result = pipeline.execute(run, progress=render.TerminalProgress(err), show=show_verdict)
     if result.golden is not None:
         _golden_line(golden, result.golden)
-    out.print(f"[green]wrote[/] {dst}")
+    out.print(f"[green]wrote[/] {shown(dst)}")
     if result.adapter_out is not None:
-        out.print(f"[green]wrote[/] {result.adapter_out}")
+        out.print(f"[green]wrote[/] {shown(result.adapter_out)}")
 
 
 def reports_need_verify(verify: bool, *reports) -> None:
@@ -98,11 +99,12 @@ def show_verdict(result, options) -> None:
     """The verify summary, and where the report went."""
     render.verify_summary(out, result)
     if options.report is not None:
-        out.print(f"report: {options.report}")
+        out.print(f"report: {shown(options.report)}")
 
 
 def _golden_line(path: Path, meta: dict) -> None:
-    out.print(f"golden file: {path} ({path.stat().st_size / 1e6:.2f} MB, {len(meta['prompts'])} prompts, "
+    out.print(f"golden file: {shown(path)} ({path.stat().st_size / 1e6:.2f} MB, {len(meta['prompts'])} "
+              "prompts, "
               f"{len(meta['tensor_digests']['tensors'])} tensor digests)")
 
 
@@ -169,7 +171,8 @@ def tokenizer(src: Annotated[Path, typer.Argument(help="qwen.tiktoken, or a fold
     tokens = read_tiktoken(vocab)
     with staged_folder(dst, force=force, protect=[vocab.parent]) as staging:
         stats = write_tokenizer_files(tokens, staging, chat=kind == "chat", model_max_length=model_max_length)
-    out.print(f"[green]wrote[/] {dst}: {stats['regular_tokens']} regular + {stats['special_tokens']} special "
+    out.print(f"[green]wrote[/] {shown(dst)}: {stats['regular_tokens']} regular + {stats['special_tokens']} "
+              "special "
               f"tokens, {stats['merges']} merges")
 
 
@@ -219,11 +222,11 @@ def synth(dst: Dst,
                                   alpha=alpha, rslora=rslora, dora=dora,
                                   modules_to_save=tuple(m for m in save.split(",") if m),
                                   fmt=format, seed=seed)
-        out.print(f"[green]wrote[/] {path} (LoRA r {rank} on {targets}, {format})")
+        out.print(f"[green]wrote[/] {shown(path)} (LoRA r {rank} on {shown(targets)}, {shown(format)})")
         return
 
     path = synthesize(dst, preset, layers=layers, fmt=format, shards=shards, dtype=dtype, seed=seed,
                       trainer=trainer,
                       gptq=gptq, group_size=group_size, desc_act=desc_act, gptq_style=gptq_style)
     total = sum(p.stat().st_size for p in path.iterdir())
-    out.print(f"[green]wrote[/] {path} ({preset}, {format}, {total / 1e9:.3f} GB)")
+    out.print(f"[green]wrote[/] {shown(path)} ({shown(preset)}, {shown(format)}, {total / 1e9:.3f} GB)")

@@ -6,11 +6,11 @@ import time
 from collections import Counter
 
 from rich.console import Console
-from rich.markup import escape
 
 from ..dtypes import NAME_OF
 from ..progress import Progress
 from ..storage.refs import unknown_kind
+from .literal import shown
 
 
 class TerminalProgress(Progress):
@@ -42,7 +42,7 @@ class TerminalProgress(Progress):
         if self.bar is not None:
             self.bar.update(self.task, completed=self.done)
         elif self.done / self.total >= self.next_line:
-            self.console.print(f"{self.label}: {100 * self.done / self.total:.0f}% "
+            self.console.print(f"{shown(self.label)}: {100 * self.done / self.total:.0f}% "
                                f"({self._amount(self.done)} of {self._amount(self.total)})")
             self.next_line = (int(10 * self.done / self.total) + 1) / 10
 
@@ -52,25 +52,25 @@ class TerminalProgress(Progress):
             self.bar = None
         secs = time.monotonic() - self.t0
         rate = f" ({self.done / 1e9 / max(secs, 1e-9):.2f} GB/s)" if self.unit == "B" else ""
-        self.console.print(f"{self.label}: {self._amount(self.done)} in {secs:.1f} s{rate}")
+        self.console.print(f"{shown(self.label)}: {self._amount(self.done)} in {secs:.1f} s{rate}")
 
     def note(self, message):
-        self.console.print(f"{message}...")
+        self.console.print(f"{shown(message)}...")
 
 
 def error(console: Console, kind: str, message: str, path: str | None = None, fix: str | None = None) -> None:
     """One short block: what went wrong, the file, what to do."""
-    console.print(f"[bold red]{kind}:[/] {escape(message)}")
+    console.print(f"[bold red]{kind}:[/] {shown(message)}")
     if path:
-        console.print(f"  file: {escape(str(path))}")
+        console.print(f"  file: {shown(str(path))}")
     if fix:
-        console.print(f"  fix:  {escape(fix)}")
+        console.print(f"  fix:  {shown(fix)}")
 
 
 def plan(console: Console, prepared) -> None:
     p, ckpt = prepared.plan, prepared.plan.checkpoint
     c = ckpt.config
-    console.print(f"source:  {ckpt.folder} ({ckpt.format}, {len(ckpt.files)} file(s), "
+    console.print(f"source:  {shown(ckpt.folder)} ({ckpt.format}, {len(ckpt.files)} file(s), "
                   f"config generation {c.generation})")
     console.print(f"model:   hidden {c.hidden_size}, {c.num_layers} layers, {c.num_heads} heads x "
                   f"{c.head_dim}, "
@@ -78,10 +78,10 @@ def plan(console: Console, prepared) -> None:
                   f"eps {c.layer_norm_epsilon}, rope base {c.rotary_emb_base:g}, dynamic NTK "
                   f"{c.use_dynamic_ntk}, "
                   f"logn {c.use_logn_attn}")
-    console.print(f"kind:    {'chat' if prepared.chat else 'base'} ({prepared.chat_reason})")
+    console.print(f"kind:    {'chat' if prepared.chat else 'base'} ({shown(prepared.chat_reason)})")
     console.print(f"layout:  {p.target.architecture} (--target {p.target.name})")
     if (storage := p.fmt.describe(NAME_OF[p.dtype])) is not None:
-        console.print(f"storage: {escape(storage)}")
+        console.print(f"storage: {shown(storage)}")
     kinds = Counter(t.kind for t in p.tensors)
     columns, zeros, casts = kinds["columns"], kinds["zeros"], kinds["cast"]
     copies = kinds["copy"] + columns
@@ -92,7 +92,7 @@ def plan(console: Console, prepared) -> None:
     console.print(f"output:  {len(p.tensors)} tensors ({', '.join(kinds)}), {p.total_bytes / 1e9:.3f} GB "
                   f"in {len(prepared.shards)} shard(s)")
     if p.dropped:
-        console.print(f"dropped: {', '.join(p.dropped)} (buffers, not weights)")
+        console.print(f"dropped: {shown(', '.join(p.dropped))} (buffers, not weights)")
     if p.zero_dropped:
         console.print(f"dropped: {len(p.zero_dropped)} all-zero biases a quantizer stored "
                       f"({p.target.label} has none there; verify re-reads them)")
@@ -100,7 +100,7 @@ def plan(console: Console, prepared) -> None:
         console.print("biases:  the source's MLP biases are not all zero: written, with mlp_bias true "
                       "(zeros where a linear has none)")
     for note in ckpt.notes:
-        console.print(f"note:    {note}")
+        console.print(f"note:    {shown(note)}")
 
 
 def plan_tensors(console: Console, prepared) -> None:
@@ -118,33 +118,33 @@ def plan_tensors(console: Console, prepared) -> None:
                     source = f"{t.source.name}[{t.row_start}:{t.row_stop}] ({t.source.file.name})"
                 case _:
                     raise unknown_kind(t.kind)
-            console.print(f"{shard}  {t.name}  {list(t.shape)} {t.dtype}  <- {source}")
+            console.print(f"{shard}  {shown(t.name)}  {list(t.shape)} {t.dtype}  <- {shown(source)}")
 
 
 def adapter_plan(console: Console, prepared) -> None:
     a, cfg = prepared.adapter, prepared.config
     extras = [k for k in ("use_rslora", "use_dora") if cfg.get(k)]
-    console.print(f"adapter: {a.folder} ({a.format}), LoRA r {a.rank}, alpha {cfg['lora_alpha']}"
+    console.print(f"adapter: {shown(a.folder)} ({a.format}), LoRA r {a.rank}, alpha {cfg['lora_alpha']}"
                   + (f", {', '.join(extras)}" if extras else "") + f"; {len(a.factors)} adapted Qwen modules")
     targets = a.config.get("target_modules")
-    shown = ", ".join(targets) if isinstance(targets, list) else str(targets)
-    console.print(f"targets: {shown} -> {', '.join(cfg['target_modules'])}")
+    names = ", ".join(targets) if isinstance(targets, list) else str(targets)
+    console.print(f"targets: {shown(names)} -> {shown(', '.join(cfg['target_modules']))}")
     if cfg.get("modules_to_save"):
-        console.print(f"saved:   {', '.join(a.config.get('modules_to_save') or [])} -> "
-                      f"{', '.join(cfg['modules_to_save'])}")
+        console.print(f"saved:   {shown(', '.join(a.config.get('modules_to_save') or []))} -> "
+                      f"{shown(', '.join(cfg['modules_to_save']))}")
     console.print(f"output:  {len(prepared.tensors)} tensors (byte copies and row ranges), "
                   "base_model_name_or_path "
-                  f"{cfg.get('base_model_name_or_path')}")
+                  f"{shown(cfg.get('base_model_name_or_path'))}")
 
 
 def verify_summary(console: Console, result) -> None:
     for name, c in result["checks"].items():
         mark = {True: "[green]pass[/]", False: "[bold red]FAIL[/]", None: "[yellow]skip[/]"}[c["passed"]]
-        console.print(f"  {name:<10} {mark}  {escape(c.get('summary', ''))}")
+        console.print(f"  {name:<10} {mark}  {shown(c.get('summary', ''))}")
         for failure in c.get("failures", [])[:5]:
-            console.print(f"      - {escape(failure)}")
+            console.print(f"      - {shown(failure)}")
         if c.get("fix"):
-            console.print(f"      fix: {escape(c['fix'])}")
+            console.print(f"      fix: {shown(c['fix'])}")
     beyond = result["checks"]["logits"].get("beyond_seq_length")
     if beyond:
         console.print(f"  info: past seq_length ({beyond['tokens']} tokens) max |Δlogit| "
@@ -166,21 +166,22 @@ class JobLines(Progress):
     def advance(self, n):
         self.done += n
         if self.done / self.total >= self.next:
-            self.console.print(f"[{escape(self.name)}] {self.label}: {100 * self.done / self.total:.0f}%")
+            done = 100 * self.done / self.total
+            self.console.print(f"[{shown(self.name)}] {shown(self.label)}: {done:.0f}%")
             self.next = (int(4 * self.done / self.total) + 1) / 4
 
     def note(self, message):
-        self.console.print(f"[{escape(self.name)}] {message}...")
+        self.console.print(f"[{shown(self.name)}] {shown(message)}...")
 
 
 def job_done(console: Console, r) -> None:
     mark = "[green]ok[/]" if not r.exit_code else "[bold red]FAIL[/]"
     logit = "" if r.max_abs_logit_diff is None else f", max |Δlogit| {r.max_abs_logit_diff:.2e}"
-    console.print(f"{mark} {escape(r.name)}: {r.status} ({r.seconds:.1f} s{logit})")
+    console.print(f"{mark} {shown(r.name)}: {r.status} ({r.seconds:.1f} s{logit})")
     for line in r.notes:
-        console.print(f"     note: {escape(line)}")
+        console.print(f"     note: {shown(line)}")
     for line in r.failures[:5]:
-        console.print(f"     - {escape(line)}")
+        console.print(f"     - {shown(line)}")
 
 
 def batch_table(console: Console, results) -> None:
@@ -192,5 +193,5 @@ def batch_table(console: Console, results) -> None:
     for r in results:
         verdict = r.status if not r.exit_code else f"[bold red]{r.status}[/]"
         logit = "" if r.max_abs_logit_diff is None else f"{r.max_abs_logit_diff:.2e}"
-        table.add_row(escape(r.name), escape(r.src), verdict, logit, f"{r.seconds:.1f}", f"{r.gigabytes:.2f}")
+        table.add_row(shown(r.name), shown(r.src), verdict, logit, f"{r.seconds:.1f}", f"{r.gigabytes:.2f}")
     console.print(table)

@@ -11,16 +11,29 @@ from pathlib import Path
 
 import torch
 
-from ..errors import InputError
+from ..errors import FolderCheckFailed, InputError
 from ..storage import TensorRef, find_weights, read_ref
+from ..storage.weights import weight_sets
 
 
 def read_output_tensors(folder: Path) -> dict[str, TensorRef]:
-    """Every tensor of a LLaMA folder, from the index (if any) and the shard headers."""
-    weights = find_weights(folder)
+    """Every tensor of a converted folder, from the index (if any) and the shard headers. A folder
+    that holds two weight sets fails: the runtime picks one by its own rules (transformers:
+    model.safetensors before an index), so checking either would check what may not be loaded;
+    anything unreadable in it is a failed check too, never bad input."""
+    sets = weight_sets(folder)
+    if len(sets) > 1:
+        raise FolderCheckFailed(f"the folder holds {len(sets)} weight sets ({', '.join(sets)}); runtimes "
+                                "choose among them by their own rules", path=folder,
+                                fix="keep the one set convert wrote (conversion.json lists its files)")
+    try:
+        weights = find_weights(folder)
+    except InputError as exc:
+        raise FolderCheckFailed(exc.message, path=exc.path, fix="convert again") from None
     if weights is None:
-        raise InputError("no weights (model.safetensors[.index.json] or pytorch_model.bin[.index.json])",
-                         path=folder, fix="point at the converted LLaMA folder")
+        raise FolderCheckFailed("no weights (model.safetensors[.index.json] or "
+                                "pytorch_model.bin[.index.json])", path=folder,
+                                fix="point at the converted folder, or convert again")
     return weights.tensors
 
 

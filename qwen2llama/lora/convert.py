@@ -4,7 +4,6 @@ streams the tensors into a staging folder and publishes it, like a model convers
 """
 from __future__ import annotations
 
-import os
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -14,7 +13,7 @@ from .mapping import adapter_outputs, check_base, locate
 from ..layout import name_at
 from ..llama.writer import ShardWriter
 from ..progress import NullProgress, Progress
-from ..paths import reads_of, real
+from ..paths import output_path, reads_of, real
 from ..publish import check_target, fsync_path, staged_folder
 from .read import QwenAdapter, open_adapter
 from ..qwen.checkpoint import Checkpoint
@@ -79,7 +78,7 @@ def prepare_adapter(src: str | Path, out: str | Path | None = None, *,
     prepared = PreparedAdapter(adapter, adapter_outputs(adapter), llama_adapter_config(adapter, base_name),
                                ckpt, None, force, hash, reads_of(adapter, ckpt) + [real(p) for p in protect])
     if out is not None:
-        prepared.out = Path(os.path.abspath(out))
+        prepared.out = output_path(out)
         check_target(prepared.out, force=force, protect=prepared.reads)
     return prepared
 

@@ -78,6 +78,12 @@ def read_shards(folder: Path, fmt: str, shards: list[str], index_path: Path | No
     return tensors
 
 
+def weight_sets(folder: Path, formats=tuple(LAYOUTS)) -> list[str]:
+    """The names of every weight set a folder holds (an index, or a single file, per format):
+    runtimes pick among several by their own rules (transformers: model.safetensors first)."""
+    return [name for fmt in formats for name in LAYOUTS[fmt] if (folder / name).is_file()]
+
+
 def find_weights(folder: Path, formats=tuple(LAYOUTS)) -> WeightFiles | None:
     """The weight files of `folder` (an index first, then a single file, per format in order),
     metadata only; None when the folder has none of them."""

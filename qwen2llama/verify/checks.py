@@ -9,7 +9,7 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 
 from .. import manifest
-from ..errors import InputError
+from ..errors import FolderCheckFailed, InputError
 from ..jsonfile import read_object
 from ..llama.reader import OutputSide, read_output_tensors
 from ..plan import map_source
@@ -30,9 +30,13 @@ from .tokenizer import check_tokenizer
 
 
 def _read_config(dst: Path) -> dict:
+    """The folder's config.json; a folder that is not there is bad input, a broken one a failed check."""
     if not dst.is_dir():
         raise InputError("the converted folder does not exist", path=dst, fix="give the folder convert wrote")
-    return read_object(dst / "config.json", what="is missing or not a JSON object", fix="convert again")
+    try:
+        return read_object(dst / "config.json", what="is missing or not a JSON object", fix="convert again")
+    except InputError as exc:
+        raise FolderCheckFailed(exc.message, path=exc.path, fix=exc.fix) from None
 
 
 def _result(checks: dict, source: str, output, quick: bool, t0: float) -> VerifyResult:

@@ -1,0 +1,259 @@
+"""Hostile inputs, round 2, by class, each fixed at its root and tested over many generated cases:
+paths judged after the OS resolves them (paths.output_path), outputs that are only ever regular
+files and folders, one file never two outputs, hub caches that stay inside the cache
+(sources.check_snapshot), the weight set a runtime loads (one, or a failed check)."""
+from __future__ import annotations
+
+import json
+import re
+import os
+import shutil
+import tempfile
+from pathlib import Path
+
+import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from qwen2llama import batch
+from qwen2llama.convert import convert
+from qwen2llama.errors import InputError
+from qwen2llama.options import ConvertOptions
+from qwen2llama.paths import output_path
+from qwen2llama.synth import synthesize, synthesize_adapter
+
+from helpers import cli, run_cli
+from test_batch import make_hub_cache
+
+
+@pytest.fixture(scope="module")
+def model(tmp_path_factory):
+    root = tmp_path_factory.mktemp("hostile2")
+    src = synthesize(root / "src", "tiny", layers=1, seed=3)
+    out = root / "out"
+    convert(src, out)
+    return src, out, root
+
+
+DEEP = Path("1/2/3/4/5")  # w lies this deep, so that five ".." stay inside the scratch folder
+
+
+def _tree(root: Path) -> Path:
+    """w/a/b/c, w/d/e, and links in w: L -> a/b, M -> d (absolute), N -> a/b/c (relative), T -> a
+    folder outside w; returns w."""
+    (root / "outside").mkdir()
+    w = root / DEEP / "w"
+    w.mkdir(parents=True)
+    for name, target in (("L", w / "a" / "b"), ("M", w / "d"), ("N", Path("a/b/c")), ("T", root / "outside")):
+        os.symlink(target, w / name)
+    for d in ("a/b/c", "d/e"):
+        (w / d).mkdir(parents=True)
+    return w
+
+
+def _dirs(root: Path) -> set[str]:
+    return {os.path.join(p, d) for p, ds, _ in os.walk(root) for d in ds}
+
+
+@settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(st.lists(st.sampled_from(["a", "b", "c", "d", "e", "L", "M", "N", "T", ".."]), min_size=0,
+                max_size=5))
+def test_an_output_path_is_where_the_os_puts_it(parts):
+    """For any path through links and `..`, output_path names the folder the OS creates for it."""
+    root = Path(os.path.realpath(tempfile.mkdtemp()))
+    try:
+        path = Path(_tree(root), *parts, "new")
+        predicted = output_path(path)
+        assert root in predicted.parents  # five ".." from w cannot leave the scratch folder
+        before = _dirs(root)
+        try:
+            os.mkdir(path)
+        except (FileNotFoundError, NotADirectoryError, FileExistsError):
+            return  # the OS cannot create it either
+        created = _dirs(root) - before
+        assert len(created) == 1
+        assert Path(os.path.realpath(created.pop())) == predicted, (parts, predicted)
+    finally:
+        shutil.rmtree(root)
+
+
+def test_force_replaces_the_folder_the_os_resolves_not_the_one_the_string_names(model, tmp_path):
+    """convert SRC dd/L/../x --force, L -> far/deep: the output is dd/far/x; dd/x (the folder that
+    normalising the string would name) keeps the user's file."""
+    src, _, _ = model
+    dd = tmp_path / "dd"
+    (dd / "far" / "deep").mkdir(parents=True)
+    os.symlink(dd / "far" / "deep", dd / "L")
+    (dd / "x").mkdir()
+    (dd / "x" / "user.txt").write_text("keep me")
+    result = cli("convert", src, f"{dd}/L/../x", "--force", "--no-verify")
+    assert result.exit_code == 0, result.output
+    assert (dd / "x" / "user.txt").read_text() == "keep me"
+    assert (dd / "far" / "x" / "config.json").is_file()
+
+
+@pytest.mark.parametrize("kind", ["fifo", "link to a file", "link to a folder"])
+def test_single_file_outputs_are_only_ever_regular_files(model, tmp_path, kind):
+    src, out, _ = model
+    target, victim = tmp_path / "target", tmp_path / "victim"
+    if kind == "fifo":
+        os.mkfifo(target)
+    elif kind == "link to a file":
+        victim.write_text("untouched")
+        os.symlink(victim, target)
+    else:
+        victim.mkdir()
+        os.symlink(victim, target)
+    for args in (["golden", src, target, "--quick", "--force"],
+                 ["verify", src, out, "--quick", "--report", target],
+                 ["verify", src, out, "--quick", "--junit", target]):
+        result = cli(*args)
+        assert result.exit_code == 2, result.output
+        assert "not a regular file" in result.output or "folder" in result.output, result.output
+    assert os.path.islink(target) or kind == "fifo"
+    if kind == "link to a file":
+        assert victim.read_text() == "untouched"
+
+
+def test_one_file_is_never_two_outputs_of_a_run(model, tmp_path):
+    src, out, root = model
+    lora = synthesize_adapter(tmp_path / "lora", src, seed=2)
+    (tmp_path / "d").mkdir()
+    os.symlink(tmp_path / "d", tmp_path / "L")
+    same = [(tmp_path / "r.json", tmp_path / "r.json"), (tmp_path / "d" / "r", tmp_path / "L" / "r")]
+    for first, second in same:
+        for args in (["verify", src, out, "--quick", "--report", first, "--junit", second],
+                     ["batch", src, "--out-root", tmp_path / "o", "--summary", first, "--junit", second],
+                     ["adapter", lora, tmp_path / "ad", "--report", first, "--junit", second, "--base", src,
+                      "--llama-base", out],
+                     ["convert", src, tmp_path / "c", "--report", first, "--junit", second]):
+            result = cli(*args)
+            assert result.exit_code == 2 and "same" in result.output, (args, result.output)
+            assert not first.exists() and not (tmp_path / "o").exists() and not (tmp_path / "c").exists()
+
+
+def test_batch_jobs_that_share_or_nest_an_output_are_refused_before_anything_starts(tmp_path):
+    (tmp_path / "o").mkdir()
+    os.symlink(tmp_path / "o", tmp_path / "L")
+
+    def jobs(*outs):
+        return [batch.Job(f"j{k}", f"src{k}", Path(o), ConvertOptions()) for k, o in enumerate(outs)]
+
+    o, link = tmp_path / "o", tmp_path / "L"
+    clashes = ((o / "a", link / "a"), (o / "a", o / "a" / "b"), (link / "a" / "b", o / "a"), (o, link / "z"))
+    for outs in clashes:
+        with pytest.raises(InputError):
+            batch.check_unique(jobs(*outs))
+    batch.check_unique(jobs(tmp_path / "o" / "a", tmp_path / "o" / "ab", tmp_path / "L" / "b"))
+
+
+@pytest.mark.slow
+def test_hub_revisions_refs_and_snapshots_stay_inside_the_cache(model, tmp_path):
+    """In a child process (huggingface_hub reads HF_HOME when imported): a revision that is a path,
+    a ref whose content climbs out, a snapshot that is a link elsewhere — each exit 2, nothing read
+    from or written for the folder outside."""
+    src, _, _ = model
+    commit = "0123456789abcdef0123456789abcdef01234567"
+    hf = tmp_path / "hf"
+    snapshot = make_hub_cache(hf, "Qwen/Qwen-7B", shutil.copytree(src, tmp_path / "release"), commit)
+    elsewhere = shutil.copytree(src, tmp_path / "elsewhere")
+    env = {"HF_HOME": str(hf), "HF_HUB_OFFLINE": "1"}
+    repo = snapshot.parent.parent
+
+    def refused(spec, needle):
+        result = run_cli("inspect", spec, env=env)
+        assert result.returncode == 2 and needle in result.stderr, result.stderr
+        assert "Traceback" not in result.stderr
+
+    for revision in ("../../../../elsewhere", "main/../../x", "/etc", ".."):
+        refused(f"Qwen/Qwen-7B@{revision}", "not a commit hash or a ref name")
+    (repo / "refs" / "climb").write_text(os.path.relpath(elsewhere, repo / "snapshots"))
+    refused("Qwen/Qwen-7B@climb", "not a commit folder inside the cache")
+    other = "fedcba9876543210fedcba9876543210fedcba98"
+    os.symlink(elsewhere, repo / "snapshots" / other)
+    (repo / "refs" / "linked").write_text(other)
+    refused("Qwen/Qwen-7B@linked", "not a commit folder inside the cache")
+    assert run_cli("inspect", "Qwen/Qwen-7B", env=env).returncode == 0  # the honest cache still works
+
+
+def test_a_folder_with_two_weight_sets_fails_verify(model, tmp_path):
+    """transformers loads model.safetensors before an index: a folder holding both (a tampered
+    single file beside a correct index and shards) fails, whichever one verify would have read."""
+    src, _, _ = model
+    out = tmp_path / "out"
+    convert(src, out, shard_size="10MB")
+    assert (out / "model.safetensors.index.json").is_file()
+    first_shard = next(out.glob("model-00001-*.safetensors"))
+    shutil.copyfile(first_shard, out / "model.safetensors")
+    result = cli("verify", src, out, "--quick")
+    assert result.exit_code == 1 and "2 weight sets" in result.output, result.output
+
+
+@pytest.mark.parametrize("damage", ["empty config.json", "config.json a list", "no weights",
+                                    "a .bin that asks for code"])
+def test_a_broken_converted_folder_is_a_failed_check_not_bad_input(model, tmp_path, damage):
+    src, out, _ = model
+    dst = shutil.copytree(out, tmp_path / "dst")
+    if damage == "empty config.json":
+        (dst / "config.json").write_text("")
+    elif damage == "config.json a list":
+        (dst / "config.json").write_text("[]")
+    elif damage == "no weights":
+        (dst / "model.safetensors").unlink()
+    else:
+        import torch
+
+        class Payload:
+            def __reduce__(self):
+                return (os.system, (f"touch {tmp_path / 'ran'}",))
+
+        (dst / "model.safetensors").unlink()
+        torch.save({"x": Payload()}, dst / "pytorch_model.bin")
+    for args in (["verify", src, dst, "--quick"],):
+        result = cli(*args)
+        assert result.exit_code == 1 and "check failed" in result.output, result.output
+    assert not (tmp_path / "ran").exists()
+    assert json.loads((out / "config.json").read_text())  # the original is untouched
+
+
+RAW_CONTROL = re.compile("[\x00-\x08\x0b-\x1f\x7f-\x9f\u202a-\u202e\u2066-\u2069]")
+PIECES = ["a", "b", "[", "]", "/", "=", "#", "\\", "\x1b", "\x07", "\u202e", "\x9b", "\r", "\t", "[bold]",
+          "[/]", "[link=x]", "\x1b]0;t\x07", "\x1b[31m"]
+NAME = st.lists(st.sampled_from(PIECES), min_size=1, max_size=6).map("".join).filter(
+    lambda s: s.strip("/") not in ("", ".", "..") and "//" not in s and "/../" not in f"/{s}/"
+    and "/./" not in f"/{s}/")
+
+
+@settings(max_examples=40, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(NAME)
+def test_every_outside_string_is_printed_literally(model, name):
+    """Folder names with markup and control characters: inspect and convert show them as written
+    (markup escaped, controls as escapes), and nothing raw reaches the terminal."""
+    from qwen2llama.cli.literal import visible
+
+    src, _, root = model
+    scratch = Path(tempfile.mkdtemp(dir=root))
+    try:
+        folder = scratch / name.strip("/")
+        folder.parent.mkdir(parents=True, exist_ok=True)
+        shutil.copytree(src, folder)
+        for args in (["inspect", folder], ["convert", folder, scratch / "out", "--dry-run"],
+                     ["convert", scratch / "missing" / name.strip("/"), scratch / "o2"]):
+            result = cli(*args)
+            assert result.exit_code in (0, 2), result.output
+            assert not RAW_CONTROL.search(result.output), repr(result.output)
+            assert visible(str(args[1]), newlines=True) in result.output.replace("\n", ""), \
+                (repr(str(args[1])), result.output)
+    finally:
+        shutil.rmtree(scratch)
+
+
+def test_config_strings_in_errors_are_printed_literally(model, tmp_path):
+    src, _, _ = model
+    bad = shutil.copytree(src, tmp_path / "bad")
+    config = json.loads((bad / "config.json").read_text())
+    config["kv_channels"] = "\x1b[2J[bold red]wipe"
+    (bad / "config.json").write_text(json.dumps(config))
+    result = cli("inspect", bad)
+    assert result.exit_code == 2 and not RAW_CONTROL.search(result.output), repr(result.output)
+    assert "\\x1b[2J[bold red]wipe" in result.output, result.output

@@ -11,6 +11,7 @@ from pathlib import Path
 from .errors import InputError
 from .options import ConvertOptions, job_options
 from .paths import output_path, reads_of
+from .smallfile import read_small_text
 from .schemas import JobFields, JobsFile, validated
 from .sources import HUB_ID
 
@@ -83,7 +84,7 @@ def jobs_from_file(path: Path, out_root: Path | None, defaults: ConvertOptions) 
     `out`, `dtype`, `kind`, `shard_size`, `base`, `checksums`, `hash` (schemas.JobsFile)."""
     fix = "fix the jobs file (examples/jobs.toml shows every key)"
     try:
-        data = tomllib.loads(Path(path).read_text(encoding="utf-8"))
+        data = tomllib.loads(read_small_text(path, "jobs", fix=fix))
     except (OSError, UnicodeDecodeError, tomllib.TOMLDecodeError, RecursionError) as exc:
         raise InputError(f"cannot read the jobs file ({type(exc).__name__}: {exc})"[:300], path=path,
                          fix=fix) from None

@@ -24,7 +24,11 @@ class ManifestUnreadable(Exception):
 
 
 def write_json(path: Path, obj) -> None:
-    path.write_text(json.dumps(obj, indent=2, sort_keys=True, ensure_ascii=False) + "\n", encoding="utf-8")
+    """Sorted keys, fixed layout; every number finite (NaN and Infinity are not JSON: a ValueError,
+    never a file that only Python reads back); a name that is not UTF-8 (a folder's bytes, kept by
+    Python as surrogates) written as its JSON escape, which reads back to the same string."""
+    text = json.dumps(obj, indent=2, sort_keys=True, ensure_ascii=False, allow_nan=False) + "\n"
+    path.write_text(text, encoding="utf-8", errors="backslashreplace")
 
 
 def _long_context(cfg) -> dict:

@@ -320,8 +320,11 @@ def test_shipped_examples_are_valid():
     root = Path(__file__).resolve().parent.parent / "examples"
     jobs = batch.jobs_from_file(root / "jobs.toml", None, Options())
     assert [j.name for j in jobs] == ["Qwen--Qwen-1_8B-Chat", "Qwen--Qwen-7B", "Qwen--Qwen-7B-Chat",
-                                      "Qwen--Qwen-14B-Chat", "Qwen--Qwen-72B-Chat", "sft-v2-3000"]
-    assert jobs[-1].options.base == "Qwen/Qwen-7B-Chat" and jobs[4].options.dtype == "bfloat16"
+                                      "Qwen--Qwen-14B-Chat", "Qwen--Qwen-72B-Chat", "sft-v2-3000",
+                                      "Qwen--Qwen-7B-Chat"]
+    assert jobs[5].options.base == "Qwen/Qwen-7B-Chat" and jobs[4].options.dtype == "bfloat16"
+    assert jobs[-1].options.target == "qwen2" and {j.options.target for j in jobs[:-1]} == {"llama"}
+    batch.check_unique(jobs)  # the same source twice, in two layouts: two outputs
     assert subprocess.run(["bash", "-n", str(root / "slurm-array.sh")]).returncode == 0
     manifest = (root / "kubernetes-indexed-job.yaml").read_text()
     assert "completionMode: Indexed" in manifest and "QWEN2LLAMA_SHARD_COUNT" in manifest

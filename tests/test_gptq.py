@@ -92,7 +92,7 @@ def test_three_dequantizers_agree_bit_for_bit(releases, tmp_path):
         convert(src, dense, dequantize="float32")
         ref, d, q = QwenReference(open_source(src)), _tensors(dense), _tensors(out)
         for qwen, llamas in LINEARS.items():
-            want = ref._gptq_weight(f"transformer.h.1.{qwen}")
+            want = ref.gptq_weight(f"transformer.h.1.{qwen}")
             converted = torch.cat([d[f"model.layers.1.{llama}.weight"] for llama in llamas])
             by_bytes = torch.cat([dequantize_by_bytes(*(q[f"model.layers.1.{llama}.{s}"] for s in
                                                         ("qweight", "qzeros", "scales", "g_idx")), bits=bits)

@@ -41,10 +41,11 @@ DEEP = Path("1/2/3/4/5")  # w lies this deep, so that five ".." stay inside the 
 def _tree(root: Path) -> Path:
     """w/a/b/c, w/d/e, and links in w: L -> a/b, M -> d (absolute), N -> a/b/c (relative), T -> a
     folder outside w; returns w."""
-    (root / "outside").mkdir()
     w = root / DEEP / "w"
     w.mkdir(parents=True)
-    for name, target in (("L", w / "a" / "b"), ("M", w / "d"), ("N", Path("a/b/c")), ("T", root / "outside")):
+    (root / DEEP / "outside").mkdir()
+    for name, target in (("L", w / "a" / "b"), ("M", w / "d"), ("N", Path("a/b/c")),
+                         ("T", root / DEEP / "outside")):
         os.symlink(target, w / name)
     for d in ("a/b/c", "d/e"):
         (w / d).mkdir(parents=True)
@@ -218,7 +219,7 @@ def test_a_broken_converted_folder_is_a_failed_check_not_bad_input(model, tmp_pa
 
 RAW_CONTROL = re.compile("[\x00-\x08\x0b-\x1f\x7f-\x9f\u202a-\u202e\u2066-\u2069]")
 PIECES = ["a", "b", "[", "]", "/", "=", "#", "\\", "\x1b", "\x07", "\u202e", "\x9b", "\r", "\t", "[bold]",
-          "[/]", "[link=x]", "\x1b]0;t\x07", "\x1b[31m"]
+          "[/]", "[link=x]", "\x1b]0;t\x07", "\x1b[31m", ":smile:", "\\[", "\udce9", "\ue001"]
 NAME = st.lists(st.sampled_from(PIECES), min_size=1, max_size=6).map("".join).filter(
     lambda s: s.strip("/") not in ("", ".", "..") and "//" not in s and "/../" not in f"/{s}/"
     and "/./" not in f"/{s}/")
@@ -257,3 +258,144 @@ def test_config_strings_in_errors_are_printed_literally(model, tmp_path):
     result = cli("inspect", bad)
     assert result.exit_code == 2 and not RAW_CONTROL.search(result.output), repr(result.output)
     assert "\\x1b[2J[bold red]wipe" in result.output, result.output
+
+
+# Class 5: unbounded reads and counts. Each case in a child that reports its own peak memory.
+MEASURED = """
+import resource, sys, time
+from qwen2llama.cli import entry
+sys.argv = ["qwen2llama", *sys.argv[1:]]
+t0 = time.perf_counter()
+try:
+    entry()
+except SystemExit as stop:
+    code = stop.code
+print(f"MEASURE {time.perf_counter() - t0:.2f} {resource.getrusage(resource.RUSAGE_SELF).ru_maxrss}",
+      file=sys.stderr)
+sys.exit(code)
+"""
+
+
+def _measured(*args, timeout=60):
+    import subprocess
+    import sys
+
+    done = subprocess.run([sys.executable, "-c", MEASURED, *map(str, args)], capture_output=True, text=True,
+                          timeout=timeout)
+    seconds, rss_kib = done.stderr.rsplit("MEASURE ", 1)[1].split()
+    return done, float(seconds), int(rss_kib) / 1024
+
+
+@pytest.mark.slow
+def test_resource_cases_are_refused_within_seconds_and_little_memory(model, tmp_path):
+    src, out, _ = model
+    fifo = tmp_path / "fifo"
+    os.mkfifo(fifo)
+    huge = shutil.copytree(src, tmp_path / "huge")
+    config = json.loads((huge / "config.json").read_text())
+    config["num_hidden_layers"] = 10**9
+    (huge / "config.json").write_text(json.dumps(config))
+    cases = {
+        "10^9 layers": ["convert", huge, tmp_path / "o1"],
+        "prompts /dev/zero": ["verify", src, out, "--prompts", "/dev/zero"],
+        "prompts FIFO": ["verify", src, out, "--prompts", fifo],
+        "jobs file /dev/zero": ["batch", "--jobs-file", "/dev/zero", "--out-root", tmp_path / "o2"],
+        "tokenizer of /dev/zero": ["tokenizer", "/dev/zero", tmp_path / "o4"],
+        "greedy 10^9": ["verify", src, out, "--greedy-tokens", str(10**9)],
+        "greedy -1": ["verify", src, out, "--greedy-tokens", "-1"],
+    }
+    for name, args in cases.items():
+        done, seconds, mib = _measured(*args)
+        assert done.returncode == 2 and "Traceback" not in done.stderr, (name, done.stderr)
+        assert seconds < 10 and mib < 1024, (name, seconds, mib)
+    assert not any((tmp_path / f"o{k}").exists() for k in (1, 2, 4))
+
+
+def test_prompt_sets_are_bounded_the_same_for_recording_and_reading(model, tmp_path):
+    from qwen2llama.verify import golden, prompts
+
+    src, out, _ = model
+    assert golden.MAX_PROMPTS is prompts.MAX_PROMPTS and golden.MAX_GREEDY is prompts.MAX_GREEDY
+    many = tmp_path / "many.json"
+    many.write_text(json.dumps({"texts": ["x"] * prompts.MAX_PROMPTS, "chats": []}))
+    result = cli("golden", src, tmp_path / "g", "--prompts", many)
+    assert result.exit_code == 2 and f"at most {prompts.MAX_PROMPTS - 1} prompts" in result.output
+    assert not (tmp_path / "g").exists()
+    for chats in ([[{"role": "user"}]], [[{"role": "user", "content": 5}]], [[]], ["hello"]):
+        bad_chats = tmp_path / "chats.json"
+        bad_chats.write_text(json.dumps({"texts": ["x"], "chats": chats}))
+        result = cli("verify", src, out, "--quick", "--prompts", bad_chats)
+        assert result.exit_code == 2 and "prompt set is unreadable" in result.output, (chats, result.output)
+
+
+@pytest.mark.parametrize("field,value", [("rotary_emb_base", "1e400"), ("rotary_emb_base", "-1"),
+                                         ("layer_norm_epsilon", "1e999"), ("seq_length", "1e300"),
+                                         ("hidden_size", "10000000000")])
+def test_what_we_write_is_finite_or_nothing_is_written(model, tmp_path, field, value):
+    """JSON parses 1e400 as infinity: such a config is refused before a byte is written (no
+    config.json holding `Infinity`, which is not JSON)."""
+    src, _, _ = model
+    bad = shutil.copytree(src, tmp_path / "bad")
+    text = (bad / "config.json").read_text()
+    config = json.loads(text)
+    config[field] = 0  # placeholder, replaced by the raw literal below
+    (bad / "config.json").write_text(json.dumps(config).replace(f'"{field}": 0', f'"{field}": {value}'))
+    result = cli("convert", bad, tmp_path / "out", "--no-verify")
+    assert result.exit_code == 2 and field in result.output, result.output
+    assert not (tmp_path / "out").exists()
+
+
+def test_write_json_never_writes_nan_and_keeps_undecodable_names(tmp_path):
+    from qwen2llama.manifest import write_json
+
+    with pytest.raises(ValueError):
+        write_json(tmp_path / "x.json", {"v": float("nan")})
+    name = os.fsdecode(b"caf\xe9-model")  # a Latin-1 folder name on a UTF-8 system
+    write_json(tmp_path / "y.json", {"folder": name})
+    assert json.loads((tmp_path / "y.json").read_text(encoding="utf-8"))["folder"] == name
+
+
+def test_a_folder_name_that_is_not_utf8_converts(model, tmp_path):
+    src, _, _ = model
+    odd = Path(os.fsdecode(bytes(tmp_path) + b"/caf\xe9-src"))
+    shutil.copytree(src, odd)
+    result = run_cli("convert", odd, tmp_path / "out", "--quick")
+    assert result.returncode == 0, result.stderr
+    record = json.loads((tmp_path / "out" / "conversion.json").read_text(encoding="utf-8"))
+    assert record["source"]["folder"] == str(odd)
+
+
+def test_a_pickle_whose_shape_holds_strings_is_bad_input(model, tmp_path):
+    import pickle
+    import zipfile
+
+    src, _, _ = model
+    bad = shutil.copytree(src, tmp_path / "bad")
+    (bad / "model.safetensors").unlink()
+    import torch
+
+    torch.save({"transformer.wte.weight": torch.zeros(2, 2)}, bad / "pytorch_model.bin")
+    with zipfile.ZipFile(bad / "pytorch_model.bin") as z:
+        members = {n: z.read(n) for n in z.namelist()}
+    pkl = next(n for n in members if n.endswith("data.pkl"))
+    members[pkl] = members[pkl].replace(pickle.dumps((2, 2), protocol=2)[2:-1], pickle.dumps(("a", "b"),
+                                                                                             protocol=2)[2:-1])
+    with zipfile.ZipFile(bad / "pytorch_model.bin", "w", zipfile.ZIP_STORED) as z:
+        for n, data in members.items():
+            z.writestr(n, data)
+    result = cli("inspect", bad)
+    assert result.exit_code == 2, result.output
+
+
+@pytest.mark.parametrize("preset", ["../../../etc/passwd", "/tmp/x", "tiny/../tiny", "prompts"])
+def test_synth_presets_are_names_never_paths(tmp_path, preset):
+    result = cli("synth", tmp_path / "s", "--preset", preset)
+    assert result.exit_code == 2 and "unknown preset" in result.output, result.output
+    assert not (tmp_path / "s").exists()
+
+
+@pytest.mark.parametrize("size", ["1" + "0" * 400 + "GB", "1e3GB", "2PB", "0", "-5GB"])
+def test_absurd_shard_sizes_are_bad_input(model, tmp_path, size):
+    src, _, _ = model
+    result = cli("convert", src, tmp_path / "out", "--shard-size", size, "--no-verify")
+    assert result.exit_code == 2 and "size" in result.output, result.output

@@ -10,7 +10,7 @@ from rich.console import Console
 from ..dtypes import NAME_OF
 from ..progress import Progress
 from ..storage.refs import unknown_kind
-from .literal import shown
+from .literal import compose, shown
 
 
 class TerminalProgress(Progress):
@@ -193,5 +193,6 @@ def batch_table(console: Console, results) -> None:
     for r in results:
         verdict = r.status if not r.exit_code else f"[bold red]{r.status}[/]"
         logit = "" if r.max_abs_logit_diff is None else f"{r.max_abs_logit_diff:.2e}"
-        table.add_row(shown(r.name), shown(r.src), verdict, logit, f"{r.seconds:.1f}", f"{r.gigabytes:.2f}")
+        table.add_row(compose(shown(r.name)), compose(shown(r.src)), verdict, logit, f"{r.seconds:.1f}",
+                      f"{r.gigabytes:.2f}")
     console.print(table)

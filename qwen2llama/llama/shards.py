@@ -9,6 +9,9 @@ _UNITS = {"": 1, "B": 1, "KB": 10**3, "MB": 10**6, "GB": 10**9, "TB": 10**12,
           "KIB": 2**10, "MIB": 2**20, "GIB": 2**30, "TIB": 2**40}
 
 
+MAX_SIZE = 10**15  # a shard larger than a petabyte is a typo, not a plan
+
+
 def parse_size(text: str | int) -> int:
     """'5GB' -> 5_000_000_000 (decimal, as Hugging Face does); '2GiB', '500MB' and plain bytes too."""
     if isinstance(text, int):
@@ -18,9 +21,11 @@ def parse_size(text: str | int) -> int:
         if not m or m.group(2).upper() not in _UNITS:
             raise InputError(f"cannot read the size {text!r}",
                              fix="write it like 5GB, 500MB, 2GiB or a byte count")
-        value = int(float(m.group(1)) * _UNITS[m.group(2).upper()])
-    if value <= 0:
-        raise InputError(f"size must be positive, got {text!r}", fix="write it like 5GB")
+        number = float(m.group(1)) * _UNITS[m.group(2).upper()]
+        value = int(number) if number <= MAX_SIZE else MAX_SIZE + 1  # 10^400 GB is a float infinity
+    if value <= 0 or value > MAX_SIZE:
+        raise InputError(f"size must be positive and at most 1 PB, got {str(text)[:40]!r}",
+                         fix="write it like 5GB")
     return value
 
 

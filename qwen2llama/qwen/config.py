@@ -12,6 +12,7 @@ from pathlib import Path
 from typing import Any
 
 from ..errors import InputError
+from ..smallfile import read_small_text
 
 # meaning -> (v1.1 name, original name). The first name found wins; both present and
 # different is an error, since we cannot know which one the weights were trained with.
@@ -43,6 +44,16 @@ class QwenConfig:
     use_dynamic_ntk: bool
     use_logn_attn: bool
     dtype: str | None  # what the config says the weights are ("bfloat16", ...), if anything
+
+    def __post_init__(self):
+        """The same bounds parse_config checks, for configs built from elsewhere (a golden file's
+        header): a ValueError naming the field."""
+        for field, name in BOUNDED.items():
+            value = getattr(self, field)
+            number = isinstance(value, (int, float)) and not isinstance(value, bool)
+            if not number or not 0 < value <= MOST[name]:
+                raise ValueError(f"{field} {value!r} is not a positive number of at most "
+                                 f"{MOST[name]:g}"[:200])
 
     @property
     def mlp_width(self) -> int:
@@ -81,17 +92,33 @@ def _pick(raw: dict, meaning: str, path: Path, required: bool = True):
     return None
 
 
+CONFIG_FIX = "use the config.json that came with the checkpoint"
+# QwenConfig fields -> their name in MOST (QwenConfig.__post_init__ checks a config built elsewhere)
+BOUNDED = {"hidden_size": "hidden_size", "num_layers": "num_hidden_layers",
+           "num_heads": "num_attention_heads", "head_dim": "kv_channels",
+           "intermediate_size_written": "intermediate_size",
+           "vocab_rows": "vocab_size", "seq_length": "seq_length", "layer_norm_epsilon": "layer_norm_epsilon",
+           "rotary_emb_base": "rotary_emb_base"}
+# The largest value each size may take: far above every Qwen v1 release (72B: 80 layers, hidden
+# 8192, 64 heads, vocab 152064), low enough that nothing sized by them exhausts memory before the
+# weights are checked against them. Checked once, here.
+MOST = {"hidden_size": 1 << 16, "num_attention_heads": 1 << 10, "kv_channels": 1 << 12,
+        "intermediate_size": 1 << 20, "num_hidden_layers": 1 << 10, "vocab_size": 1 << 22,
+        "seq_length": 1 << 20, "layer_norm_epsilon": 1.0, "rotary_emb_base": 1e12}
+
+
 def _positive_int(value, name: str, path: Path) -> int:
-    if isinstance(value, bool) or not isinstance(value, int) or value <= 0:
-        raise InputError(f"config.json: {name} must be a positive integer, got {value!r}", path=path,
-                         fix="use the config.json that came with the checkpoint")
+    if isinstance(value, bool) or not isinstance(value, int) or not 0 < value <= MOST[name]:
+        raise InputError(f"config.json: {name} must be a positive integer of at most {MOST[name]}, got "
+                         f"{value!r}"[:300], path=path, fix=CONFIG_FIX)
     return value
 
 
 def _positive_float(value, name: str, path: Path) -> float:
-    if isinstance(value, bool) or not isinstance(value, (int, float)) or not value > 0:
-        raise InputError(f"config.json: {name} must be a positive number, got {value!r}", path=path,
-                         fix="use the config.json that came with the checkpoint")
+    """A positive, finite number within its bound (1e400 parses as infinity: never written on)."""
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0 < value <= MOST[name]:
+        raise InputError(f"config.json: {name} must be a positive finite number of at most "
+                         f"{MOST[name]:g}, got {value!r}"[:300], path=path, fix=CONFIG_FIX)
     return float(value)
 
 
@@ -176,7 +203,7 @@ def read_raw_config(folder: Path) -> Any:
         raise InputError("no config.json in the checkpoint folder", path=path,
                          fix="point SRC at the folder that holds config.json and the weights")
     try:
-        raw = json.loads(path.read_text(encoding="utf-8"))
+        raw = json.loads(read_small_text(path, "config", fix="restore the checkpoint's config.json"))
     except (json.JSONDecodeError, UnicodeDecodeError, RecursionError) as exc:
         raise InputError(f"config.json is not valid JSON ({exc})", path=path,
                          fix="restore the config.json that came with the checkpoint") from None

@@ -44,9 +44,23 @@ class _TensorRecord:
     stride: tuple[int, ...]
 
 
+class _BadRecord(Exception):
+    """A tensor record whose fields are not what torch.save writes (caught: bad input)."""
+
+
+def _ints(values, what: str) -> tuple[int, ...]:
+    """A shape or stride as torch.save writes it: a short tuple of non-negative ints."""
+    if not isinstance(values, (tuple, list)) or len(values) > 8 or \
+            not all(type(v) is int and 0 <= v < 1 << 48 for v in values):
+        raise _BadRecord(f"{what} {values!r}"[:120])
+    return tuple(values)
+
+
 def _rebuild_tensor_v2(storage, storage_offset, size, stride, requires_grad=False, backward_hooks=None,
                        metadata=None):
-    return _TensorRecord(storage, int(storage_offset), tuple(size), tuple(stride))
+    if not isinstance(storage, _Storage) or type(storage_offset) is not int or storage_offset < 0:
+        raise _BadRecord(f"storage {type(storage).__name__} at offset {storage_offset!r}"[:120])
+    return _TensorRecord(storage, storage_offset, _ints(size, "shape"), _ints(stride, "stride"))
 
 
 def _rebuild_parameter(data, requires_grad=False, backward_hooks=None):

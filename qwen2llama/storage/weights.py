@@ -8,6 +8,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from ..errors import InputError
+from ..smallfile import read_small_text
 from .refs import TensorRef
 from .safetensors import read_safetensors_header
 from .torchzip import read_torch_zip
@@ -18,6 +19,7 @@ LAYOUTS = {
     "bin": ("pytorch_model.bin.index.json", "pytorch_model.bin"),
 }
 READERS = {"safetensors": read_safetensors_header, "bin": read_torch_zip}
+INDEX_FIX = "restore the index file that came with the checkpoint"
 
 
 @dataclass(frozen=True)
@@ -30,13 +32,12 @@ class WeightFiles:
 def read_index(index_path: Path) -> tuple[dict[str, str], list[str]]:
     """(weight_map, sorted shard names) of a shard index, shard names checked to be plain file names."""
     try:
-        weight_map = json.loads(index_path.read_text(encoding="utf-8"))["weight_map"]
+        weight_map = json.loads(read_small_text(index_path, "index", fix=INDEX_FIX))["weight_map"]
         ok = isinstance(weight_map, dict) and all(isinstance(v, str) for v in weight_map.values())
     except (OSError, ValueError, KeyError, TypeError, RecursionError):
         ok = False
     if not ok:
-        raise InputError("the shard index is unreadable or has no weight_map", path=index_path,
-                         fix="restore the index file that came with the checkpoint")
+        raise InputError("the shard index is unreadable or has no weight_map", path=index_path, fix=INDEX_FIX)
     for name, shard in weight_map.items():
         if shard != os.path.basename(shard) or shard in ("", ".", "..") or "\\" in shard:
             raise InputError(f"tensor {name} points at shard {shard!r}, which is not a plain file name "

@@ -60,11 +60,14 @@ def split_preset(name: str) -> tuple[str, int | None]:
 
 
 def load_preset(name: str) -> dict:
+    """A preset by name: one of the package's configs, never a path (a name is looked up among
+    preset_names(), not joined to a folder)."""
     name = split_preset(name)[0]
-    if not (CONFIGS / f"{name}.json").is_file() and name.endswith("-chat"):
+    known = preset_names()
+    if name not in known and name.endswith("-chat"):
         name = name.removesuffix("-chat")  # "qwen-7b-chat": chat and base models share their widths
     path = CONFIGS / f"{name}.json"
-    if not path.is_file():
+    if name not in known:
         raise InputError(f"unknown preset {name!r}",
                          fix=f"choose one of: {', '.join(preset_names() + GPTQ_RELEASES)} (any with "
                              "-int4/-int8)")

@@ -5,6 +5,7 @@ import binascii
 from functools import lru_cache
 from pathlib import Path
 
+from ..smallfile import read_small
 from ..errors import InputError
 
 FIX = "use the unmodified qwen.tiktoken that came with the checkpoint"
@@ -40,7 +41,7 @@ def _line(line: bytes, lineno: int, path: Path) -> tuple[bytes, int]:
 def _parsed(name: str, size: int, mtime_ns: int) -> tuple[bytes, ...]:
     path = Path(name)
     try:
-        data = path.read_bytes()
+        data = read_small(path, "vocabulary", fix=FIX)
     except OSError as exc:
         raise InputError(f"cannot read the vocabulary ({exc.strerror})", path=path, fix=FIX) from None
     by_rank: dict[int, bytes] = {}

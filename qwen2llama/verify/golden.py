@@ -31,7 +31,8 @@ from ..tokenizer.files import vocab_digest
 from ..tokens import SPECIAL_IDS
 from . import digests
 from .lockstep import continue_greedily, forward, reference_layers
-from .prompts import GOLDEN, PROBES, greedy_count, load_prompts, prompt_set, qwen_chat_text, tiktoken_encoder
+from .prompts import (GOLDEN, MAX_GREEDY, MAX_PROMPTS, PROBES, greedy_count,
+                      load_prompts, prompt_set, qwen_chat_text, tiktoken_encoder)
 from .stats import reference_head_blocks, side_stats
 
 FORMAT = 2
@@ -39,7 +40,7 @@ READS = (1, 2)  # format 1: no tensor digests, a random sample only (see OLDER)
 OLDER = ("a format 1 golden file holds no tensor digests and samples no fixed ids: a changed weight that no "
          "recorded number covers (an embedding row of a token no prompt uses, an lm_head row outside the "
          "sample, <|im_end|>'s among them) goes unnoticed; record it again with this version")
-MAX_GREEDY, MAX_PROMPTS, MAX_TOP_K = 256, 1024, 1024  # bounds on counts read from a file
+MAX_TOP_K = 1024  # bounds on counts read from a file (MAX_PROMPTS, MAX_GREEDY: prompts.py)
 META_KEY = "qwen2llama_golden"
 TOP_K = 16  # top logits kept per position
 SAMPLE_SIZE = 2048  # vocabulary ids whose logits are kept at every position

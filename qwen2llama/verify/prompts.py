@@ -8,6 +8,7 @@ from functools import lru_cache
 from importlib import resources
 from pathlib import Path
 
+from ..smallfile import read_small_text
 from ..errors import InputError
 from ..qwen.config import QwenConfig
 from ..tokens import DEFAULT_SYSTEM, ENDOFTEXT_ID, PATTERN, SPECIAL_IDS
@@ -21,19 +22,34 @@ PROBES = ["1234567890 and 3.14159265", "全角数字１０２０と１２３", "
           "中文数字一二三123", "don't I'LL\ttabs $value"]
 
 
+# Bounds on counts, the same for recording a golden file and reading one back (verify/golden.py):
+# named prompts (the seq_length-token prompt included) and greedy tokens per prompt.
+MAX_PROMPTS, MAX_GREEDY = 1024, 256
+
+
+def _chat_ok(chat) -> bool:
+    return isinstance(chat, list) and bool(chat) and all(
+        isinstance(m, dict) and isinstance(m.get("role"), str) and isinstance(m.get("content"), str)
+        for m in chat)
+
+
 def load_prompts(path: Path | None, quick: bool) -> tuple[list[str], list[list[dict]]]:
     """(texts, chats) from a prompt file or the bundled set; --quick keeps 3 texts and 1 chat."""
     try:
-        text = (Path(path).read_text(encoding="utf-8") if path else
+        fix = "give a prompt file (JSON), or omit --prompts"
+        text = (read_small_text(path, "prompts", fix=fix) if path else
                 (resources.files("qwen2llama") / "configs" / "prompts.json").read_text(encoding="utf-8"))
         data = json.loads(text)
         texts, chats = list(data.get("texts", [])), list(data.get("chats", []))
         ok = all(isinstance(t, str) for t in texts) and bool(texts + chats)
+        ok = ok and len(texts) + len(chats) < MAX_PROMPTS and all(_chat_ok(c) for c in chats)
     except (OSError, ValueError, AttributeError, RecursionError):
         ok = False
     if not ok:
-        raise InputError("the prompt set is unreadable: expected JSON {\"texts\": [...], \"chats\": [[...]]}",
-                         path=path, fix="fix the prompt file, or omit --prompts")
+        raise InputError("the prompt set is unreadable: expected JSON {\"texts\": [...], "
+                         "\"chats\": [[...]]}, "
+                         f"at most {MAX_PROMPTS - 1} prompts, each chat a list of {{\"role\", \"content\"}} "
+                         "strings", path=path, fix="fix the prompt file, or omit --prompts")
     return (texts[:3], chats[:1]) if quick else (texts, chats)
 
 

@@ -10,7 +10,7 @@ import json
 from dataclasses import dataclass
 from pathlib import Path
 
-from ..errors import VerificationFailed
+from ..errors import InputError, VerificationFailed
 
 CHECKS = ("integrity", "tensors", "config", "tokenizer", "logits")
 MAX_FAILURES = 50  # failure lines kept per check
@@ -40,6 +40,14 @@ class VerifyOptions:
     report: Path | None = None  # the JSON report (README "Report schema")
     junit: Path | None = None  # JUnit XML, a test case per check
     github_summary: bool = True  # appended to $GITHUB_STEP_SUMMARY when it is set
+
+    def __post_init__(self):
+        from .prompts import MAX_GREEDY
+
+        n = self.greedy_tokens
+        if n is not None and (isinstance(n, bool) or not isinstance(n, int) or not 0 <= n <= MAX_GREEDY):
+            raise InputError(f"--greedy-tokens {n!r} is not a count from 0 to {MAX_GREEDY}",
+                             fix=f"give 0 to {MAX_GREEDY} tokens per prompt (the bound of golden files too)")
 
 
 def check(passed: bool | None, summary: str = "", **details) -> dict:

@@ -27,6 +27,7 @@ from .sources import open_source
 from .storage import OutputTensor
 from .tokenizer import cache as tokenizer_cache
 from .tokenizer import read_tiktoken
+from .tokenizer.merges import unbuildable_extras
 from .tokenizer.job import TokenizerJob
 
 COPIED_FILES = ("LICENSE", "NOTICE")
@@ -63,10 +64,30 @@ def prepare(src: str | Path | Checkpoint, options: ConvertOptions = ConvertOptio
     shards = [(name, [plan.tensors[i] for i in g]) for name, g in zip(shard_names(len(groups)), groups)]
     chat, reason = detect_chat(ckpt, options.kind)
     vocab = ckpt.vocab
-    read_tiktoken(vocab)  # every line valid, before anything is written
+    _check_vocabulary(read_tiktoken(vocab, ckpt.extra_vocab), ckpt)  # every line valid, before writing
     prepared = Prepared(plan, shards, chat, reason, vocab, options, None, adapter,
                         reads_of(ckpt, adapter, options.base))
     return prepared if out is None else aim(prepared, out, force=options.force)
+
+
+def _check_vocabulary(vocabulary, ckpt: Checkpoint) -> None:
+    """An extension's ids must be rows of the embedding (Qwen pads it to 151936 or 152064), and
+    each new token a merge of two lower-ranked ones, or no rebuilt tokenizer can give Qwen's ids."""
+    if not vocabulary.extra:
+        return
+    where = ckpt.extra_vocab or ckpt.vocab
+    if max(vocabulary.extra) >= ckpt.config.vocab_rows:
+        raise InputError(f"the extended vocabulary reaches id {max(vocabulary.extra)}, but the embedding has "
+                         f"{ckpt.config.vocab_rows} rows", path=where,
+                         fix="use the vocabulary the model was trained with (its embedding holds every id)")
+    unreachable = unbuildable_extras(vocabulary, vocabulary.extra)
+    if unreachable:
+        shown = ", ".join(map(repr, unreachable[:3]))
+        raise InputError(f"{len(unreachable)} extra tokens no BPE merge forms ({shown}...): Qwen's tiktoken "
+                         "emits them only as whole words, which a tokenizer rebuilt from vocab.json and "
+                         "merges.txt (transformers 5) cannot", path=where,
+                         fix="build the extension as Qwen's example does: each new token a join of two "
+                             "tokens the vocabulary has, that BPE merges")
 
 
 def aim(prepared: Prepared, out: str | Path, *, force: bool = False) -> Prepared:
@@ -96,11 +117,12 @@ def _write_weights(prepared: Prepared, folder: Path, progress: Progress) -> tupl
     cache, the tokenizer files (their statistics)."""
     plan, cfg = prepared.plan, prepared.plan.checkpoint.config
     digests: dict[str, str | None] = {}
-    cache_key = tokenizer_cache.key(prepared.vocab, prepared.chat, cfg.seq_length)
+    extra = plan.checkpoint.extra_vocab
+    cache_key = tokenizer_cache.key(prepared.vocab, prepared.chat, cfg.seq_length, extra)
     cached = tokenizer_cache.lookup(cache_key)
     with signals_deferred():  # a child started but not yet recorded would outlive a Ctrl-C
         tokenizer_job = None if cached else TokenizerJob(prepared.vocab, folder, prepared.chat,
-                                                         cfg.seq_length)
+                                                         cfg.seq_length, extra)
     try:
         progress.start("weights", plan.total_bytes)
         for name, tensors in prepared.shards:

@@ -140,7 +140,7 @@ def verify_adapter(src, llama_base: str | Path, qwen_adapter: str | Path | QwenA
 @torch.no_grad()
 def _check_logits(ckpt, adapter, model, quick: bool, n_greedy: int) -> dict:
     """The PEFT model (`model`) against the Qwen reference with the adapter merged."""
-    encode = tiktoken_encoder(ckpt.vocab)
+    encode = tiktoken_encoder(ckpt.vocab, ckpt.extra_vocab)
     texts, chats = load_prompts(None, quick)
     prompts = [(t[:30], encode(t)[:MAX_PROMPT]) for t in texts]
     prompts += [(f"chat {k}", encode(qwen_chat_text(m))[:MAX_PROMPT]) for k, m in enumerate(chats)]

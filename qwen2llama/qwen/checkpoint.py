@@ -16,6 +16,28 @@ from .quantization import GptqSettings, read_quantization
 # Files a conversion reads besides the weights and config.json. A Trainer checkpoint often
 # lacks them; `sources` can take them from a base model or the bundled vocabulary.
 COMPANIONS = ("generation_config.json", "qwen.tiktoken", "LICENSE", "NOTICE")
+EXTRA_VOCAB = "extra_vocab_file"  # the companion key of an extra vocabulary (its file has any name)
+
+
+def extra_vocab_of(folder: Path) -> Path | None:
+    """The file that the folder's tokenizer_config.json names as `extra_vocab_file` (Qwen's way to
+    extend the vocabulary), None when it names none; it must be a plain file name in the folder."""
+    config_path = folder / "tokenizer_config.json"
+    if not config_path.is_file():
+        return None
+    settings = read_object(config_path, fix="restore the fine-tune's tokenizer_config.json")
+    name = settings.get("extra_vocab_file")
+    if name is None:
+        return None
+    fix = "put the extra vocabulary file beside tokenizer_config.json and name it there as a plain file name"
+    if not isinstance(name, str) or not name or name != os.path.basename(name) or name in (".", ".."):
+        raise InputError(f"tokenizer_config.json: extra_vocab_file {str(name)[:80]!r} is not a file name in "
+                         "the folder", path=config_path, fix=fix)
+    path = folder / name
+    if not path.is_file() or os.path.dirname(os.path.realpath(path)) != os.path.realpath(folder):
+        raise InputError(f"tokenizer_config.json names extra_vocab_file {name!r}, which is not a file in the "
+                         "folder (for a hub id: not fetched)", path=path, fix=fix)
+    return path
 
 
 @dataclass
@@ -32,6 +54,11 @@ class Checkpoint:
     @property
     def vocab(self) -> Path | None:
         return self.companions.get("qwen.tiktoken")
+
+    @property
+    def extra_vocab(self) -> Path | None:
+        """A fine-tune's extra vocabulary (tokenizer_config.json `extra_vocab_file`), if any."""
+        return self.companions.get(EXTRA_VOCAB)
 
     def read_tensor(self, name: str):
         """One whole tensor as a torch tensor (the reference forward reads a layer at a time)."""
@@ -79,5 +106,7 @@ def open_checkpoint(folder: str | Path) -> Checkpoint:
             f"the folder holds: {', '.join(present) or 'nothing'})",
             path=folder, fix="download the weight files into this folder")
     companions = {name: folder / name for name in COMPANIONS if (folder / name).is_file()}
+    if (extra := extra_vocab_of(folder)) is not None:  # only then: other fingerprints stay as they were
+        companions[EXTRA_VOCAB] = extra
     return Checkpoint(folder, config, weights.format, weights.files, weights.tensors, companions,
                       quantization=quantization)

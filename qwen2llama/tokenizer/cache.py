@@ -29,9 +29,11 @@ def root() -> Path | None:
     return Path(value) if value else Path.home() / ".cache" / "qwen2llama" / "tokenizers"
 
 
-def key(vocab: Path, chat: bool, model_max_length: int) -> str:
+def key(vocab: Path, chat: bool, model_max_length: int, extra: Path | None = None) -> str:
     what = {"vocab_sha256": sha256_file(vocab), "chat": chat, "model_max_length": model_max_length,
             "tool_version": __version__}
+    if extra is not None:  # an extra vocabulary changes the files: its own entry
+        what["extra_vocab_sha256"] = sha256_file(extra)
     return hashlib.sha256(json.dumps(what, sort_keys=True).encode()).hexdigest()[:32]
 
 

@@ -62,11 +62,16 @@ Spelled = tuple[dict[str, int], list[tuple[str, str]]]
 
 
 def _spelled(tokens: list[bytes]) -> Spelled:
-    """The vocabulary {spelling: id} and the spelled merges, each token spelled once."""
-    spelled = [spell(tok) for tok in tokens]
-    spelling = dict(zip(tokens, spelled))
-    merges, _ = recover_merges(tokens)
-    return dict(zip(spelled, range(len(spelled)))), [(spelling[a], spelling[b]) for a, b in merges]
+    """The vocabulary {spelling: id} and the spelled merges, each token spelled once. With an
+    extension (`tokens.extra`), the special tokens sit in the vocabulary at their ids too: the
+    extra tokens come after them, and an added token not in the vocabulary would take the next
+    free id, not its own."""
+    extra = getattr(tokens, "extra", {})
+    ids = [*enumerate(tokens), *((SPECIAL_IDS[t], t.encode()) for t in SPECIAL_TOKENS if extra),
+           *sorted(extra.items())]
+    spelling = {tok: spell(tok) for _, tok in ids}
+    merges, _ = recover_merges(tokens, extra)
+    return {spelling[tok]: i for i, tok in ids}, [(spelling[a], spelling[b]) for a, b in merges]
 
 
 def build_tokenizer(tokens: list[bytes]):
@@ -132,7 +137,10 @@ def write_tokenizer_files(tokens: list[bytes], out: Path, *, chat: bool, model_m
         "eos_token": eos,
         "pad_token": ENDOFTEXT,
     })
-    return {"regular_tokens": len(tokens), "special_tokens": len(SPECIAL_TOKENS), "merges": len(merges)}
+    stats = {"regular_tokens": len(tokens), "special_tokens": len(SPECIAL_TOKENS), "merges": len(merges)}
+    if getattr(tokens, "extra", None) or getattr(tokens, "skipped", None):  # only then: older records stay
+        stats |= {"extra_tokens": len(tokens.extra), "extra_skipped": tokens.skipped}
+    return stats
 
 
 def vocab_digest(tokens: list[bytes]) -> str:

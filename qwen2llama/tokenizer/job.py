@@ -11,12 +11,14 @@ from ..errors import OutputError
 
 
 class TokenizerJob:
-    def __init__(self, vocab: Path, folder: Path, chat: bool, model_max_length: int):
+    def __init__(self, vocab: Path, folder: Path, chat: bool, model_max_length: int,
+                 extra: Path | None = None):
         self.folder = folder
         self.proc = subprocess.Popen(
             [sys.executable, "-m", "qwen2llama.tokenizer", str(vocab), str(folder),
              "chat" if chat else "base",
-             str(model_max_length)], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+             str(model_max_length), *([str(extra)] if extra is not None else [])],
+            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
 
     def result(self) -> dict:
         """The figures the child printed (for the manifest), once it has written the files."""

@@ -28,12 +28,24 @@ def _bpe_parts(token: bytes, ranks: dict[bytes, int], limit: int) -> list[bytes]
     return parts
 
 
-def recover_merges(tokens: list[bytes]) -> tuple[list[tuple[bytes, bytes]], list[int]]:
-    """(merges in rank order, ranks of multi-byte tokens that no merge sequence builds)."""
-    ranks = {tok: rank for rank, tok in enumerate(tokens)}
+def unbuildable_extras(tokens: list[bytes], extra: dict[int, bytes]) -> list[bytes]:
+    """An extension's multi-byte tokens that no merge of lower-ranked tokens forms. Qwen's tiktoken
+    emits such a token only when a whole pre-token equals it; a tokenizer rebuilt from vocab.json
+    and merges.txt (transformers 5 does so) never emits it."""
+    ranks = {tok: rank for rank, tok in [*enumerate(tokens), *extra.items()]}
+    return [tok for rank, tok in sorted(extra.items())
+            if len(tok) > 1 and len(_bpe_parts(tok, ranks, rank)) != 2]
+
+
+def recover_merges(tokens: list[bytes], extra: dict[int, bytes] | None = None
+                   ) -> tuple[list[tuple[bytes, bytes]], list[int]]:
+    """(merges in rank order, ranks of multi-byte tokens that no merge sequence builds). `extra`:
+    an extension's tokens by rank (all above the regular ones), merged after them in rank order."""
+    ranked = [*enumerate(tokens), *sorted((extra or {}).items())]
+    ranks = {tok: rank for rank, tok in ranked}
     merges: list[tuple[bytes, bytes]] = []
     unbuildable: list[int] = []
-    for rank, token in enumerate(tokens):
+    for rank, token in ranked:
         if len(token) < 2:
             continue
         parts = _bpe_parts(token, ranks, rank)

@@ -23,7 +23,7 @@ from ..targets import for_config
 from .config import check_config
 from .integrity import check_integrity
 from .logits import check_logits
-from .prompts import load_prompts, tiktoken_encoder
+from .prompts import extension_samples, load_prompts, qwen_ranks, tiktoken_encoder
 from .report import CHECKS, VerifyOptions, VerifyResult, check, with_fixes
 from .tensors import check_tensors
 from .tokenizer import check_tokenizer
@@ -97,7 +97,7 @@ class _AgainstSource:
     def __post_init__(self):
         self.target = for_config(self.raw)
         self.texts, self.chats = load_prompts(self.options.prompts, self.options.quick)
-        self.encode = tiktoken_encoder(self.ckpt.vocab)
+        self.encode = tiktoken_encoder(self.ckpt.vocab, self.ckpt.extra_vocab)
 
     def integrity(self, checks):
         return check_integrity(self.dst)
@@ -113,7 +113,11 @@ class _AgainstSource:
                             q.output_config() if q else None, mlp_bias=has_mlp_bias(self.ckpt))
 
     def tokenizer(self, checks):
-        return check_tokenizer(self.dst, self.encode, self.texts, self.chats, _is_chat(self.dst, self.ckpt))
+        """Qwen's ids on the prompt texts and, for an extended vocabulary, on texts that use the
+        extension's tokens (read as Qwen reads them, apart from the converter)."""
+        extended = extension_samples(qwen_ranks(self.ckpt.vocab, self.ckpt.extra_vocab))
+        return check_tokenizer(self.dst, self.encode, [*self.texts, *extended], self.chats,
+                               _is_chat(self.dst, self.ckpt))
 
     def logits(self, checks):
         o = self.options

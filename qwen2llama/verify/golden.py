@@ -73,7 +73,7 @@ def record(ckpt, *, prompts: Path | None = None, quick: bool = False, long_promp
     plan = plan if plan is not None else build_plan(ckpt)
     cfg = ckpt.config
     texts, chats = load_prompts(prompts, quick)
-    encode = tiktoken_encoder(ckpt.vocab)
+    encode = _encoder(ckpt)
     named, long_note, _ = prompt_set(cfg, encode, texts, chats, quick, long_prompt)
     ref = QwenReference(ckpt)
     seqs = [ids for _, ids in named]
@@ -117,6 +117,15 @@ def record(ckpt, *, prompts: Path | None = None, quick: bool = False, long_promp
         **({"target": plan.target.name} if plan.target.name != DEFAULT_TARGET else {}),
     }
     return tensors, meta
+
+
+def _encoder(ckpt):
+    """Qwen's tokenizer for the source; an extended vocabulary is refused (not recorded yet)."""
+    if ckpt.extra_vocab is not None or read_tiktoken(ckpt.vocab).extra:
+        raise InputError("golden files do not record an extended vocabulary yet",
+                         path=ckpt.extra_vocab or ckpt.vocab,
+                         fix="verify this conversion against its source (qwen2llama verify SRC DST)")
+    return tiktoken_encoder(ckpt.vocab)
 
 
 def _chat(ckpt) -> bool:

@@ -64,22 +64,61 @@ def qwen_chat_text(messages: list[dict]) -> str:
     return text + "\n<|im_start|>assistant\n"
 
 
-def tiktoken_encoder(vocab: Path):
-    """tiktoken configured as Qwen's own tokenizer: NFC first, its regex, its specials parsed."""
-    from ..tokenizer import read_tiktoken
-
-    tokens = read_tiktoken(vocab)  # validated, and parsed once per file version
-    stat = Path(vocab).stat()
-    enc = _encoding(str(vocab), stat.st_size, stat.st_mtime_ns, tuple(tokens))
+def tiktoken_encoder(vocab: Path, extra: Path | None = None):
+    """tiktoken configured as Qwen's own tokenizer: NFC first, its regex, its specials parsed, and
+    a fine-tune's extension (ranks past the specials in `vocab`, or an `extra` vocabulary file)."""
+    enc = _encoding(*_version(vocab), *(_version(extra) if extra is not None else ()))
     return lambda text: enc.encode(unicodedata.normalize("NFC", text), allowed_special="all")
 
 
+def _version(path: Path) -> tuple[str, int, int]:
+    stat = Path(path).stat()
+    return str(path), stat.st_size, stat.st_mtime_ns
+
+
 @lru_cache(maxsize=4)
-def _encoding(name: str, size: int, mtime_ns: int, tokens: tuple[bytes, ...]):
+def _encoding(*versions):
     import tiktoken
 
-    return tiktoken.Encoding("qwen", pat_str=PATTERN, mergeable_ranks={t: r for r, t in enumerate(tokens)},
+    return tiktoken.Encoding("qwen", pat_str=PATTERN, mergeable_ranks=qwen_ranks(*versions[::3]),
                              special_tokens=SPECIAL_IDS)
+
+
+def _rank_lines(path: Path) -> list[tuple[bytes, int]]:
+    import base64
+
+    text = read_small_text(path, "vocabulary", fix="use the vocabulary files that came with the checkpoint")
+    lines = (line.split() for line in text.splitlines() if line.strip())
+    return [(base64.b64decode(token), int(rank)) for token, rank in lines]
+
+
+def qwen_ranks(vocab: str | Path, extra: str | Path | None = None) -> dict[bytes, int]:
+    """Qwen's mergeable ranks, read here apart from the converter's reader (tokenizer/), so that a
+    token the converter loses shows as a difference: every line of qwen.tiktoken, then each line of
+    the extra file unless its token is already there or its rank is taken (by a token, or a special
+    token's id), as Qwen's tokenizer adds them."""
+    from ..errors import InputError
+
+    try:
+        ranks = dict(_rank_lines(Path(vocab)))
+        if extra is not None:
+            used = set(ranks.values()) | set(SPECIAL_IDS.values())
+            for token, rank in _rank_lines(Path(extra)):
+                if token not in ranks and rank not in used:
+                    ranks[token] = rank
+    except (OSError, ValueError) as exc:
+        raise InputError(f"the vocabulary cannot be read as Qwen reads it ({exc})"[:300], path=vocab,
+                         fix="use the vocabulary files that came with the checkpoint") from None
+    return ranks
+
+
+def extension_samples(ranks: dict[bytes, int], most: int = 64) -> list[str]:
+    """Texts that use an extension's tokens (ids past the special tokens): each alone, after a
+    space, and beside its neighbour, so the tokenizer check sees every one of the first `most`."""
+    first = max(SPECIAL_IDS.values()) + 1
+    extra = [token.decode("utf-8", errors="replace")
+             for token, rank in sorted(ranks.items(), key=lambda kv: kv[1]) if rank >= first][:most]
+    return [s for k, t in enumerate(extra) for s in (t, f" {t}", f"{t} and {extra[(k + 1) % len(extra)]}.")]
 
 
 LONG_PROMPT_MAX_FLOPS = 2e13  # a few minutes of float32 matmuls on 2 cores

@@ -14,6 +14,7 @@ from . import manifest
 from .llama.generation import generation_config
 from .llama.shards import parse_size, plan_shards, shard_names
 from .llama.writer import ShardWriter
+from .inventory import CARRIED, Inventory, take_inventory
 from .options import ConvertOptions
 from .plan import ConversionPlan, build_plan
 from .errors import InputError
@@ -29,8 +30,6 @@ from .tokenizer import cache as tokenizer_cache
 from .tokenizer import read_tiktoken
 from .tokenizer.merges import unbuildable_extras
 from .tokenizer.job import TokenizerJob
-
-COPIED_FILES = ("LICENSE", "NOTICE")
 
 
 Options = ConvertOptions  # the name this module's API had
@@ -49,6 +48,7 @@ class Prepared:
     out: Path | None  # None: planned only (inspect)
     adapter: object | None = None  # the QwenAdapter merged in, if any
     reads: list[Path] = field(default_factory=list)  # every path the run reads (paths.py: never written)
+    inventory: Inventory | None = None  # every file of the source folder, accounted for
 
 
 def prepare(src: str | Path | Checkpoint, options: ConvertOptions = ConvertOptions(),
@@ -66,7 +66,7 @@ def prepare(src: str | Path | Checkpoint, options: ConvertOptions = ConvertOptio
     vocab = ckpt.vocab
     _check_vocabulary(read_tiktoken(vocab, ckpt.extra_vocab), ckpt)  # every line valid, before writing
     prepared = Prepared(plan, shards, chat, reason, vocab, options, None, adapter,
-                        reads_of(ckpt, adapter, options.base))
+                        reads_of(ckpt, adapter, options.base), take_inventory(ckpt, options.ignore))
     return prepared if out is None else aim(prepared, out, force=options.force)
 
 
@@ -160,7 +160,7 @@ def _write_configs(prepared: Prepared, folder: Path) -> None:
     manifest.write_json(folder / "config.json", config)
     manifest.write_json(folder / "generation_config.json",
                         generation_config(prepared.chat, ckpt.generation_config()))
-    for name in COPIED_FILES:
+    for name in CARRIED:
         if name in ckpt.companions:
             shutil.copyfile(ckpt.companions[name], folder / name)
 

@@ -74,6 +74,7 @@ def build(prepared, tokenizer: dict, digests: dict[str, str | None], sizes: dict
         **({"dropped_zero_tensors": sorted(r.name for r in plan.zero_dropped)} if plan.zero_dropped else {}),
         **({"mlp_bias": "the source's MLP biases are not all zero: written, mlp_bias true"}
            if plan.mlp_bias else {}),
+        inventory=prepared.inventory.record() if prepared.inventory is not None else None,
         tokenizer=tokenizer)
 
 

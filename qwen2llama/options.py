@@ -41,6 +41,10 @@ class ConvertOptions:
     dequantize: str | None = option(None, job=FloatName, fingerprint="resolved")  # GPTQ: dense output
     merge_adapter: str | None = option(None, job=StrictStr, fingerprint="resolved")  # LoRA folded in
     target: str = option(DEFAULT_TARGET, job=Literal[tuple(TARGETS)])  # the output layout (targets/)
+    ignore: tuple[str, ...] = option((), job=list[StrictStr])  # source files left out on purpose (globs)
+
+    def __post_init__(self):
+        object.__setattr__(self, "ignore", tuple(self.ignore or ()))  # a jobs file gives a list
 
     @classmethod
     def pick(cls, values: dict) -> ConvertOptions:

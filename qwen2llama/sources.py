@@ -16,7 +16,10 @@ from .tokens import VOCAB_SIZE
 
 WEIGHT_PATTERNS = ["*.safetensors", "model.safetensors.index.json", "pytorch_model*.bin",
                    "pytorch_model.bin.index.json"]
-COMPANION_PATTERNS = ["config.json", "generation_config.json", "qwen.tiktoken", "LICENSE*", "NOTICE*"]
+# tokenizer_config.json and *.tiktoken: a fine-tune's extra_vocab_file; value_head.safetensors: a
+# reward model's head (both carried or converted, never left behind)
+COMPANION_PATTERNS = ["config.json", "generation_config.json", "qwen.tiktoken", "LICENSE*", "NOTICE*",
+                      "tokenizer_config.json", "*.tiktoken", "value_head.safetensors"]
 HUB_ID = re.compile(r"^[A-Za-z0-9][\w.-]*/[\w.-]+(@[\w./-]+)?$")
 # A revision is a commit hash or a ref name: components of word characters, dots and dashes, none
 # of them "." or ".." (a revision is looked up as a file under the cache's refs/ when offline).

@@ -44,6 +44,9 @@ TargetOpt = Annotated[str, typer.Option(
     "--target", help="The output layout: "
                      + ", ".join(f"{t.name} ({t.architecture})" for t in TARGETS.values())
                      + " (the README's table says which runtime loads which best).")]
+IgnoreOpt = Annotated[Optional[list[str]], typer.Option(
+    "--ignore", help="Leave out source files matching this glob on purpose (repeatable; recorded in "
+                     "conversion.json); files that hold weights are never left out silently.")]
 ForceOpt = Annotated[bool, typer.Option("--force", help="Replace DST, once the new one is complete.")]
 QuickOpt = Annotated[bool, typer.Option("--quick", help="Short prompt set, no long-context probe.")]
 ReportOpt = Annotated[Optional[Path], typer.Option("--report",

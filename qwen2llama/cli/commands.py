@@ -9,7 +9,8 @@ import typer
 from ..errors import InputError
 from . import render
 from .literal import shown
-from .app import (BaseOpt, DequantizeOpt, Dst, DtypeOpt, ForceOpt, GoldenOpt, GreedyOpt, JunitOpt, KindOpt,
+from .app import (BaseOpt, DequantizeOpt, Dst, DtypeOpt, ForceOpt, GoldenOpt, GreedyOpt, IgnoreOpt, JunitOpt,
+                  KindOpt,
                   LongPromptOpt, PromptsOpt,
                   QuickOpt, ReportOpt, ShardSizeOpt, Src, TargetOpt, command, err, out)
 
@@ -19,8 +20,9 @@ def inspect(src: Src, shard_size: ShardSizeOpt = "5GB", dtype: DtypeOpt = None, 
             base: BaseOpt = None,
             tensors: Annotated[bool, typer.Option(
                 "--tensors", help="List every output tensor and its source.")] = False,
-            dequantize: DequantizeOpt = None, target: TargetOpt = "llama"):
-    """Show what was detected and the conversion plan, without writing anything."""
+            dequantize: DequantizeOpt = None, target: TargetOpt = "llama", ignore: IgnoreOpt = None):
+    """Show what was detected, every file of the source and what happens to it, and the conversion
+    plan, without writing anything."""
     from ..convert import prepare
     from ..options import ConvertOptions
 
@@ -49,7 +51,7 @@ def convert(src: Src, dst: Dst, shard_size: ShardSizeOpt = "5GB", dtype: DtypeOp
                 help="Also record a golden file here, with the digests of the files written.")] = None,
             dry_run: Annotated[bool, typer.Option(
                 "--dry-run", help="Check everything and print the plan; write nothing.")] = False,
-            dequantize: DequantizeOpt = None, target: TargetOpt = "llama",
+            dequantize: DequantizeOpt = None, target: TargetOpt = "llama", ignore: IgnoreOpt = None,
             adapter: Annotated[Optional[Path], typer.Option(
                 "--adapter", help="A PEFT LoRA adapter trained on SRC: converted too (or folded in "
                                   "with --merge).")]

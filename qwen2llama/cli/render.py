@@ -101,6 +101,19 @@ def plan(console: Console, prepared) -> None:
                       "(zeros where a linear has none)")
     for note in ckpt.notes:
         console.print(f"note:    {shown(note)}")
+    if prepared.inventory is not None:
+        inventory(console, prepared.inventory)
+
+
+def inventory(console: Console, inv) -> None:
+    """Every file of the source folder: what happens to it."""
+    known = sum(len(v) for v in inv.known.values())
+    console.print(f"files:   {len(inv.converted)} converted, {len(inv.carried)} carried, {known} not needed, "
+                  f"{len(inv.ignored)} ignored (--ignore), {len(inv.unknown)} unknown")
+    for label, names in (("carried", inv.carried), ("ignored", inv.ignored), ("unknown", inv.unknown)):
+        if names:
+            more = f" and {len(names) - 10} more" if len(names) > 10 else ""
+            console.print(f"  {label}: {shown(', '.join(sorted(names)[:10]))}{more}")
 
 
 def plan_tensors(console: Console, prepared) -> None:

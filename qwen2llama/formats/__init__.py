@@ -11,6 +11,7 @@ from __future__ import annotations
 from typing import Protocol
 
 from ..errors import InputError
+from ..qwen.config import MULTIMODAL, multimodal
 from ..layout import Module
 from ..storage import OutputTensor, TensorRef
 from .dense import DENSE, Dense, Stored
@@ -59,6 +60,9 @@ def format_for(ckpt, dequantize: str | None = None) -> Format:
 
 def explain_unknown(ckpt, name: str, ref: TensorRef) -> InputError:
     """Why a stored tensor fits no module of the table: a format's reason, else not Qwen v1."""
+    for part, what in (("visual", MULTIMODAL["visual"]), ("audio", MULTIMODAL["audio"])):
+        if name.startswith(f"transformer.{part}."):
+            return multimodal(what, f"it holds transformer.{part}.* tensors", ref.file)
     for cls in FORMATS:
         if (reason := cls.explain_unknown(ckpt, name, ref)) is not None:
             return reason

@@ -17,6 +17,7 @@ from .quantization import GptqSettings, read_quantization
 # lacks them; `sources` can take them from a base model or the bundled vocabulary.
 COMPANIONS = ("generation_config.json", "qwen.tiktoken", "LICENSE", "NOTICE")
 EXTRA_VOCAB = "extra_vocab_file"  # the companion key of an extra vocabulary (its file has any name)
+VALUE_HEAD = "value_head.safetensors"  # a reward model's head on the final hidden states: carried
 
 
 def extra_vocab_of(folder: Path) -> Path | None:
@@ -108,5 +109,7 @@ def open_checkpoint(folder: str | Path) -> Checkpoint:
     companions = {name: folder / name for name in COMPANIONS if (folder / name).is_file()}
     if (extra := extra_vocab_of(folder)) is not None:  # only then: other fingerprints stay as they were
         companions[EXTRA_VOCAB] = extra
+    if (folder / VALUE_HEAD).is_file():  # the fine-tune's own, never taken from --base
+        companions[VALUE_HEAD] = folder / VALUE_HEAD
     return Checkpoint(folder, config, weights.format, weights.files, weights.tensors, companions,
                       quantization=quantization)

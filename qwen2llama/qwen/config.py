@@ -122,6 +122,16 @@ def _positive_float(value, name: str, path: Path) -> float:
     return float(value)
 
 
+MULTIMODAL = {"visual": "Qwen-VL (a vision tower)", "audio": "Qwen-Audio (an audio encoder)"}
+
+
+def multimodal(what: str, why: str, path) -> InputError:
+    """The refusal of a multimodal Qwen checkpoint, by name (not "unknown tensor")."""
+    return InputError(f"this is {what} checkpoint ({why}): the encoder and its adapter into the language "
+                      "model have no place in a text-only LLaMA or Qwen2 layout", path=path,
+                      fix="convert a text-only Qwen v1 model; a multimodal one needs a runtime made for it")
+
+
 def _dtype_of(raw: dict) -> str | None:
     for key in ("torch_dtype", "dtype", "params_dtype"):
         if isinstance(raw.get(key), str):
@@ -161,6 +171,9 @@ def parse_config(raw: Any, path: Path) -> QwenConfig:
             fix="qwen2llama converts Qwen v1 (QWenLMHeadModel); Qwen1.5/Qwen2 already load as Qwen2 in "
                 "transformers",
         )
+    for block, what in MULTIMODAL.items():
+        if isinstance(raw.get(block), dict):
+            raise multimodal(what, f"config.json has a `{block}` block", path)
     generation = "original" if "n_embd" in raw or "n_layer" in raw else "v1.1"
     hidden = _positive_int(_pick(raw, "hidden_size", path), "hidden_size", path)
     heads = _positive_int(_pick(raw, "num_heads", path), "num_attention_heads", path)

@@ -16,7 +16,7 @@ from ..plan import map_source
 from ..reference import has_mlp_bias
 from ..progress import NullProgress, Progress
 from ..lora.read import QwenAdapter, open_adapter
-from ..qwen.checkpoint import Checkpoint, detect_chat
+from ..qwen.checkpoint import VALUE_HEAD, Checkpoint, detect_chat
 from ..sources import open_source
 from ..targets import DEFAULT as DEFAULT_TARGET
 from ..targets import for_config
@@ -25,7 +25,7 @@ from .integrity import check_integrity
 from .logits import check_logits
 from .prompts import extension_samples, load_prompts, qwen_ranks, tiktoken_encoder
 from .report import CHECKS, VerifyOptions, VerifyResult, check, with_fixes
-from .tensors import check_tensors
+from .tensors import carried_failures, check_tensors
 from .tokenizer import check_tokenizer
 
 
@@ -103,8 +103,13 @@ class _AgainstSource:
         return check_integrity(self.dst)
 
     def tensors(self, checks):
-        return check_tensors(self.ckpt, self.dst_tensors, quantized="quantization_config" in self.raw,
-                             adapter=self.adapter, target=self.target)
+        found = check_tensors(self.ckpt, self.dst_tensors, quantized="quantization_config" in self.raw,
+                              adapter=self.adapter, target=self.target)
+        if VALUE_HEAD not in self.ckpt.companions:
+            return found
+        carried = carried_failures(self.ckpt, self.dst)  # the value head: the source's, byte for byte
+        return {**found, "passed": found["passed"] and not carried, "failures": found["failures"] + carried,
+                "value_head": "carried, identical" if not carried else "differs"}
 
     def config(self, checks):
         self.side = OutputSide(self.dst, self.target)

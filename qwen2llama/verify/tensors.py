@@ -132,6 +132,20 @@ def compare_planned(expected: dict[str, OutputTensor], dst_tensors: dict[str, Te
             "failures": failures}
 
 
+def carried_failures(ckpt: Checkpoint, dst) -> list[str]:
+    """A reward model's value head is carried: the output's must be the source's, byte for byte."""
+    from ..qwen.checkpoint import VALUE_HEAD
+    from ..storage.digest import sha256_file
+
+    source = ckpt.companions.get(VALUE_HEAD)
+    if source is None:
+        return []
+    copy = dst / VALUE_HEAD
+    if not copy.is_file():
+        return [f"{VALUE_HEAD}: the source's value head is not in the output"]
+    return [] if sha256_file(copy) == sha256_file(source) else [f"{VALUE_HEAD}: differs from the source's"]
+
+
 def check_tensors(ckpt: Checkpoint, dst_tensors: dict[str, TensorRef], quantized: bool = False,
                   adapter=None, target=None) -> dict:
     """`quantized`: the folder's config.json has a quantization_config (a GPTQ folder);

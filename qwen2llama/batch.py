@@ -89,7 +89,7 @@ def run_job(job: Job, *, verify: bool, quick: bool, force: bool, verify_lock: th
             raise OutputError("the output folder exists and was not written by qwen2llama", path=job.out,
                               fix="choose another output folder, or pass --force to replace it")
         _make_parent(job.out)
-        run = pipeline.aim(run, job.out, force=state != "absent")
+        run = pipeline.bind_output(run, job.out, force=state != "absent")
         outcome = pipeline.execute(run, progress=progress, verify_lock=verify_lock).verified
         result.status = "passed" if verify else "converted"
     except VerificationFailed as exc:

@@ -67,7 +67,7 @@ def prepare(src: str | Path | Checkpoint, options: ConvertOptions = ConvertOptio
     _check_vocabulary(read_tiktoken(vocab, ckpt.extra_vocab), ckpt)  # every line valid, before writing
     prepared = Prepared(plan, shards, chat, reason, vocab, options, None, adapter,
                         reads_of(ckpt, adapter, options.base), take_inventory(ckpt, options.ignore))
-    return prepared if out is None else aim(prepared, out, force=options.force)
+    return prepared if out is None else bind_output(prepared, out, force=options.force)
 
 
 def _check_vocabulary(vocabulary, ckpt: Checkpoint) -> None:
@@ -90,7 +90,7 @@ def _check_vocabulary(vocabulary, ckpt: Checkpoint) -> None:
                              "tokens the vocabulary has, that BPE merges")
 
 
-def aim(prepared: Prepared, out: str | Path, *, force: bool = False) -> Prepared:
+def bind_output(prepared: Prepared, out: str | Path, *, force: bool = False) -> Prepared:
     """The same plan, to be written to `out` (checked: see publish.check_target)."""
     out = output_path(out)
     check_target(out, force=force, protect=prepared.reads)

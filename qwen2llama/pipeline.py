@@ -21,7 +21,7 @@ from .errors import OutputError
 from .lora.convert import PreparedAdapter, prepare_adapter, write_adapter
 from .paths import real
 from .progress import NullProgress, Progress
-from .verdicts import check, check_files, record_golden, report, reports, write_golden  # noqa: F401 (API)
+from .verdicts import check, check_output_files, record_golden, report, reports, write_golden  # noqa: F401 (API)
 from .verify.report import VerifyOptions, VerifyResult
 
 Options = ConvertOptions  # the name this module's API had
@@ -58,7 +58,7 @@ class Run:
     @property
     def writes(self) -> list[Path]:
         """Every path the run writes: the output folder, the golden, report and JUnit files, the
-        adapter's output folder (aim checks them against the reads and each other)."""
+        adapter's output folder (bind_output checks them against the reads and each other)."""
         v = self.verify or VerifyOptions()
         paths = [self.prepared.out, self.golden, v.report, v.junit, self.adapter and self.adapter.out]
         return [p for p in paths if p is not None]
@@ -79,23 +79,23 @@ def plan(src, out, options: ConvertOptions = ConvertOptions(),
          verify: VerifyOptions | None = VerifyOptions(), *,
          golden: Path | None = None, adapter: AdapterStep | None = None) -> Run:
     """Every check of a run: the source and options (convert.prepare), then with `out` every
-    output (see aim); `out` None plans only (batch aims once it knows the folder's state)."""
+    output (see bind_output); `out` None plans only (batch binds one once it knows the folder's state)."""
     if adapter is not None and adapter.merge:
         options = replace(options, merge_adapter=str(adapter.src))
     run = Run(prepare(src, options), verify, golden, adapter_step=adapter)
-    return run if out is None else aim(run, out, force=options.force)
+    return run if out is None else bind_output(run, out, force=options.force)
 
 
-def aim(run: Run, out, *, force: bool = False) -> Run:
+def bind_output(run: Run, out, *, force: bool = False) -> Run:
     """The run, to be written to `out`: the output folder, the golden, report and JUnit files and
     the adapter with its output folder, checked against everything the run reads and each other."""
-    prepared = convert.aim(run.prepared, out, force=force)
+    prepared = convert.bind_output(run.prepared, out, force=force)
     step, adapter_out = run.adapter_step, None
     if step is not None and not step.merge:
         adapter_out = Path(step.out or prepared.out.parent / f"{prepared.out.name}-adapter")
     # the golden file is replaced only with --force
-    check_files([(run.golden, "the golden file", force), *reports(run.verify)], prepared.reads,
-                 inside=[p for p in (prepared.out, adapter_out) if p is not None])
+    check_output_files([(run.golden, "the golden file", force), *reports(run.verify)], prepared.reads,
+                       inside=[p for p in (prepared.out, adapter_out) if p is not None])
     converted = None
     if adapter_out is not None:
         converted = prepare_adapter(step.src, adapter_out, base=prepared.plan.checkpoint,
@@ -174,7 +174,7 @@ def convert_adapter(src, out, *, base=None, llama_base: Path | None = None, base
         base_name = str(Path(llama_base).resolve())
     prepared = prepare_adapter(src, out, base=base, base_name=base_name, force=force, hash=hash,
                                protect=[llama_base] if llama_base is not None else [])
-    check_files(reports(verify), prepared.reads, inside=[prepared.out])
+    check_output_files(reports(verify), prepared.reads, inside=[prepared.out])
     if planned is not None:
         planned(prepared)
     checkable = prepared.base is not None and llama_base is not None

@@ -20,7 +20,7 @@ def reports(options: VerifyOptions | None) -> list[tuple]:
     return [(options.report, "the report", True), (options.junit, "the JUnit file", True)]
 
 
-def check_files(files: list[tuple], reads: list[Path], inside: list[Path]) -> None:
+def check_output_files(files: list[tuple], reads: list[Path], inside: list[Path]) -> None:
     """Every single-file output given (paths.check_file_output), and no two of them one file
     (after the OS's resolution), before anything is written."""
     given = [(output_path(path), what) for path, what, _ in files if path is not None]
@@ -61,7 +61,7 @@ def check(src, dst, options: VerifyOptions = VerifyOptions(), *, golden: Path | 
         raise InputError("verify needs SRC and DST, or DST and --golden FILE",
                          fix="qwen2llama verify SRC DST, or qwen2llama verify DST --golden FILE")
     # never into a folder being verified
-    check_files(reports(options), reads_of(src, dst, golden, base, adapter, llama_adapter), inside=[])
+    check_output_files(reports(options), reads_of(src, dst, golden, base, adapter, llama_adapter), inside=[])
     if llama_adapter is not None:
         if adapter is None or golden is not None:
             raise InputError("--llama-adapter needs SRC, DST and --adapter (the Qwen adapter it came from)",

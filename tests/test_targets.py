@@ -46,6 +46,11 @@ def test_every_variant_converts_to_qwen2_and_verifies(variant, sources, tmp_path
     assert {f"model.layers.0.self_attn.{p}.bias" for p in ("q_proj", "k_proj", "v_proj")} <= names
     record = json.loads((out / "conversion.json").read_text())
     assert record["target"]["layout"] == "Qwen2ForCausalLM"
+    from transformers import AutoModelForCausalLM
+
+    model, info = AutoModelForCausalLM.from_pretrained(out, output_loading_info=True)
+    assert type(model).__name__ == "Qwen2ForCausalLM"
+    assert not info["missing_keys"] and not info["unexpected_keys"] and not info["mismatched_keys"], info
 
 
 def test_qwen2_folder_loads_in_transformers_and_computes_qwen(sources, tmp_path):

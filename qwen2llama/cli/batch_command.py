@@ -10,7 +10,7 @@ import typer
 from . import render
 from .literal import shown
 from ..paths import reads_of
-from ..verdicts import check_files
+from ..verdicts import check_output_files
 from .app import BaseOpt, DtypeOpt, IgnoreOpt, KindOpt, QuickOpt, ShardSizeOpt, TargetOpt, command, err, out
 
 
@@ -53,7 +53,8 @@ def batch(srcs: Annotated[Optional[list[str]], typer.Argument(
 
     def check_reports(reads: list[Path], outputs: list[Path]) -> None:
         """--summary and --junit: under the path rule, distinct, never inside a job's output folder."""
-        check_files([(summary, "the summary", True), (junit, "the JUnit file", True)], reads, inside=outputs)
+        check_output_files([(summary, "the summary", True), (junit, "the JUnit file", True)], reads,
+                           inside=outputs)
 
     if summarize:
         check_reports(reads_of(*(srcs or [])), [])

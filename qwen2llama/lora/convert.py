@@ -9,7 +9,7 @@ from pathlib import Path
 
 from .. import manifest
 from ..errors import InputError
-from .mapping import adapter_outputs, check_base, locate
+from .mapping import adapter_outputs, check_base, module_at
 from ..layout import name_at
 from ..llama.writer import ShardWriter
 from ..progress import NullProgress, Progress
@@ -43,7 +43,7 @@ def llama_adapter_config(adapter: QwenAdapter, base_name: str | None) -> dict:
     targets: set[str] = set()
     rank_pattern, alpha_pattern = {}, {}
     for path, f in adapter.factors.items():
-        module, layer = locate(path)
+        module, layer = module_at(path)
         for split in module.into:
             llama = name_at(split.llama, layer)
             targets.add(llama.rsplit(".", 1)[1])
@@ -52,7 +52,7 @@ def llama_adapter_config(adapter: QwenAdapter, base_name: str | None) -> dict:
             if f.alpha != cfg["lora_alpha"]:
                 alpha_pattern[llama] = f.alpha
     saved = sorted({name_at(s.llama, layer).rsplit(".", 1)[-1]
-                    for name in adapter.saved for module, layer in [locate(name.rpartition(".")[0])]
+                    for name in adapter.saved for module, layer in [module_at(name.rpartition(".")[0])]
                     for s in module.into})
     cfg.update(target_modules=sorted(targets), modules_to_save=saved or None, rank_pattern=rank_pattern,
                alpha_pattern=alpha_pattern, auto_mapping=None)
@@ -118,6 +118,6 @@ def write_adapter(prepared: PreparedAdapter, *, progress: Progress | None = None
     return record
 
 
-def convert_adapter(src: str | Path, out: str | Path, **options) -> dict:
+def convert_adapter_unverified(src: str | Path, out: str | Path, **options) -> dict:
     """Convert the PEFT adapter in `src` into a LLaMA-layout adapter in `out` (see prepare_adapter)."""
     return write_adapter(prepare_adapter(src, out, **options))

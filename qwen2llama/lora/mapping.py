@@ -16,7 +16,7 @@ from ..storage import OutputTensor, TensorRef, read_ref
 from ..storage.refs import COMPUTE_BLOCK, row_blocks
 from ..formats.rows import split_rows
 
-def locate(qwen_path: str) -> tuple[Module, int | None]:
+def module_at(qwen_path: str) -> tuple[Module, int | None]:
     """The table's module for a Qwen module path, and its layer (layout.match; KeyError if none)."""
     hit = match(qwen_path)
     if hit is None:
@@ -43,7 +43,7 @@ def factor_outputs(f: LoraFactors, module: Module, layer: int | None) -> list[Ou
 def saved_outputs(name: str, ref: TensorRef, prefix: str = PREFIX) -> list[OutputTensor]:
     """A modules_to_save tensor (Qwen name) as LLaMA tensors, split like the base weight."""
     module_path, _, suffix = name.rpartition(".")
-    module, layer = locate(module_path)
+    module, layer = module_at(module_path)
     tensors = split_rows(module, layer, suffix, ref, ref.dtype)
     return [OutputTensor(prefix + t.name, t.dtype, t.shape, t.source, t.row_start,
                          t.row_stop) for t in tensors]
@@ -51,14 +51,14 @@ def saved_outputs(name: str, ref: TensorRef, prefix: str = PREFIX) -> list[Outpu
 
 def _order(path: str):
     """The table's order: the embedding, then layer by layer, then the final norm and lm_head."""
-    module, layer = locate(path)
+    module, layer = module_at(path)
     section = 2 if module in AFTER_LAYERS else 1 if layer is not None else 0
     return (section, layer or 0, MODULES.index(module))
 
 
 def _linear(path: str, adapter: QwenAdapter) -> tuple[Module, int | None]:
     try:
-        module, layer = locate(path)
+        module, layer = module_at(path)
     except KeyError:
         module = layer = None
     if module is None or module.role != "linear":
@@ -71,7 +71,7 @@ def _linear(path: str, adapter: QwenAdapter) -> tuple[Module, int | None]:
 def _saved_module(name: str, adapter: QwenAdapter) -> str:
     path = name.rpartition(".")[0]
     try:
-        locate(path)
+        module_at(path)
     except KeyError:
         raise InputError(f"modules_to_save tensor {name} is not part of a Qwen v1 model",
                          path=adapter.files[0], fix="check that the adapter was trained on Qwen v1") from None

@@ -20,7 +20,7 @@ from pathlib import Path
 import torch
 
 from ..errors import InputError
-from .mapping import adapter_outputs, check_base, locate
+from .mapping import adapter_outputs, check_base, module_at
 from ..layout import name_at
 from .read import QwenAdapter, open_adapter
 from ..qwen.checkpoint import Checkpoint
@@ -57,7 +57,7 @@ def check_adapter_config(adapter: QwenAdapter, out: Path, scalings: dict[str, fl
         return check(False, failures=["adapter_config.json is missing or not JSON"])
     failures = []
     for path, f in adapter.factors.items():
-        module, layer = locate(path)
+        module, layer = module_at(path)
         for split in module.into:
             llama = name_at(split.llama, layer)
             got = scalings.get(llama)

@@ -74,12 +74,12 @@ def prepare_case(root: Path, preset: str = "tiny-hd64", adapter: bool = False,
     request = {"folders": {k: str(v) for k, v in case.folders.items()}, "texts": strings, "prompts": prompts,
                "greedy": GREEDY, "chat": CHAT}
     if adapter:  # a LoRA adapter on every block linear, converted for the LLaMA base (vLLM serves it)
-        from qwen2llama.lora import convert_adapter
+        from qwen2llama.lora import convert_adapter_unverified
         from qwen2llama.lora import open_adapter
         from qwen2llama.synth import synthesize_adapter
 
         lora = synthesize_adapter(root / "qwen-lora", src, targets=("c_attn", "c_proj", "w1", "w2"), seed=5)
-        convert_adapter(lora, root / "llama-lora", base=ckpt, base_name=str(good))
+        convert_adapter_unverified(lora, root / "llama-lora", base=ckpt, base_name=str(good))
         case.adapter_logits, case.adapter_greedy = _reference(QwenReference(ckpt, open_adapter(lora)),
                                                               prompts)
         request["adapter"] = {"path": str(root / "llama-lora"), "rank": 8}

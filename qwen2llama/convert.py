@@ -14,6 +14,7 @@ from . import manifest
 from .llama.generation import generation_config
 from .llama.shards import parse_size, plan_shards, shard_names
 from .llama.writer import ShardWriter
+from .context import Context, context_for
 from .inventory import CARRIED, Inventory, take_inventory
 from .options import ConvertOptions
 from .plan import ConversionPlan, build_plan
@@ -49,6 +50,7 @@ class Prepared:
     adapter: object | None = None  # the QwenAdapter merged in, if any
     reads: list[Path] = field(default_factory=list)  # every path the run reads (paths.py: never written)
     inventory: Inventory | None = None  # every file of the source folder, accounted for
+    context: Context | None = None  # --context T: Qwen's RoPE for prompts of T's band (context.py)
 
 
 def prepare(src: str | Path | Checkpoint, options: ConvertOptions = ConvertOptions(),
@@ -66,7 +68,8 @@ def prepare(src: str | Path | Checkpoint, options: ConvertOptions = ConvertOptio
     vocab = ckpt.vocab
     _check_vocabulary(read_tiktoken(vocab, ckpt.extra_vocab), ckpt)  # every line valid, before writing
     prepared = Prepared(plan, shards, chat, reason, vocab, options, None, adapter,
-                        reads_of(ckpt, adapter, options.base), take_inventory(ckpt, options.ignore))
+                        reads_of(ckpt, adapter, options.base), take_inventory(ckpt, options.ignore),
+                        context_for(ckpt.config, options.context, ckpt.folder / "config.json"))
     return prepared if out is None else bind_output(prepared, out, force=options.force)
 
 
@@ -118,11 +121,12 @@ def _write_weights(prepared: Prepared, folder: Path, progress: Progress) -> tupl
     plan, cfg = prepared.plan, prepared.plan.checkpoint.config
     digests: dict[str, str | None] = {}
     extra = plan.checkpoint.extra_vocab
-    cache_key = tokenizer_cache.key(prepared.vocab, prepared.chat, cfg.seq_length, extra)
+    max_length = prepared.context.tokens if prepared.context else cfg.seq_length
+    cache_key = tokenizer_cache.key(prepared.vocab, prepared.chat, max_length, extra)
     cached = tokenizer_cache.lookup(cache_key)
     with signals_deferred():  # a child started but not yet recorded would outlive a Ctrl-C
         tokenizer_job = None if cached else TokenizerJob(prepared.vocab, folder, prepared.chat,
-                                                         cfg.seq_length, extra)
+                                                         max_length, extra)
     try:
         progress.start("weights", plan.total_bytes)
         for name, tensors in prepared.shards:
@@ -153,7 +157,7 @@ def _write_configs(prepared: Prepared, folder: Path) -> None:
         index = {"metadata": {"total_size": plan.total_bytes},
                  "weight_map": dict(sorted((t.name, n) for n, ts in prepared.shards for t in ts))}
         manifest.write_json(folder / "model.safetensors.index.json", index)
-    config = plan.target.config(ckpt.config, plan.dtype, prepared.chat, plan.mlp_bias)
+    config = plan.target.config(ckpt.config, plan.dtype, prepared.chat, plan.mlp_bias, prepared.context)
     config |= plan.fmt.output_config()
     for name, content in plan.fmt.output_files().items():
         manifest.write_json(folder / name, content)

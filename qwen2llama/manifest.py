@@ -31,7 +31,14 @@ def write_json(path: Path, obj) -> None:
     path.write_text(text, encoding="utf-8", errors="backslashreplace")
 
 
-def _long_context(cfg) -> dict:
+def _long_context(cfg, context=None) -> dict:
+    if context is not None:  # --context T (context.py)
+        return {"use_dynamic_ntk": cfg.use_dynamic_ntk, "use_logn_attn": cfg.use_logn_attn,
+                "max_position_embeddings": context.tokens, **context.record(),
+                "reason": f"rope_theta is Qwen's base for a {context.tokens}-token prompt (NTK alpha "
+                          f"{context.alpha}), fixed: prompts of {context.band[0]}..{context.band[1]} tokens "
+                          "get Qwen's RoPE exactly, and their generation up to the context; shorter prompts "
+                          "get another alpha in Qwen; logn attention is not carried"}
     return {
         "use_dynamic_ntk": cfg.use_dynamic_ntk,
         "use_logn_attn": cfg.use_logn_attn,
@@ -68,7 +75,7 @@ def build(prepared, tokenizer: dict, digests: dict[str, str | None], sizes: dict
     return record(
         source, target, hash=prepared.options.hash, digests=digests, sizes=sizes,
                   fingerprint=fingerprint(prepared),
-        long_context=_long_context(cfg),
+        long_context=_long_context(cfg, prepared.context),
         merged_adapter=str(prepared.adapter.folder.resolve()) if prepared.adapter is not None else None,
         dropped_tensors=plan.dropped,
         **({"dropped_zero_tensors": sorted(r.name for r in plan.zero_dropped)} if plan.zero_dropped else {}),

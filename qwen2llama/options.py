@@ -42,6 +42,7 @@ class ConvertOptions:
     merge_adapter: str | None = option(None, job=StrictStr, fingerprint="resolved")  # LoRA folded in
     target: str = option(DEFAULT_TARGET, job=Literal[tuple(TARGETS)])  # the output layout (targets/)
     ignore: tuple[str, ...] = option((), job=list[StrictStr])  # source files left out on purpose (globs)
+    context: int | None = option(None, job=Annotated[StrictInt, Constraint(gt=0)])  # context.py: --context T
 
     def __post_init__(self):
         object.__setattr__(self, "ignore", tuple(self.ignore or ()))  # a jobs file gives a list

@@ -60,10 +60,15 @@ def logn_scale(length: int, seq_length: int, enabled: bool) -> torch.Tensor:
 class QwenReference:
     """Qwen v1 in float32 over a source checkpoint, layer by layer."""
 
-    def __init__(self, ckpt: Checkpoint, adapter: QwenAdapter | None = None):
+    def __init__(self, ckpt: Checkpoint, adapter: QwenAdapter | None = None, *, alpha: float | None = None,
+                 logn: bool | None = None):
+        """`alpha`: the NTK factor frozen (as Qwen's decoding keeps the prefill's: a sequence run
+        whole with the prefill's alpha is what Qwen computes with its cache); None: Qwen's choice
+        for each sequence's length. `logn`: logn attention on or off (None: as the config says)."""
         self.ckpt = ckpt
         self.cfg = ckpt.config
         self.adapter = adapter
+        self.alpha, self.logn = alpha, logn
 
     def _ref(self, name: str):
         """A tensor's location: the adapter's modules_to_save copy when it has one."""
@@ -135,11 +140,12 @@ class QwenReference:
         qkv = a @ w["attn.c_attn.weight"].T + w["attn.c_attn.bias"]
         q, k, v = qkv.split(cfg.projection_size, dim=-1)
         q, k, v = (t.view(T, nh, hd).transpose(0, 1) for t in (q, k, v))  # [heads, T, hd]
-        cos, sin = rotary_tables(T, hd, cfg.rotary_emb_base, ntk_alpha(T, cfg.seq_length,
-                                                                       cfg.use_dynamic_ntk))
+        alpha = self.alpha if self.alpha is not None else ntk_alpha(T, cfg.seq_length, cfg.use_dynamic_ntk)
+        cos, sin = rotary_tables(T, hd, cfg.rotary_emb_base, alpha)
         q = q * cos + rotate_half(q) * sin
         k = k * cos + rotate_half(k) * sin
-        q = q * logn_scale(T, cfg.seq_length, cfg.use_logn_attn)[None, :, None]
+        logn = cfg.use_logn_attn if self.logn is None else self.logn
+        q = q * logn_scale(T, cfg.seq_length, logn)[None, :, None]
         ctx = torch.empty_like(q)
         causal = torch.ones(T, T, dtype=torch.bool).triu(1)
         group = max(1, ATTN_SCORE_BYTES // (T * T * 4))

@@ -47,6 +47,9 @@ TargetOpt = Annotated[str, typer.Option(
 IgnoreOpt = Annotated[Optional[list[str]], typer.Option(
     "--ignore", help="Leave out source files matching this glob on purpose (repeatable; recorded in "
                      "conversion.json); files that hold weights are never left out silently.")]
+ContextOpt = Annotated[Optional[int], typer.Option(
+    "--context", help="Tokens of context past seq_length: rope_theta set to Qwen's own for a prompt this "
+                      "long (exact for prompts of its band; see the README's long-context table).")]
 ForceOpt = Annotated[bool, typer.Option("--force", help="Replace DST, once the new one is complete.")]
 QuickOpt = Annotated[bool, typer.Option("--quick", help="Short prompt set, no long-context probe.")]
 ReportOpt = Annotated[Optional[Path], typer.Option("--report",

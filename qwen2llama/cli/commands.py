@@ -9,9 +9,8 @@ import typer
 from ..errors import InputError
 from . import render
 from .literal import shown
-from .app import (BaseOpt, DequantizeOpt, Dst, DtypeOpt, ForceOpt, GoldenOpt, GreedyOpt, IgnoreOpt, JunitOpt,
-                  KindOpt,
-                  LongPromptOpt, PromptsOpt,
+from .app import (BaseOpt, ContextOpt, DequantizeOpt, Dst, DtypeOpt, ForceOpt, GoldenOpt, GreedyOpt,
+                  IgnoreOpt, JunitOpt, KindOpt, LongPromptOpt, PromptsOpt,
                   QuickOpt, ReportOpt, ShardSizeOpt, Src, TargetOpt, command, err, out)
 
 
@@ -20,7 +19,8 @@ def inspect(src: Src, shard_size: ShardSizeOpt = "5GB", dtype: DtypeOpt = None, 
             base: BaseOpt = None,
             tensors: Annotated[bool, typer.Option(
                 "--tensors", help="List every output tensor and its source.")] = False,
-            dequantize: DequantizeOpt = None, target: TargetOpt = "llama", ignore: IgnoreOpt = None):
+            dequantize: DequantizeOpt = None, target: TargetOpt = "llama", ignore: IgnoreOpt = None,
+            context: ContextOpt = None):
     """Show what was detected, every file of the source and what happens to it, and the conversion
     plan, without writing anything."""
     from ..convert import prepare
@@ -52,6 +52,7 @@ def convert(src: Src, dst: Dst, shard_size: ShardSizeOpt = "5GB", dtype: DtypeOp
             dry_run: Annotated[bool, typer.Option(
                 "--dry-run", help="Check everything and print the plan; write nothing.")] = False,
             dequantize: DequantizeOpt = None, target: TargetOpt = "llama", ignore: IgnoreOpt = None,
+            context: ContextOpt = None,
             adapter: Annotated[Optional[Path], typer.Option(
                 "--adapter", help="A PEFT LoRA adapter trained on SRC: converted too (or folded in "
                                   "with --merge).")]

@@ -80,6 +80,11 @@ def plan(console: Console, prepared) -> None:
                   f"logn {c.use_logn_attn}")
     console.print(f"kind:    {'chat' if prepared.chat else 'base'} ({shown(prepared.chat_reason)})")
     console.print(f"layout:  {p.target.architecture} (--target {p.target.name})")
+    if prepared.context is not None:
+        x = prepared.context
+        console.print(f"context: {x.tokens} tokens, rope_theta {x.rope_theta:.6g} (Qwen's NTK alpha "
+                      f"{x.alpha}): exact for prompts of {x.band[0]}..{x.band[1]} tokens"
+                      + ("; logn attention not carried" if x.logn else ""))
     if (storage := p.fmt.describe(NAME_OF[p.dtype])) is not None:
         console.print(f"storage: {shown(storage)}")
     kinds = Counter(t.kind for t in p.tensors)
@@ -158,6 +163,9 @@ def verify_summary(console: Console, result) -> None:
             console.print(f"      - {shown(failure)}")
         if c.get("fix"):
             console.print(f"      fix: {shown(c['fix'])}")
+    context = result["checks"]["logits"].get("context")
+    if context:
+        _context_lines(console, context)
     beyond = result["checks"]["logits"].get("beyond_seq_length")
     if beyond:
         console.print(f"  info: past seq_length ({beyond['tokens']} tokens) max |Δlogit| "
@@ -165,6 +173,22 @@ def verify_summary(console: Console, result) -> None:
                       "no equivalent)")
     verdict = "[green]equivalent[/]" if result["passed"] else "[bold red]NOT equivalent[/]"
     console.print(f"verify: {verdict} ({result['seconds']} s, peak RSS {result['peak_rss_mib']} MiB)")
+
+
+def _context_lines(console: Console, x: dict) -> None:
+    """--context: the band check and, as information, what the layouts cannot carry."""
+    band = x.get("band_row")
+    measured = (f"max |Δlogit| {band['max_abs_logit_diff']:.3g}" if band else
+                f"max |Δhidden| {x['max_abs_hidden_diff']:.3g} after {x['layers']} layers")
+    console.print(f"  context: a {x['tokens']}-token prompt (band {x['band'][0]}..{x['band'][1]}, Qwen's NTK "
+                  f"alpha {x['ntk_alpha']}, logn off): {measured}")
+    for key, what in (("logn_effect", "logn attention there (not carried)"),
+                      ("short_prompt_vs_qwen", "a short prompt vs Qwen's own alpha")):
+        if key in x:
+            r = x[key]
+            console.print(f"  info: {what}: max |Δlogit| {r['max_abs_logit_diff']:.3g} of "
+                          f"{r['max_abs_logit']:.3g}, KL max {r['kl_max']:.2g}, "
+                          f"top-1 {r['top1_agreement']:.3f}")
 
 
 class JobLines(Progress):

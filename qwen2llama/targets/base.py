@@ -36,7 +36,8 @@ class Target:
         return InputError(f"--target {self.name}: {what}", path=path,
                           fix=fix or f"convert with --target {other}")
 
-    def config(self, cfg: QwenConfig, dtype: str, chat: bool, mlp_bias: bool = False) -> dict:
+    def config(self, cfg: QwenConfig, dtype: str, chat: bool, mlp_bias: bool = False, context=None) -> dict:
+        """config.json; `context` (context.Context): --context T's rope_theta and length."""
         raise NotImplementedError
 
     def expected_config(self, raw: dict, loaded, mlp_bias: bool) -> dict[str, tuple]:

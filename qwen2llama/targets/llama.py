@@ -19,7 +19,7 @@ class Llama(Target):
     modeling = "transformers.models.llama.modeling_llama"
     classes = ("LlamaConfig", "LlamaDecoderLayer", "LlamaRMSNorm", "LlamaRotaryEmbedding")
 
-    def config(self, cfg: QwenConfig, dtype: str, chat: bool, mlp_bias: bool = False) -> dict:
+    def config(self, cfg: QwenConfig, dtype: str, chat: bool, mlp_bias: bool = False, context=None) -> dict:
         """Every value is explicit: LlamaConfig's defaults (bos 1, eos 2, rope_theta 10000, no
         biases) are wrong for Qwen. `mlp_bias`: a GPTQ source whose quantizer stored non-zero MLP
         biases (formats/gptq.py)."""
@@ -37,10 +37,10 @@ class Llama(Target):
             "rms_norm_eps": cfg.layer_norm_epsilon,
             # transformers 5 turns rope_theta into rope_parameters itself; writing rope_parameters with
             # rope_type "default" makes llama.cpp's converter warn about an unknown RoPE type.
-            "rope_theta": cfg.rotary_emb_base,
+            "rope_theta": context.rope_theta if context else cfg.rotary_emb_base,
             # Qwen's dynamic NTK and logn attention are identity up to seq_length and have no
             # LLaMA equivalent beyond it, so the exact range is what we advertise.
-            "max_position_embeddings": cfg.seq_length,
+            "max_position_embeddings": context.tokens if context else cfg.seq_length,
             "vocab_size": cfg.vocab_rows,
             "attention_bias": True,
             "attention_dropout": 0.0,

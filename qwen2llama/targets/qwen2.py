@@ -26,7 +26,7 @@ class Qwen2(Target):
                               "transformers before 4.5x derives Qwen2's head size from hidden_size / heads",
                               path)
 
-    def config(self, cfg: QwenConfig, dtype: str, chat: bool, mlp_bias: bool = False) -> dict:
+    def config(self, cfg: QwenConfig, dtype: str, chat: bool, mlp_bias: bool = False, context=None) -> dict:
         """As Qwen2 releases write it, with every value explicit; no sliding window (Qwen v1 has
         none: `use_sliding_window` false, and `max_window_layers` every layer)."""
         if mlp_bias:
@@ -43,10 +43,10 @@ class Qwen2(Target):
             "head_dim": cfg.head_dim,
             "hidden_act": "silu",
             "rms_norm_eps": cfg.layer_norm_epsilon,
-            "rope_theta": cfg.rotary_emb_base,
-            "max_position_embeddings": cfg.seq_length,
+            "rope_theta": context.rope_theta if context else cfg.rotary_emb_base,
+            "max_position_embeddings": context.tokens if context else cfg.seq_length,
             "use_sliding_window": False,
-            "sliding_window": cfg.seq_length,
+            "sliding_window": context.tokens if context else cfg.seq_length,
             "max_window_layers": cfg.num_layers,
             "vocab_size": cfg.vocab_rows,
             "attention_dropout": 0.0,

@@ -4,6 +4,7 @@ fields that differ between layouts (model_type, where biases are declared) are t
 from __future__ import annotations
 
 from ..qwen.config import QwenConfig
+from ..reference import ntk_alpha
 from ..tokens import ENDOFTEXT_ID, IM_END_ID
 from .report import check
 
@@ -28,6 +29,14 @@ def _quantization_failures(raw: dict, source: dict | None) -> list[str]:
     return failures
 
 
+def _rope_theta(q: QwenConfig, positions) -> float:
+    """The RoPE base the folder must declare: Qwen's own for a prompt of `positions` tokens when it
+    declares more than seq_length on a model with dynamic NTK (--context), else Qwen's base."""
+    if not (q.use_dynamic_ntk and isinstance(positions, int) and positions > q.seq_length):
+        return q.rotary_emb_base
+    return q.rotary_emb_base * ntk_alpha(positions, q.seq_length, True) ** (q.head_dim / (q.head_dim - 2))
+
+
 def check_config(q: QwenConfig, c, raw: dict, target, quantization: dict | None = None,
                  mlp_bias: bool = False, recorded_target: str | None = None) -> dict:
     """`c` is transformers' config of the folder (of the `target` layout), `raw` its config.json as
@@ -36,6 +45,7 @@ def check_config(q: QwenConfig, c, raw: dict, target, quantization: dict | None 
     them; `recorded_target`: the layout a golden file was recorded for."""
     rope = getattr(c, "rope_parameters", None) or {}
     theta = rope.get("rope_theta", getattr(c, "rope_theta", None))
+    want_theta = _rope_theta(q, raw.get("max_position_embeddings"))
     expect = {
         **target.expected_config(raw, c, mlp_bias),
         "hidden_size": (c.hidden_size, q.hidden_size),
@@ -45,7 +55,7 @@ def check_config(q: QwenConfig, c, raw: dict, target, quantization: dict | None 
         "num_key_value_heads": (c.num_key_value_heads, q.num_heads),
         "head_dim": (getattr(c, "head_dim", c.hidden_size // c.num_attention_heads), q.head_dim),
         "rms_norm_eps": (c.rms_norm_eps, q.layer_norm_epsilon),
-        "rope_theta (as transformers reads it)": (theta, q.rotary_emb_base),
+        "rope_theta (as transformers reads it)": (theta, want_theta),
         "rope_type": (rope.get("rope_type", "default"), "default"),
         "vocab_size": (c.vocab_size, q.vocab_rows),
         "tie_word_embeddings": (raw.get("tie_word_embeddings", True), False),
@@ -56,10 +66,10 @@ def check_config(q: QwenConfig, c, raw: dict, target, quantization: dict | None 
     if recorded_target is not None:
         expect["layout (as the golden file was recorded)"] = (target.name, recorded_target)
     if "rope_theta" in raw:
-        expect["rope_theta (as written)"] = (raw["rope_theta"], q.rotary_emb_base)
+        expect["rope_theta (as written)"] = (raw["rope_theta"], want_theta)
     failures = [f"{k}: {got!r}, expected {want!r}" for k, (got, want) in expect.items() if got != want]
     failures += _quantization_failures(raw, quantization)
-    if "rope_theta" not in raw and "rope_parameters" not in raw and theta != q.rotary_emb_base:
+    if "rope_theta" not in raw and "rope_parameters" not in raw and theta != want_theta:
         failures.append(f"config.json has no rope_theta, so {target.short}'s default 10000 applies")
     eos = raw.get("eos_token_id")
     eos_ids = eos if isinstance(eos, list) else [eos]

@@ -2,7 +2,8 @@
 layers on the converted files, in float32, judged against stated tolerances."""
 from __future__ import annotations
 
-from ..reference import QwenReference
+from ..reference import QwenReference, ntk_alpha
+from .context import check_band, declared_context
 from .lockstep import LayerRejected, beyond_seq_length, greedy, lockstep
 from .judge import judge, judge_greedy, summarize, stats_rows, tally, tolerance
 from .prompts import greedy_count, prompt_set
@@ -22,7 +23,8 @@ def check_logits(ckpt, side, encode, texts, chats, *, quick: bool, lossy: bool, 
                  progress, long_prompt: bool | None = None, adapter=None) -> dict:
     """`adapter`: a QwenAdapter the folder was written with, merged in (the reference merges it too)."""
     cfg = ckpt.config
-    ref = QwenReference(ckpt, adapter)
+    context = declared_context(cfg, side.config)  # --context T: the folder computes Qwen with T's alpha
+    ref = QwenReference(ckpt, adapter, alpha=ntk_alpha(context, cfg.seq_length, True) if context else None)
     prompts, long_note, long_prompt = prompt_set(cfg, encode, texts, chats, quick, long_prompt)
     seqs = [ids for _, ids in prompts]
     tol = tolerance(lossy)
@@ -40,8 +42,11 @@ def check_logits(ckpt, side, encode, texts, chats, *, quick: bool, lossy: bool, 
     failures = [line for row in rows for line in judge(row, tol)]
     if failures and (parting := _first_parting(layers)):
         failures.append(parting)
+    band = check_band(ckpt, adapter, side, seqs, context, tol, progress) if context else None
+    failures += band[1] if band else []
     result = check(not failures, compute_dtype="float32", tolerance=tol, lossy_cast=lossy,
-                   long_prompt=long_note, layers=layers, **tally(rows, failures))
+                   long_prompt=long_note, layers=layers, **tally(rows, failures),
+                   **({"context": band[0]} if band else {}))
     model_bytes = sum(r.nbytes for r in ckpt.tensors.values())
     n_greedy = greedy_count(model_bytes, quick, greedy_tokens)
     if n_greedy:
@@ -50,6 +55,6 @@ def check_logits(ckpt, side, encode, texts, chats, *, quick: bool, lossy: bool, 
         skipped = (f"skipped: the model ({model_bytes / 1e9:.1f} GB) would be re-read per token; "
                    "pass --greedy-tokens N to force")
         result["greedy"] = skipped if greedy_tokens is None else "--greedy-tokens 0"
-    if long_prompt and (cfg.use_dynamic_ntk or cfg.use_logn_attn):
+    if long_prompt and not context and (cfg.use_dynamic_ntk or cfg.use_logn_attn):
         result["beyond_seq_length"] = beyond_seq_length(ref, side, seqs, progress)
     return summarize(result)

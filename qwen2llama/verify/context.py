@@ -1,0 +1,77 @@
+"""The long-context check of a `--context T` output (config.json max_position_embeddings T past
+Qwen's seq_length S, rope_theta Qwen's base for a T-token prompt). Written from the reference's own
+NTK rule, apart from the converter's context.py.
+
+Proves: a prompt of the band (the shortest length for which Qwen picks T's alpha) gives Qwen's
+logits exactly, with logn attention off (the layouts cannot express logn); where a full forward at
+that length would cost more than the long-prompt budget, the hidden states after the first layers
+that fit it. Reports, as information: logn's effect there, and how a short prompt differs from
+Qwen's own (which rotates it with alpha 1).
+"""
+from __future__ import annotations
+
+from ..reference import QwenReference, ntk_alpha
+from .judge import judge, stats_rows
+from .lockstep import llama_layers, reference_layers
+from .prompts import LONG_PROMPT_MAX_FLOPS, long_prompt_flops
+from .stats import head_stats
+
+HIDDEN_REL = 1e-4  # |Δhidden| <= 1e-4 x max(1, |hidden|): float32 round-off, as the logits' exact rule
+
+
+def declared_context(cfg, side_config) -> int | None:
+    """T when the folder declares more positions than seq_length on a model with dynamic NTK."""
+    tokens = getattr(side_config, "max_position_embeddings", None)
+    return tokens if cfg.use_dynamic_ntk and isinstance(tokens, int) and tokens > cfg.seq_length else None
+
+
+def band_start(tokens: int, seq_length: int) -> int:
+    """The shortest prompt for which Qwen's alpha is T's: one past the last power-of-two step."""
+    alpha = ntk_alpha(tokens, seq_length, True)
+    return next(n for n in (seq_length * 2 ** j + 1 for j in range(32))
+                if ntk_alpha(n, seq_length, True) == alpha)
+
+
+def _run(ref, side, ids, layers: int):
+    """Both sides' hidden states after `layers` layers (all: after the final norms)."""
+    hr, hl = ref.embed(ids), side.embed(ids)
+    for _, step_r, step_l in zip(range(layers), reference_layers(ref), llama_layers(side)):
+        hr, hl = step_r(hr), step_l(hl)
+    if layers == ref.cfg.num_layers:
+        return ref.final_norm(hr), side.final_norm(hl)
+    return hr, hl
+
+
+def _row(name, ref, side, ids, hr, hl, tol) -> dict:
+    return stats_rows([(name, ids)], head_stats(ref, side, hr, hl), tol)[0]
+
+
+def check_band(ckpt, adapter, side, seqs, tokens: int, tol: dict, progress) -> tuple[dict, list[str]]:
+    cfg = ckpt.config
+    length = band_start(tokens, cfg.seq_length)
+    filler = [x for s in seqs for x in s]
+    ids = (filler * (length // len(filler) + 1))[:length]
+    per_layer = long_prompt_flops(cfg, length) / max(cfg.num_layers, 1)
+    layers = max(1, min(cfg.num_layers, int(LONG_PROMPT_MAX_FLOPS // max(per_layer, 1))))
+    progress.note(f"logits: context band ({length} tokens, {layers} of {cfg.num_layers} layers)")
+    qwen = QwenReference(ckpt, adapter, logn=False)  # Qwen's own alpha for this length; logn off
+    hr, hl = _run(qwen, side, ids, layers)
+    record = {"context_tokens": tokens, "band": [length, tokens], "tokens": length, "layers": layers,
+              "ntk_alpha": ntk_alpha(length, cfg.seq_length, True)}
+    if layers < cfg.num_layers:  # the hidden states after the layers the budget allows
+        diff, scale = (hr - hl).abs().max().item(), hr.abs().max().item()
+        record |= {"max_abs_hidden_diff": diff, "max_abs_hidden": scale}
+        failures = [] if diff <= HIDDEN_REL * max(1.0, scale) else [
+            f"context band ({length} tokens): max |Δhidden| {diff:.3g} after {layers} layers > "
+            f"{HIDDEN_REL:g} x max(1, |hidden|)"]
+        return record, failures
+    row = _row(f"context band ({length} tokens, logn off)", qwen, side, ids, hr, hl, tol)
+    record["band_row"] = row
+    if cfg.use_logn_attn:  # information: what logn, which no layout expresses, changes there
+        hq, _ = _run(QwenReference(ckpt, adapter), side, ids, cfg.num_layers)
+        record["logn_effect"] = _row("with logn (information)", qwen, side, ids, hq, hl, tol)
+    short = seqs[0]  # information: Qwen rotates a short prompt with alpha 1, this output with T's
+    hs, hl_short = _run(QwenReference(ckpt, adapter), side, short, cfg.num_layers)
+    record["short_prompt_vs_qwen"] = _row(f"a {len(short)}-token prompt vs Qwen's own alpha (information)",
+                                          qwen, side, short, hs, hl_short, tol)
+    return record, judge(row, tol)

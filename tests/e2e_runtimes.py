@@ -1,7 +1,9 @@
 """`make e2e` (runtimes): one converted model in each output layout (--target llama and qwen2), and
 a copy with gate/up swapped, in llama.cpp, vLLM, MLX and the transformers releases the package
 admits, each in its own environment; every runtime is held to the Qwen reference forward
-(float32), not only to the others. E2E_TARGETS=llama (or qwen2) runs one layout.
+(float32), not only to the others. E2E_TARGETS=llama (or qwen2) runs one layout. Then a
+`--context 1024` conversion (4 x seq_length; E2E_CONTEXT=0 leaves it out): prompts of its band (513
+and 1018 tokens) held to Qwen's own forward with logn off, vLLM and llama.cpp given 1024 positions.
 
 Tolerances: full logits (transformers, MLX, llama.cpp, all float32): max |Δlogit| <= 1e-4 x
 max(1, |logit|), as verify's exact tolerance (float32 round-off in a different operation order);
@@ -83,6 +85,10 @@ def main() -> int:
         target_rows = run_target(target)
         rows += target_rows
         ok &= all(r.get("passed", False) or r.get("allowed", False) for r in target_rows)
+    if os.environ.get("E2E_CONTEXT", "1") == "1":  # --context 4S (1024 here): band-length prompts
+        target_rows = run_target("llama", context=1024)
+        rows += target_rows
+        ok &= all(r.get("passed", False) or r.get("allowed", False) for r in target_rows)
     (ROOT / "e2e-out" / "runtimes.json").write_text(json.dumps({"rows": rows, "passed": ok}, indent=2) + "\n")
     md = table(rows)
     (ROOT / "e2e-out" / "runtimes.md").write_text(md)
@@ -91,28 +97,30 @@ def main() -> int:
     return 0 if ok else 1
 
 
-def run_target(target: str) -> list[dict]:
-    """Every runtime on the case converted with --target `target`."""
-    case = prepare_case(OUT / target / "case", adapter=True, target=target)
+def run_target(target: str, context: int | None = None) -> list[dict]:
+    """Every runtime on the case converted with --target `target` (and --context, then the prompts
+    are of the band, and the reference Qwen's own with logn off)."""
+    where = target if context is None else f"{target}-context{context}"
+    case = prepare_case(OUT / where / "case", adapter=context is None, target=target, context=context)
     rows = []
     allow_skip = os.environ.get("E2E_ALLOW_SKIP") == "1"
     for name, python, probe, pythonpath, how in runtimes():
         which = name.split()[1 if "transformers" in name else 0]
-        out = OUT / target / probe.removesuffix(".py").removeprefix("probe_") / which
+        out = OUT / where / probe.removesuffix(".py").removeprefix("probe_") / which
         if not Path(python).exists():
-            rows.append({"name": name, "target": target, "how": how, "skipped": f"no environment at {python}",
+            rows.append({"name": name, "target": where, "how": how, "skipped": f"no environment at {python}",
                          "allowed": allow_skip})
             continue
         t = time.perf_counter()
         try:
             run_probe(python, probe, case, out, pythonpath, timeout=1800)
         except Exception as exc:  # the runtime could not load or run the folder: that is a failure
-            rows.append({"name": name, "target": target, "how": how, "skipped": f"FAILED: {str(exc)[-300:]}"})
+            rows.append({"name": name, "target": where, "how": how, "skipped": f"FAILED: {str(exc)[-300:]}"})
             continue
-        row = {"name": name, "target": target, "how": how, **judge(case, out),
+        row = {"name": name, "target": where, "how": how, **judge(case, out),
                "seconds": round(time.perf_counter() - t, 1)}
         rows.append(row)
-        print(f"{name} ({target}): {'pass' if row['passed'] else 'FAIL'} (worst {row['good']['worst']:.1e}, "
+        print(f"{name} ({where}): {'pass' if row['passed'] else 'FAIL'} (worst {row['good']['worst']:.1e}, "
               f"defect {'caught' if not row['gate_up_swapped']['agrees'] else 'MISSED'})", flush=True)
     return rows
 

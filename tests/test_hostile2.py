@@ -225,7 +225,7 @@ NAME = st.lists(st.sampled_from(PIECES), min_size=1, max_size=6).map("".join).fi
     and "/./" not in f"/{s}/")
 
 
-@settings(max_examples=40, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@settings(max_examples=20, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
 @given(NAME)
 def test_every_outside_string_is_printed_literally(model, name):
     """Folder names with markup and control characters: inspect and convert show them as written

@@ -21,17 +21,17 @@ def prepared(tmp_path_factory):
 
 
 def test_a_new_option_reaches_the_jobs_schema_and_the_fingerprint_unedited(prepared):
-    extended = make_dataclass("Extended", [("context", int, option(0, job=StrictInt))],
+    extended = make_dataclass("Extended", [("draft_layers", int, option(0, job=StrictInt))],
                               bases=(ConvertOptions,), frozen=True, kw_only=True)
     jobs = schemas.job_fields(extended)
-    assert jobs.model_validate({"src": "a", "context": 4096}).context == 4096
+    assert jobs.model_validate({"src": "a", "draft_layers": 4}).draft_layers == 4
     with pytest.raises(ValidationError):
-        jobs.model_validate({"src": "a", "context": "4096"})  # strict, like every jobs-file key
+        jobs.model_validate({"src": "a", "draft_layers": "4"})  # strict, like every jobs-file key
     with pytest.raises(ValidationError):
-        schemas.JobFields.model_validate({"src": "a", "context": 4096})  # not an option of ours
+        schemas.JobFields.model_validate({"src": "a", "draft_layers": 4})  # not an option of ours
     base = manifest.fingerprint(prepared)
     assert manifest.fingerprint(replace(prepared, options=extended())) == base  # the default: as before
-    assert manifest.fingerprint(replace(prepared, options=extended(context=4096))) != base
+    assert manifest.fingerprint(replace(prepared, options=extended(draft_layers=4))) != base
 
 
 def test_target_enters_the_fingerprint_and_the_jobs_file(prepared):

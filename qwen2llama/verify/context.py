@@ -20,9 +20,15 @@ HIDDEN_REL = 1e-4  # |Δhidden| <= 1e-4 x max(1, |hidden|): float32 round-off, a
 
 
 def declared_context(cfg, side_config) -> int | None:
-    """T when the folder declares more positions than seq_length on a model with dynamic NTK."""
+    """T when the folder declares more positions than seq_length on a model with dynamic NTK and a
+    RoPE base other than Qwen's (a --context output); a folder that keeps Qwen's base computes
+    Qwen's function for prompts up to seq_length whatever it declares (the config check says what
+    it declares past that)."""
     tokens = getattr(side_config, "max_position_embeddings", None)
-    return tokens if cfg.use_dynamic_ntk and isinstance(tokens, int) and tokens > cfg.seq_length else None
+    rope = getattr(side_config, "rope_parameters", None) or {}
+    theta = rope.get("rope_theta", getattr(side_config, "rope_theta", None))
+    long = cfg.use_dynamic_ntk and isinstance(tokens, int) and tokens > cfg.seq_length
+    return tokens if long and theta != cfg.rotary_emb_base else None
 
 
 def band_start(tokens: int, seq_length: int) -> int:

@@ -47,7 +47,7 @@ def _swap_gate_up(folder: Path) -> None:
 
 @torch.no_grad()
 def prepare_case(root: Path, preset: str = "tiny-hd64", adapter: bool = False,
-                 target: str = "llama") -> Case:
+                 target: str = "llama", context: int | None = None) -> Case:
     from qwen2llama.convert import convert
     from qwen2llama.reference import QwenReference
     from qwen2llama.sources import open_source
@@ -58,7 +58,7 @@ def prepare_case(root: Path, preset: str = "tiny-hd64", adapter: bool = False,
     root.mkdir(parents=True)
     src = synthesize(root / "qwen", preset, dtype="float32", seed=17, chat=True)
     good = root / "llama"
-    convert(src, good, kind="chat", target=target)
+    convert(src, good, kind="chat", target=target, context=context)
     bad = root / "llama-gate-up-swapped"
     shutil.copytree(good, bad)
     _swap_gate_up(bad)
@@ -67,12 +67,18 @@ def prepare_case(root: Path, preset: str = "tiny-hd64", adapter: bool = False,
     texts, chats = load_prompts(None, True)
     strings = list(texts) + [qwen_chat_text(m) for m in chats]
     prompts = [encode(s)[:MAX_PROMPT] for s in strings][:PROMPTS]
-    logits, greedy = _reference(QwenReference(ckpt), prompts)
+    reference = QwenReference(ckpt)
+    if context:  # prompts of the band (Qwen picks T's alpha), held to Qwen's own forward with logn off
+        filler = [x for s in strings for x in encode(s)]
+        band = [ckpt.config.seq_length * 2 + 1, context - GREEDY]  # T = 4S: the band is (2S, 4S]
+        prompts = [(filler * (n // len(filler) + 1))[:n] for n in band]
+        reference = QwenReference(ckpt, logn=False)
+    logits, greedy = _reference(reference, prompts)
     chat_ids = encode(qwen_chat_text(CHAT))  # ends with the assistant turn opened
     case = Case(root, {"good": good, "gate_up_swapped": bad}, strings, [encode(s) for s in strings], chat_ids,
                 prompts, logits, greedy)
     request = {"folders": {k: str(v) for k, v in case.folders.items()}, "texts": strings, "prompts": prompts,
-               "greedy": GREEDY, "chat": CHAT}
+               "greedy": GREEDY, "chat": CHAT, **({"max_model_len": context} if context else {})}
     if adapter:  # a LoRA adapter on every block linear, converted for the LLaMA base (vLLM serves it)
         from qwen2llama.lora import convert_adapter_unverified
         from qwen2llama.lora import open_adapter

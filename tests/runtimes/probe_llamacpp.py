@@ -28,7 +28,8 @@ def main(request_path: str, out: str) -> None:
         done = llamacpp_source.convert_to_gguf(Path(folder), gguf, "f32")
         if done.returncode:
             raise RuntimeError(f"convert_hf_to_gguf.py failed:\n{done.stderr[-3000:]}")
-        llm = Llama(str(gguf), n_ctx=128, n_batch=128, n_threads=2, logits_all=True, type_k=GGML_TYPE_F32,
+        n_ctx = req.get("max_model_len", 128)  # a --context T folder: T positions
+        llm = Llama(str(gguf), n_ctx=n_ctx, n_batch=n_ctx, n_threads=2, logits_all=True, type_k=GGML_TYPE_F32,
                     type_v=GGML_TYPE_F32, verbose=False)
         if "ids" not in result:
             result["ids"] = [llm.tokenize(t.encode("utf-8"), add_bos=False,

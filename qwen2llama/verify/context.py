@@ -48,8 +48,18 @@ def _run(ref, side, ids, layers: int):
     return hr, hl
 
 
+SAMPLED = 96  # positions whose full logits a long prompt's rows compare (the hidden states: all)
+
+
 def _row(name, ref, side, ids, hr, hl, tol) -> dict:
-    return stats_rows([(name, ids)], head_stats(ref, side, hr, hl), tol)[0]
+    """The logits row of a prompt at SAMPLED positions spread over it, the last ones included
+    (memory: SAMPLED x a vocabulary block, whatever the length), and the hidden states' difference
+    at every position."""
+    n = len(ids)
+    pick = sorted(set(range(0, n, max(1, n // (SAMPLED // 2)))) | set(range(max(0, n - SAMPLED // 2), n)))
+    row = stats_rows([(name, [ids[i] for i in pick])], head_stats(ref, side, hr[pick], hl[pick]), tol)[0]
+    return row | {"tokens": n, "positions_compared": len(pick),
+                  "max_abs_hidden_diff": (hr - hl).abs().max().item()}
 
 
 def check_band(ckpt, adapter, side, seqs, tokens: int, tol: dict, progress) -> tuple[dict, list[str]]:

@@ -17,7 +17,7 @@ from pathlib import Path
 from . import convert, manifest
 from .convert import Prepared, prepare, write
 from .options import ConvertOptions
-from .errors import InputError, OutputError
+from .errors import OutputError
 from .lora.convert import PreparedAdapter, prepare_adapter, write_adapter
 from .paths import real
 from .progress import NullProgress, Progress
@@ -82,9 +82,6 @@ def plan(src, out, options: ConvertOptions = ConvertOptions(),
     output (see bind_output); `out` None plans only (batch binds one once it knows the folder's state)."""
     if adapter is not None and adapter.merge:
         options = replace(options, merge_adapter=str(adapter.src))
-    if golden is not None and options.context is not None:
-        raise InputError("golden files do not record a --context output yet", path=golden,
-                         fix="verify a --context conversion against its source (qwen2llama verify SRC DST)")
     run = Run(prepare(src, options), verify, golden, adapter_step=adapter)
     return run if out is None else bind_output(run, out, force=options.force)
 
@@ -133,6 +130,7 @@ def execute(run: Run, *, progress: Progress | None = None, show=None, verify_loc
             report(verdict, run.verify, show)
         if run.golden is not None:
             result.golden = record_golden(prepared.plan.checkpoint, run.golden, plan=prepared.plan,
+                                          context=prepared.context,
                                           staging=staging, quick=(run.verify or VerifyOptions()).quick,
                                           progress=progress)
         progress.note("publishing")  # the last point a signal stops the run (batch)

@@ -84,9 +84,10 @@ def check(src, dst, options: VerifyOptions = VerifyOptions(), *, golden: Path | 
 
 def record_golden(ckpt, path: Path, *, plan=None, staging: Path | None = None, quick: bool = False,
                   prompts: Path | None = None, long_prompt: bool | None = None,
-                  progress: Progress | None = None) -> dict:
+                  progress: Progress | None = None, context=None) -> dict:
     """Record a golden file for `ckpt` at `path` (whole or not at all); `staging`: the folder the
-    same run wrote, whose file digests it keeps. Returns its header."""
+    same run wrote, whose file digests it keeps; `context` (context.Context): a --context output's,
+    whose reference keeps T's NTK alpha. Returns its header."""
     from .verify import golden as golden_mod
 
     files = None
@@ -94,13 +95,14 @@ def record_golden(ckpt, path: Path, *, plan=None, staging: Path | None = None, q
         written = manifest.read(staging)
         files = {"hash": written["hash"], "files": written["files"]}
     tensors, meta = golden_mod.record(ckpt, prompts=prompts, quick=quick, long_prompt=long_prompt,
-                                      progress=progress, files=files, plan=plan)
+                                      progress=progress, files=files, plan=plan, context=context)
     write_file(path, lambda tmp: golden_mod.write(tmp, tensors, meta))
     return meta
 
 
 def write_golden(src, path: Path, *, base=None, dtype: str | None = None, dequantize: str | None = None,
-                 target: str | None = None, force: bool = False, **recording) -> dict:
+                 target: str | None = None, context: int | None = None, force: bool = False,
+                 **recording) -> dict:
     """`golden SRC FILE` as a library call: the digests describe the conversion with `dtype` /
     `dequantize` into the layout `target`; `path` obeys the path rule and is replaced only with `force`."""
     from .plan import build_plan
@@ -109,4 +111,7 @@ def write_golden(src, path: Path, *, base=None, dtype: str | None = None, dequan
     ckpt = open_source(src, base)
     check_file_output(path, reads_of(ckpt), force=force, what="the golden file")
     plan = build_plan(ckpt, dtype, dequantize, target=target)
-    return record_golden(ckpt, Path(path), plan=plan, **recording)
+    from .context import context_for
+
+    return record_golden(ckpt, Path(path), plan=plan, context=context_for(ckpt.config, context, path),
+                         **recording)

@@ -123,9 +123,19 @@ def test_context_on_a_model_without_dynamic_ntk_says_it_is_exact_already(tmp_pat
     assert not (tmp_path / "out").exists()
 
 
-def test_golden_files_refuse_a_context_output(qwen, tmp_path):
-    bad("convert", qwen, tmp_path / "out", "--context", "256", "--golden", tmp_path / "g", needle="--context")
-    assert not (tmp_path / "out").exists() and not (tmp_path / "g").exists()
+def test_a_golden_file_of_a_context_output_replays_it_and_refuses_the_default(qwen, tmp_path):
+    """Recorded with T's alpha frozen (what the --context folder computes): CI can verify it without
+    the source; the default folder (Qwen's base) fails against it, and the other way round."""
+    ctx, default = tmp_path / "ctx", tmp_path / "default"
+    made = cli("convert", qwen, ctx, "--context", "256", "--quick", "--golden", tmp_path / "ctx.golden")
+    assert made.exit_code == 0, made.output
+    pipeline.run(qwen, default, ConvertOptions(), verify=None)
+    assert cli("golden", qwen, tmp_path / "standalone.golden", "--context", "256", "--quick").exit_code == 0
+    for golden in ("ctx.golden", "standalone.golden"):
+        ok = cli("verify", ctx, "--golden", tmp_path / golden)
+        assert ok.exit_code == 0, ok.output
+        wrong = cli("verify", default, "--golden", tmp_path / golden)
+        assert wrong.exit_code == 1 and "rope_theta" in wrong.output, wrong.output
 
 
 def test_verify_catches_a_wrong_rope_theta_on_a_context_output(qwen, tmp_path):

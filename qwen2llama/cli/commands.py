@@ -115,15 +115,15 @@ def _golden_line(path: Path, meta: dict) -> None:
 def golden(src: Src, file: Annotated[Path, typer.Argument(help="The golden file to write (safetensors).")],
            prompts: PromptsOpt = None, quick: QuickOpt = False, long_prompt: LongPromptOpt = None,
            base: BaseOpt = None, dtype: DtypeOpt = None, dequantize: DequantizeOpt = None,
-           target: TargetOpt = "llama",
+           target: TargetOpt = "llama", context: ContextOpt = None,
            force: Annotated[bool, typer.Option("--force", help="Replace FILE if it exists.")] = False):
     """Record what `verify OUT --golden FILE` needs from the Qwen reference on SRC, so that CI can
     verify a converted folder without the source checkpoint. --dtype / --dequantize: the tensor
     digests describe the conversion made with the same option, and --target for that layout."""
     from ..pipeline import write_golden
 
-    meta = write_golden(src, file, base=base, dtype=dtype, dequantize=dequantize, target=target, force=force,
-                        quick=quick,
+    meta = write_golden(src, file, base=base, dtype=dtype, dequantize=dequantize, target=target,
+                        context=context, force=force, quick=quick,
                         prompts=prompts, long_prompt=long_prompt, progress=render.TerminalProgress(err))
     _golden_line(file, meta)
 

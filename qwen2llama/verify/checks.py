@@ -189,7 +189,9 @@ class _AgainstGolden:
         meta = self.golden.meta
         return {**check_config(self.golden.config, self.side.config, self.raw, self.target,
                                meta.get("quantization"), mlp_bias=meta.get("mlp_bias", False),
-                               recorded_target=meta.get("target", DEFAULT_TARGET)), **self.against}
+                               recorded_target=meta.get("target", DEFAULT_TARGET),
+                               recorded_positions=(meta.get("context") or {}).get("context_tokens")),
+                **self.against}
 
     def tokenizer(self, checks):
         meta = self.golden.meta

@@ -38,14 +38,16 @@ def _rope_theta(q: QwenConfig, positions) -> float:
 
 
 def check_config(q: QwenConfig, c, raw: dict, target, quantization: dict | None = None,
-                 mlp_bias: bool = False, recorded_target: str | None = None) -> dict:
+                 mlp_bias: bool = False, recorded_target: str | None = None,
+                 recorded_positions: int | None = None) -> dict:
     """`c` is transformers' config of the folder (of the `target` layout), `raw` its config.json as
     written, `quantization` the source's GPTQ settings (GptqSettings.output_config()), if any;
     `mlp_bias`: the source's MLP linears carry non-zero biases (a quantizer's), so the output needs
-    them; `recorded_target`: the layout a golden file was recorded for."""
+    them; `recorded_target`: the layout a golden file was recorded for, `recorded_positions` the
+    --context it was recorded for (the folder must declare those positions and their RoPE base)."""
     rope = getattr(c, "rope_parameters", None) or {}
     theta = rope.get("rope_theta", getattr(c, "rope_theta", None))
-    want_theta = _rope_theta(q, raw.get("max_position_embeddings"))
+    want_theta = _rope_theta(q, recorded_positions or raw.get("max_position_embeddings"))
     expect = {
         **target.expected_config(raw, c, mlp_bias),
         "hidden_size": (c.hidden_size, q.hidden_size),
@@ -65,6 +67,9 @@ def check_config(q: QwenConfig, c, raw: dict, target, quantization: dict | None 
     }
     if recorded_target is not None:
         expect["layout (as the golden file was recorded)"] = (target.name, recorded_target)
+    if recorded_positions is not None:
+        expect["max_position_embeddings (as the golden file was recorded)"] = (
+            raw.get("max_position_embeddings"), recorded_positions)
     if "rope_theta" in raw:
         expect["rope_theta (as written)"] = (raw["rope_theta"], want_theta)
     failures = [f"{k}: {got!r}, expected {want!r}" for k, (got, want) in expect.items() if got != want]

@@ -63,7 +63,7 @@ def tokenizer_samples(texts: list[str], chats: list) -> list[str]:
 
 def record(ckpt, *, prompts: Path | None = None, quick: bool = False, long_prompt: bool | None = None,
            greedy_tokens: int | None = None, progress=None, files: dict | None = None,
-           plan=None) -> tuple[dict[str, torch.Tensor], dict]:
+           plan=None, context=None) -> tuple[dict[str, torch.Tensor], dict]:
     """(tensors, header) of a golden file for the checkpoint. `plan`: the conversion whose tensors
     the digests describe (default: `build_plan(ckpt)`, the source's dtype); `files` = {"hash": name,
     "files": {...}} when convert records the digests of what it wrote."""
@@ -75,7 +75,7 @@ def record(ckpt, *, prompts: Path | None = None, quick: bool = False, long_promp
     texts, chats = load_prompts(prompts, quick)
     encode = _encoder(ckpt)
     named, long_note, _ = prompt_set(cfg, encode, texts, chats, quick, long_prompt)
-    ref = QwenReference(ckpt)
+    ref = QwenReference(ckpt, alpha=context.alpha if context else None)  # --context: T's alpha, frozen
     seqs = [ids for _, ids in named]
     lens = [len(s) for s in seqs]
     progress.start("golden: reference layers", cfg.num_layers, "layers")
@@ -113,10 +113,15 @@ def record(ckpt, *, prompts: Path | None = None, quick: bool = False, long_promp
         "quantization": ckpt.quantization.output_config() if ckpt.quantization else None,
         "tensor_digests": digests.record(plan, progress),
         "mlp_bias": has_mlp_bias(ckpt),
-        # the default layout is not named: older golden files stay as they were
-        **({"target": plan.target.name} if plan.target.name != DEFAULT_TARGET else {}),
+        **_layout(plan, context),
     }
     return tensors, meta
+
+
+def _layout(plan, context) -> dict:
+    """The output's layout and --context where not the default (older golden files stay as they were)."""
+    return {**({"target": plan.target.name} if plan.target.name != DEFAULT_TARGET else {}),
+            **({"context": context.record()} if context else {})}
 
 
 def _encoder(ckpt):
@@ -208,6 +213,8 @@ HEADER_FIELDS = (  # (field, its test on the header, what it must be), in the or
     ("mlp_bias", lambda m: isinstance(m.get("mlp_bias", False), bool), "true or false"),
     ("chat", lambda m: isinstance(m.get("chat"), bool), "true or false"),
     ("target", lambda m: m.get("target", DEFAULT_TARGET) in TARGETS, " or ".join(TARGETS)),
+    ("context", lambda m: m.get("context") is None or (isinstance(m["context"], dict) and _is_int(
+        m["context"].get("context_tokens"), 1, 1 << 20)), "absent, or a context of 1 to 2^20 tokens"),
     ("vocab_digest", lambda m: isinstance(m.get("vocab_digest"), str), "a digest"),
     ("prompt_set", lambda m: isinstance(s := m.get("prompt_set"), dict) and isinstance(s.get("texts"), list)
      and isinstance(s.get("chats"), list) and isinstance(s.get("quick"), bool),

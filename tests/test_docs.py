@@ -46,3 +46,15 @@ def test_every_command_and_option_is_documented():
             missing += [f"{name} {opt}" for opt in param.opts if opt.startswith("--") and opt not in text]
     assert missing == []
     assert len(cli.commands) >= 8
+
+
+def test_help_shows_no_type_placeholders_on_flags():
+    """A flag takes no value: its help line shows none (typer would print `<bool>`)."""
+    from typer.testing import CliRunner
+
+    cli = typer.main.get_command(app)
+    for name in cli.commands:
+        result = CliRunner().invoke(app, [name, "--help"], env={"COLUMNS": "160"})
+        assert result.exit_code == 0, result.output
+        shown = [line for line in result.output.splitlines() if "<bool>" in line and "--help" not in line]
+        assert shown == [], (name, shown)

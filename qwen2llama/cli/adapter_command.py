@@ -30,10 +30,11 @@ def adapter(src_adapter: AdapterSrc,
                                     "the source's).")]
             = None,
             force: Annotated[bool, typer.Option("--force",
-                                                help="Replace DST, once the new one is complete.")] = False,
+                                                help="Replace DST, once the new one is complete.",
+                                                metavar="")] = False,
             verify: Annotated[bool, typer.Option(
                 "--verify/--no-verify",
-                help="Verify before publishing (needs --base and --llama-base).")] = True,
+                help="Verify before publishing (needs --base and --llama-base).", metavar="")] = True,
             quick: QuickOpt = False, report: ReportOpt = None, junit: JunitOpt = None):
     """Convert a PEFT LoRA adapter trained on Qwen v1 into one for the converted LLaMA model.
 

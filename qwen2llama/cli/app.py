@@ -43,15 +43,17 @@ ShardSizeOpt = Annotated[str, typer.Option("--shard-size", help="Largest shard, 
 TargetOpt = Annotated[str, typer.Option(
     "--target", help="The output layout: "
                      + ", ".join(f"{t.name} ({t.architecture})" for t in TARGETS.values())
-                     + " (the README's table says which runtime loads which best).")]
+                     + " (docs/targets.md: which runtime loads which best).")]
 IgnoreOpt = Annotated[Optional[list[str]], typer.Option(
     "--ignore", help="Leave out source files matching this glob on purpose (repeatable; recorded in "
                      "conversion.json); files that hold weights are never left out silently.")]
 ContextOpt = Annotated[Optional[int], typer.Option(
     "--context", help="Tokens of context past seq_length: rope_theta set to Qwen's own for a prompt this "
-                      "long (exact for prompts of its band; see the README's long-context table).")]
-ForceOpt = Annotated[bool, typer.Option("--force", help="Replace DST, once the new one is complete.")]
-QuickOpt = Annotated[bool, typer.Option("--quick", help="Short prompt set, no long-context probe.")]
+                      "long (exact for prompts of its band; see docs/long-context.md).")]
+ForceOpt = Annotated[bool, typer.Option("--force", help="Replace DST, once the new one is complete.",
+                                        metavar="")]
+QuickOpt = Annotated[bool, typer.Option("--quick", help="Short prompt set, no long-context probe.",
+                                        metavar="")]
 ReportOpt = Annotated[Optional[Path], typer.Option("--report",
                                                    help="Write the full verify report (JSON) here.")]
 PromptsOpt = Annotated[Optional[Path], typer.Option("--prompts",
@@ -67,7 +69,7 @@ GreedyOpt = Annotated[Optional[int], typer.Option(
                             "0 above 4 GB, where each token re-reads the model).")]
 LongPromptOpt = Annotated[Optional[bool], typer.Option(
     "--long-prompt/--no-long-prompt",
-    help="Include the seq_length-token prompt (default: when it costs minutes, not hours).")]
+    help="Include the seq_length-token prompt (default: when it costs minutes, not hours).", metavar="")]
 
 
 def command(fn):
@@ -111,9 +113,10 @@ def _print_version(value: bool) -> None:
 @app.callback()
 def main(ctx: typer.Context,
          debug: Annotated[bool, typer.Option("--debug",
-                                             help="Show tracebacks instead of short messages.")] = False,
+                                             help="Show tracebacks instead of short messages.",
+                                             metavar="")] = False,
          version: Annotated[bool, typer.Option("--version", callback=_print_version, is_eager=True,
-                                               help="Print the version and exit.")] = False):
+                                               help="Print the version and exit.", metavar="")] = False):
     ctx.obj = {"debug": debug}
 
 

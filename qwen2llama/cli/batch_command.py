@@ -20,9 +20,9 @@ def batch(srcs: Annotated[Optional[list[str]], typer.Argument(
               help="Sources: folders, globs (quoted: 'runs/*/checkpoint-*') or hub ids; with --summarize, "
                    "summary files.", show_default=False)] = None,
           jobs_file: Annotated[Optional[Path], typer.Option("--jobs-file",
-                                                            help="TOML jobs file (see README).")] = None,
+                                                            help="TOML jobs file (docs/batch.md).")] = None,
           out_root: Annotated[Optional[Path], typer.Option(
-              "--out-root", help="Folder for the outputs, named by the rule in the README.")] = None,
+              "--out-root", help="Folder for the outputs, named by the rule in docs/batch.md.")] = None,
           shard_size: ShardSizeOpt = "5GB", dtype: DtypeOpt = None, kind: KindOpt = "auto",
           base: BaseOpt = None, target: TargetOpt = "llama", ignore: IgnoreOpt = None,
           context: ContextOpt = None,
@@ -32,9 +32,10 @@ def batch(srcs: Annotated[Optional[list[str]], typer.Argument(
               "--shard", help="I/N: this machine's share of the jobs (default: from Slurm or "
                               "Kubernetes, else all).")] = None,
           force: Annotated[bool, typer.Option("--force",
-                                              help="Redo every job, also up-to-date ones.")] = False,
+                                              help="Redo every job, also up-to-date ones.",
+                                              metavar="")] = False,
           verify: Annotated[bool, typer.Option("--verify/--no-verify",
-                                               help="Verify each job before publishing.")] = True,
+                                               help="Verify each job before publishing.", metavar="")] = True,
           quick: QuickOpt = False,
           summary: Annotated[Optional[Path], typer.Option("--summary",
                                                           help="Write the results as JSON.")] = None,
@@ -42,7 +43,8 @@ def batch(srcs: Annotated[Optional[list[str]], typer.Argument(
               "--junit", help="Write JUnit XML (a test case per job).")] = None,
           summarize: Annotated[bool, typer.Option(
               "--summarize",
-              help="Merge the given summary files (one per shard) instead of running jobs.")] = False):
+              help="Merge the given summary files (one per shard) instead of running jobs.",
+                                                  metavar="")] = False):
     """Convert and verify many checkpoints: up-to-date jobs are skipped, failed ones redone.
 
     Exit 0: every job passed. 1: a verify failed. 2: an input was bad.

@@ -18,7 +18,7 @@ from .app import (BaseOpt, ContextOpt, DequantizeOpt, Dst, DtypeOpt, ForceOpt, G
 def inspect(src: Src, shard_size: ShardSizeOpt = "5GB", dtype: DtypeOpt = None, kind: KindOpt = "auto",
             base: BaseOpt = None,
             tensors: Annotated[bool, typer.Option(
-                "--tensors", help="List every output tensor and its source.")] = False,
+                "--tensors", help="List every output tensor and its source.", metavar="")] = False,
             dequantize: DequantizeOpt = None, target: TargetOpt = "llama", ignore: IgnoreOpt = None,
             context: ContextOpt = None):
     """Show what was detected, every file of the source and what happens to it, and the conversion
@@ -37,10 +37,10 @@ def convert(src: Src, dst: Dst, shard_size: ShardSizeOpt = "5GB", dtype: DtypeOp
             kind: KindOpt = "auto",
             base: BaseOpt = None, force: ForceOpt = False,
             verify: Annotated[bool, typer.Option(
-                "--verify/--no-verify", help="Check the result before publishing it.")] = True,
+                "--verify/--no-verify", help="Check the result before publishing it.", metavar="")] = True,
             checksums: Annotated[bool, typer.Option(
                 "--checksums/--no-checksums",
-                help="Record each output file's digest in conversion.json.")] = True,
+                help="Record each output file's digest in conversion.json.", metavar="")] = True,
             hash: Annotated[str, typer.Option(
                 "--hash", help="blake3 | sha256: the digest conversion.json records (sha256 costs "
                                "~5x the CPU).")]
@@ -50,7 +50,7 @@ def convert(src: Src, dst: Dst, shard_size: ShardSizeOpt = "5GB", dtype: DtypeOp
                 "--golden",
                 help="Also record a golden file here, with the digests of the files written.")] = None,
             dry_run: Annotated[bool, typer.Option(
-                "--dry-run", help="Check everything and print the plan; write nothing.")] = False,
+                "--dry-run", help="Check everything and print the plan; write nothing.", metavar="")] = False,
             dequantize: DequantizeOpt = None, target: TargetOpt = "llama", ignore: IgnoreOpt = None,
             context: ContextOpt = None,
             adapter: Annotated[Optional[Path], typer.Option(
@@ -62,7 +62,7 @@ def convert(src: Src, dst: Dst, shard_size: ShardSizeOpt = "5GB", dtype: DtypeOp
                 help="Where the converted adapter goes (default: DST-adapter beside DST).")] = None,
             merge: Annotated[bool, typer.Option(
                 "--merge", help="Fold --adapter into the weights instead (for runtimes without LoRA); use "
-                                "--dtype float32 for an exact result.")] = False):
+                                "--dtype float32 for an exact result.", metavar="")] = False):
     """Convert SRC into a LLaMA (or, with --target qwen2, Qwen2) checkpoint in DST, then verify it
     (unless --no-verify).
 
@@ -116,7 +116,8 @@ def golden(src: Src, file: Annotated[Path, typer.Argument(help="The golden file 
            prompts: PromptsOpt = None, quick: QuickOpt = False, long_prompt: LongPromptOpt = None,
            base: BaseOpt = None, dtype: DtypeOpt = None, dequantize: DequantizeOpt = None,
            target: TargetOpt = "llama", context: ContextOpt = None,
-           force: Annotated[bool, typer.Option("--force", help="Replace FILE if it exists.")] = False):
+           force: Annotated[bool, typer.Option("--force", help="Replace FILE if it exists.",
+                                               metavar="")] = False):
     """Record what `verify OUT --golden FILE` needs from the Qwen reference on SRC, so that CI can
     verify a converted folder without the source checkpoint. --dtype / --dequantize: the tensor
     digests describe the conversion made with the same option, and --target for that layout."""
@@ -191,14 +192,14 @@ def synth(dst: Dst,
           seed: Annotated[int, typer.Option(help="Random seed.")] = 0,
           trainer: Annotated[bool, typer.Option(
               "--trainer", help="Lay it out as a Trainer checkpoint-N/ folder (optimizer.pt etc., no "
-                                "vocabulary).")] = False,
+                                "vocabulary).", metavar="")] = False,
           gptq: Annotated[Optional[int], typer.Option(
               "--gptq",
               help="4 | 8: write the Int4/Int8 GPTQ release (also: a preset ending in -int4/-int8).")] = None,
           group_size: Annotated[Optional[int], typer.Option(
               "--group-size", help="GPTQ group size (default 128; 32 at tiny widths).")] = None,
           desc_act: Annotated[bool, typer.Option(
-              "--desc-act", help="GPTQ with act-order: a permuted g_idx.")] = False,
+              "--desc-act", help="GPTQ with act-order: a permuted g_idx.", metavar="")] = False,
           gptq_style: Annotated[str, typer.Option(
               "--gptq-style", help="autogptq (zero biases on every quantized linear, float16) | "
                                    "gptqmodel (--dtype for the dense tensors beside float16 scales, "
@@ -210,8 +211,10 @@ def synth(dst: Dst,
           targets: Annotated[str, typer.Option(help="Adapter target_modules, comma-separated.")] = "c_attn",
           rank: Annotated[int, typer.Option("--rank", help="Adapter rank r.")] = 8,
           alpha: Annotated[float, typer.Option("--alpha", help="Adapter lora_alpha.")] = 16,
-          rslora: Annotated[bool, typer.Option("--rslora", help="Adapter with rsLoRA scaling.")] = False,
-          dora: Annotated[bool, typer.Option("--dora", help="Adapter with DoRA magnitudes.")] = False,
+          rslora: Annotated[bool, typer.Option("--rslora", help="Adapter with rsLoRA scaling.",
+                                               metavar="")] = False,
+          dora: Annotated[bool, typer.Option("--dora", help="Adapter with DoRA magnitudes.",
+                                             metavar="")] = False,
           save: Annotated[str, typer.Option(
               "--save", help="Adapter modules_to_save, comma-separated (wte, lm_head, ln_f).")] = ""):
     """Write a Qwen v1 checkpoint with random weights at a release's widths (for tests and demos),

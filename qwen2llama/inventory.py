@@ -68,9 +68,11 @@ def _files(folder: Path):
 def _looks_like_weights(path: Path) -> bool:
     """safetensors (a little-endian header length, then '{'), a zip (torch.save), GGUF, numpy, a
     pickle: by the first bytes, for files whose name says nothing."""
+    if path.is_symlink() or not path.is_file():  # a FIFO or device would block the open: never opened
+        return False
     try:
         with open(path, "rb", buffering=0) as fh:
-            head = fh.read(9) if path.is_file() and not path.is_symlink() else b""
+            head = fh.read(9)
     except OSError:
         return False
     return head.startswith(MAGIC) or (len(head) == 9 and head[8:9] == b"{" and

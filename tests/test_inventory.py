@@ -157,6 +157,20 @@ def test_multimodal_qwen_is_named(base, tmp_path, how):
     assert "unknown tensor" not in result.output
 
 
+def test_a_fifo_or_link_in_the_source_folder_is_listed_never_opened(base, tmp_path):
+    """The content sniff reads regular files only: a FIFO would block its open for ever."""
+    import os
+
+    from helpers import run_cli
+
+    src = _copy(base, tmp_path)
+    os.mkfifo(src / "stray")
+    os.symlink("/dev/zero", src / "zeros")
+    result = run_cli("inspect", src, timeout=60)
+    assert result.returncode == 0, result.stderr
+    assert "2 unknown" in result.stdout and "stray" in result.stdout and "zeros" in result.stdout
+
+
 def test_thousands_of_files_are_accounted_for_quickly(base, tmp_path):
     src = _copy(base, tmp_path)
     (src / "logs").mkdir()

@@ -1,7 +1,7 @@
 # One command each: `make demo` sets up and converts the bundled demo checkpoint,
 # `make test` sets up and runs the test suite (`make test-fast`: without the slow tests),
 # `make bench` runs the benchmarks
-# (`make bench-7b`: the copy table at the real Qwen-7B size, 15.4 GB).
+# (`make bench-7b`: the copy table and full verify at the real Qwen-7B size, 15.4 GB).
 PYTHON ?= python3
 VENV ?= .venv
 PY := $(VENV)/bin/python
@@ -48,9 +48,11 @@ bench: setup
 	$(PY) benchmarks/run.py
 	$(PY) benchmarks/batch.py
 	$(PY) benchmarks/gptq.py
+	$(PY) benchmarks/verify.py
 
 bench-7b: setup
 	BENCH_LAYERS=32 BENCH_ONLY=copy BENCH_REPEATS=3 $(PY) benchmarks/run.py
+	BENCH_LAYERS=32 BENCH_WIDTHS=qwen-7b $(PY) benchmarks/verify.py
 
 # Not in CI: real runtimes on converted output, each in its own cached environment under
 # .cache/e2e (built once, reused). llama.cpp: llama-cpp-python built from source in .venv (about

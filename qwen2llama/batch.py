@@ -65,6 +65,10 @@ class _Cancellable(Progress):
         self._check()
         self.inner.note(message)
 
+    def detail(self, where):
+        self._check()
+        self.inner.detail(where)
+
 
 def run_job(job: Job, *, verify: bool, quick: bool, force: bool, verify_lock: threading.Lock, progress,
             protect: list[Path] = ()) -> JobResult:

@@ -43,6 +43,7 @@ class ConvertOptions:
     target: str = option(DEFAULT_TARGET, job=Literal[tuple(TARGETS)])  # the output layout (targets/)
     ignore: tuple[str, ...] = option((), job=list[StrictStr])  # source files left out on purpose (globs)
     context: int | None = option(None, job=Annotated[StrictInt, Constraint(gt=0)])  # context.py: --context T
+    card: bool = option(True, job=StrictBool)  # README.md, the model card (card.py); --no-card: none
 
     def __post_init__(self):
         object.__setattr__(self, "ignore", tuple(self.ignore or ()))  # a jobs file gives a list

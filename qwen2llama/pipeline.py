@@ -82,6 +82,10 @@ def plan(src, out, options: ConvertOptions = ConvertOptions(),
     output (see bind_output); `out` None plans only (batch binds one once it knows the folder's state)."""
     if adapter is not None and adapter.merge:
         options = replace(options, merge_adapter=str(adapter.src))
+    if verify is not None or golden is not None:  # an accelerator that is not there: before any work
+        from .verify.device import compute_device
+
+        compute_device((verify or VerifyOptions()).device)
     run = Run(prepare(src, options), verify, golden, adapter_step=adapter)
     return run if out is None else bind_output(run, out, force=options.force)
 
@@ -129,10 +133,14 @@ def execute(run: Run, *, progress: Progress | None = None, show=None, verify_loc
             manifest.record_verification(staging, verdict)
             report(verdict, run.verify, show)
         if run.golden is not None:
+            checks = run.verify or VerifyOptions()
             result.golden = record_golden(prepared.plan.checkpoint, run.golden, plan=prepared.plan,
-                                          context=prepared.context,
-                                          staging=staging, quick=(run.verify or VerifyOptions()).quick,
-                                          progress=progress)
+                                          context=prepared.context, staging=staging, quick=checks.quick,
+                                          progress=progress, device=checks.device)
+        if prepared.options.card:
+            from . import card
+
+            card.write(staging, prepared.out.name, result.verified, prepared.plan.target.architecture)
         progress.note("publishing")  # the last point a signal stops the run (batch)
 
     result.record = write(prepared, progress=progress, before_publish=before_publish)
@@ -145,11 +153,12 @@ def execute(run: Run, *, progress: Progress | None = None, show=None, verify_loc
 def _adapter(run: Run, progress: Progress, show) -> VerifyResult | None:
     """The adapter step: written, verified against the model just published, published."""
     checks = run.verify and replace(run.verify, report=None, junit=None)  # those are the model's
-    return _write_verified_adapter(run.adapter, run.prepared.out, checks, progress, show)
+    return _write_verified_adapter(run.adapter, run.prepared.out, checks, progress, show,
+                                   card=run.prepared.options.card)
 
 
 def _write_verified_adapter(prepared: PreparedAdapter, llama_base: Path | None, checks: VerifyOptions | None,
-                            progress: Progress, show) -> VerifyResult | None:
+                            progress: Progress, show, card: bool = True) -> VerifyResult | None:
     verdict = None
 
     def before_publish(staging: Path) -> None:
@@ -160,6 +169,10 @@ def _write_verified_adapter(prepared: PreparedAdapter, llama_base: Path | None, 
             verdict = verify_adapter(prepared.base, llama_base, prepared.adapter, staging, quick=checks.quick,
                                      display=prepared.out)
             report(verdict, checks, show)
+        if card:
+            from . import card as cards
+
+            cards.write_adapter(staging, prepared.out.name, verdict)
 
     write_adapter(prepared, progress=progress, before_publish=before_publish)
     return verdict
@@ -167,7 +180,8 @@ def _write_verified_adapter(prepared: PreparedAdapter, llama_base: Path | None, 
 
 def convert_adapter(src, out, *, base=None, llama_base: Path | None = None, base_name: str | None = None,
                     force: bool = False, hash: str = "blake3", verify: VerifyOptions | None = VerifyOptions(),
-                    progress: Progress | None = None, show=None, planned=None) -> VerifyResult | None:
+                    progress: Progress | None = None, show=None, planned=None,
+                    card: bool = True) -> VerifyResult | None:
     """`adapter SRC OUT` as a library call: convert a PEFT adapter, verified before publishing
     when both its Qwen `base` and that base converted (`llama_base`) are given; `planned(prepared)`
     sees the checked plan. Returns the verdict (None: not verified)."""
@@ -182,7 +196,7 @@ def convert_adapter(src, out, *, base=None, llama_base: Path | None = None, base
     if verify is not None and not checkable:
         (progress or NullProgress()).note("not verified: give --base (the Qwen model) and --llama-base "
                                           "(its conversion)")
-    return _write_verified_adapter(prepared, llama_base, verify, progress or NullProgress(), show)
+    return _write_verified_adapter(prepared, llama_base, verify, progress or NullProgress(), show, card)
 
 
 def run(src, out, options: ConvertOptions = ConvertOptions(),

@@ -8,6 +8,10 @@ class Progress:
     def finish(self) -> None: ...
     def note(self, message: str) -> None: ...
 
+    def detail(self, where: str) -> None:
+        """Where inside the current step the work is (layer k of n, prompt i of m, token t of T):
+        a pulse for steps that take longer than a glance."""
+
 
 class NullProgress(Progress):
     pass

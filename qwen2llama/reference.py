@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import math
 import re
+from dataclasses import dataclass, field
 from typing import Callable
 
 import torch
@@ -50,6 +51,27 @@ def rotary_tables(length: int, head_dim: int, base: float, alpha: float) -> tupl
     return emb.cos(), emb.sin()
 
 
+@dataclass
+class QwenCache:
+    """One sequence's keys and values per layer, as Qwen's generation keeps them: keys rotated once,
+    with the NTK factor of the prefill, which then stays for the whole generation (spec: frozen
+    alpha); each decode step adds its positions after the cached ones."""
+
+    alpha: float | None = None
+    keys: dict[int, torch.Tensor] = field(default_factory=dict)  # layer -> [heads, T, head_dim]
+    values: dict[int, torch.Tensor] = field(default_factory=dict)
+
+    def length(self, layer: int) -> int:
+        return self.keys[layer].shape[1] if layer in self.keys else 0
+
+    def extend(self, layer: int, k: torch.Tensor, v: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """The layer's keys and values with k, v appended (and kept)."""
+        if layer in self.keys:
+            k, v = torch.cat([self.keys[layer], k], dim=1), torch.cat([self.values[layer], v], dim=1)
+        self.keys[layer], self.values[layer] = k, v
+        return k, v
+
+
 def logn_scale(length: int, seq_length: int, enabled: bool) -> torch.Tensor:
     """Per-position query factor: log(i)/log(seq_length) for 1-based position i > seq_length."""
     i = torch.arange(1, length + 1, dtype=torch.float64)
@@ -61,14 +83,16 @@ class QwenReference:
     """Qwen v1 in float32 over a source checkpoint, layer by layer."""
 
     def __init__(self, ckpt: Checkpoint, adapter: QwenAdapter | None = None, *, alpha: float | None = None,
-                 logn: bool | None = None):
+                 logn: bool | None = None, device: torch.device | str = "cpu"):
         """`alpha`: the NTK factor frozen (as Qwen's decoding keeps the prefill's: a sequence run
         whole with the prefill's alpha is what Qwen computes with its cache); None: Qwen's choice
-        for each sequence's length. `logn`: logn attention on or off (None: as the config says)."""
+        for each sequence's prefill length. `logn`: logn attention on or off (None: as the config
+        says). `device`: where the float32 compute runs (weights are read on the CPU, moved, cast)."""
         self.ckpt = ckpt
         self.cfg = ckpt.config
         self.adapter = adapter
         self.alpha, self.logn = alpha, logn
+        self.device = torch.device(device)
 
     def _ref(self, name: str):
         """A tensor's location: the adapter's modules_to_save copy when it has one."""
@@ -76,12 +100,20 @@ class QwenReference:
         return saved.get(name) or self.ckpt.tensors[name]
 
     def _w(self, name: str) -> torch.Tensor:
-        return read_ref(self._ref(name)).float()
+        return self.on_device(read_ref(self._ref(name)))
+
+    def on_device(self, t: torch.Tensor) -> torch.Tensor:
+        """A tensor read on the CPU, as float32 where the compute runs (moved before the cast)."""
+        return t.to(self.device).float()
 
     def embed(self, ids: list[int]) -> torch.Tensor:
         ref = self._ref("transformer.wte.weight")
-        rows = {i: read_ref(ref, i, i + 1)[0].float() for i in set(ids)}
-        return torch.stack([rows[i] for i in ids])
+        rows = {i: read_ref(ref, i, i + 1)[0] for i in set(ids)}
+        return self.on_device(torch.stack([rows[i] for i in ids]))
+
+    def head_rows(self, start: int, stop: int) -> torch.Tensor:
+        """Rows [start, stop) of lm_head, where the compute runs."""
+        return self.on_device(read_ref(self.head_ref(), start, stop))
 
     def layer_weights(self, i: int) -> dict[str, torch.Tensor]:
         pre = f"transformer.h.{i}."
@@ -103,10 +135,11 @@ class QwenReference:
     @staticmethod
     def _with_lora(w: torch.Tensor, lora) -> torch.Tensor:
         """W + s * B @ A; DoRA rescales each output row of that to its learned magnitude m."""
-        merged = w + lora.scaling * (read_ref(lora.b).float() @ read_ref(lora.a).float())
+        b, a = (read_ref(f).to(w.device).float() for f in (lora.b, lora.a))
+        merged = w + lora.scaling * (b @ a)
         if lora.magnitude is None:
             return merged
-        return merged * (read_ref(lora.magnitude).float() / merged.norm(p=2, dim=1))[:, None]
+        return merged * (read_ref(lora.magnitude).to(w.device).float() / merged.norm(p=2, dim=1))[:, None]
 
     def dense_weight(self, linear: str) -> torch.Tensor:
         """A linear's weight [out, in] as stored (every Qwen v1 release but the Int4/Int8 ones)."""
@@ -129,35 +162,48 @@ class QwenReference:
             q = (qweight[:, o][i // pack] >> (bits * (i % pack))[:, None].int()) & mask
             z = (qzeros[:, o // pack] >> (bits * (o % pack))[None, :].int()) & mask
             out[o] = (scales[:, o][g] * (q - z[g] - 1).float()).T
-        return out
+        return self.on_device(out)
 
-    def block(self, w: dict[str, torch.Tensor], x: torch.Tensor) -> torch.Tensor:
-        """One Qwen block on x [T, H]: h = x + attn(ln_1(x)); out = h + mlp(ln_2(h))."""
+    def block(self, w: dict[str, torch.Tensor], x: torch.Tensor, cache: QwenCache | None = None,
+              layer: int = 0) -> torch.Tensor:
+        """One Qwen block on x [T, H]: h = x + attn(ln_1(x)); out = h + mlp(ln_2(h)). With a cache,
+        x holds the positions after the cached ones of `layer`, and their keys and values join it."""
         cfg = self.cfg
-        T = x.shape[0]
-        nh, hd = cfg.num_heads, cfg.head_dim
         a = rms_norm(x, w["ln_1.weight"], cfg.layer_norm_epsilon)
         qkv = a @ w["attn.c_attn.weight"].T + w["attn.c_attn.bias"]
-        q, k, v = qkv.split(cfg.projection_size, dim=-1)
-        q, k, v = (t.view(T, nh, hd).transpose(0, 1) for t in (q, k, v))  # [heads, T, hd]
-        alpha = self.alpha if self.alpha is not None else ntk_alpha(T, cfg.seq_length, cfg.use_dynamic_ntk)
-        cos, sin = rotary_tables(T, hd, cfg.rotary_emb_base, alpha)
-        q = q * cos + rotate_half(q) * sin
-        k = k * cos + rotate_half(k) * sin
-        logn = cfg.use_logn_attn if self.logn is None else self.logn
-        q = q * logn_scale(T, cfg.seq_length, logn)[None, :, None]
-        ctx = torch.empty_like(q)
-        causal = torch.ones(T, T, dtype=torch.bool).triu(1)
-        group = max(1, ATTN_SCORE_BYTES // (T * T * 4))
-        for h0 in range(0, nh, group):
-            s = (q[h0:h0 + group] @ k[h0:h0 + group].transpose(-1, -2)) / math.sqrt(hd)
-            s = s.masked_fill(causal, float("-inf")).softmax(dim=-1)
-            ctx[h0:h0 + group] = s @ v[h0:h0 + group]
-        attn = _linear(ctx.transpose(0, 1).reshape(T, cfg.projection_size), w, "attn.c_proj")
+        q, k, v = (t.view(x.shape[0], cfg.num_heads, cfg.head_dim).transpose(0, 1)  # [heads, T, hd]
+                   for t in qkv.split(cfg.projection_size, dim=-1))
+        past = cache.length(layer) if cache is not None else 0
+        q, k = self._positions(q, k, past, cache)
+        if cache is not None:
+            k, v = cache.extend(layer, k, v)
+        ctx = attend(q, k, v)
+        attn = _linear(ctx.transpose(0, 1).reshape(x.shape[0], cfg.projection_size), w, "attn.c_proj")
         h = x + attn
         m = rms_norm(h, w["ln_2.weight"], cfg.layer_norm_epsilon)
         inner = _linear(m, w, "mlp.w1") * torch.nn.functional.silu(_linear(m, w, "mlp.w2"))
         return h + _linear(inner, w, "mlp.c_proj")
+
+    def _alpha(self, prefill: int, cache: QwenCache | None) -> float:
+        """The NTK factor: as set; else the cache's (frozen at its prefill); else from the prefill."""
+        if self.alpha is not None:
+            return self.alpha
+        if cache is not None and cache.alpha is not None:
+            return cache.alpha
+        alpha = ntk_alpha(prefill, self.cfg.seq_length, self.cfg.use_dynamic_ntk)
+        if cache is not None:
+            cache.alpha = alpha
+        return alpha
+
+    def _positions(self, q, k, past: int, cache: QwenCache | None):
+        """RoPE and logn for positions past .. past + T - 1 (Qwen: positions from the cache length)."""
+        cfg, end = self.cfg, past + q.shape[1]
+        cos, sin = (t[past:].to(q.device) for t in rotary_tables(end, cfg.head_dim, cfg.rotary_emb_base,
+                                                                   self._alpha(end, cache)))
+        q = q * cos + rotate_half(q) * sin
+        k = k * cos + rotate_half(k) * sin
+        logn = cfg.use_logn_attn if self.logn is None else self.logn
+        return q * logn_scale(end, cfg.seq_length, logn)[past:].to(q.device)[None, :, None], k
 
     def final_norm(self, x: torch.Tensor) -> torch.Tensor:
         return rms_norm(x, self._w("transformer.ln_f.weight"), self.cfg.layer_norm_epsilon)
@@ -172,6 +218,21 @@ class QwenReference:
         for i in range(self.cfg.num_layers):
             x = self.block(self.layer_weights(i), x)
         return self.final_norm(x) @ self._w("lm_head.weight").T
+
+
+def attend(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
+    """Causal softmax attention of the last q.shape[1] positions over all k.shape[1] (the earlier
+    ones cached), heads in groups so that no score block passes ATTN_SCORE_BYTES."""
+    nh, T, hd = q.shape
+    S = k.shape[1]
+    ctx = torch.empty_like(q)
+    causal = torch.ones(T, S, dtype=torch.bool, device=q.device).triu(S - T + 1)
+    group = max(1, ATTN_SCORE_BYTES // (T * S * 4))
+    for h0 in range(0, nh, group):
+        s = (q[h0:h0 + group] @ k[h0:h0 + group].transpose(-1, -2)) / math.sqrt(hd)
+        s = s.masked_fill(causal, float("-inf")).softmax(dim=-1)
+        ctx[h0:h0 + group] = s @ v[h0:h0 + group]
+    return ctx
 
 
 LINEAR_BIASES = ("attn.c_proj.bias", "mlp.w1.bias", "mlp.w2.bias", "mlp.c_proj.bias")

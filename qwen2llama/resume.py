@@ -4,12 +4,12 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from . import manifest
+from . import card, manifest
 
 
 def _ours(out: Path, record: dict) -> bool:
     """A folder qwen2llama wrote: its conversion.json follows this tool's schema and every file in
-    the folder is one it recorded (so replacing it loses nothing of anyone else's)."""
+    the folder is one it recorded, or its model card (so replacing it loses nothing of anyone else's)."""
     tool = record.get("tool")
     if not isinstance(tool, dict) or tool.get("name") != "qwen2llama":
         return False
@@ -17,7 +17,7 @@ def _ours(out: Path, record: dict) -> bool:
         _, files = manifest.recorded_files(record)
     except manifest.ManifestUnreadable:
         return False
-    return {p.name for p in out.iterdir()} - {manifest.NAME} <= set(files)
+    return {p.name for p in out.iterdir()} - {manifest.NAME, card.NAME} <= set(files)
 
 
 def _intact(out: Path, record: dict) -> bool:

@@ -73,7 +73,7 @@ def check(src, dst, options: VerifyOptions = VerifyOptions(), *, golden: Path | 
     elif golden is not None:
         from .verify import verify_golden
 
-        result = verify_golden(dst, golden, progress=progress, display=dst)
+        result = verify_golden(dst, golden, progress=progress, display=dst, device=options.device)
     else:
         from .verify import verify
 
@@ -84,18 +84,21 @@ def check(src, dst, options: VerifyOptions = VerifyOptions(), *, golden: Path | 
 
 def record_golden(ckpt, path: Path, *, plan=None, staging: Path | None = None, quick: bool = False,
                   prompts: Path | None = None, long_prompt: bool | None = None,
-                  progress: Progress | None = None, context=None) -> dict:
+                  progress: Progress | None = None, context=None, device: str = "auto") -> dict:
     """Record a golden file for `ckpt` at `path` (whole or not at all); `staging`: the folder the
     same run wrote, whose file digests it keeps; `context` (context.Context): a --context output's,
-    whose reference keeps T's NTK alpha. Returns its header."""
+    whose reference keeps T's NTK alpha; `device`: where the reference computes (verify/device.py).
+    Returns its header."""
     from .verify import golden as golden_mod
+    from .verify.device import compute_device
 
     files = None
     if staging is not None:
         written = manifest.read(staging)
         files = {"hash": written["hash"], "files": written["files"]}
     tensors, meta = golden_mod.record(ckpt, prompts=prompts, quick=quick, long_prompt=long_prompt,
-                                      progress=progress, files=files, plan=plan, context=context)
+                                      progress=progress, files=files, plan=plan, context=context,
+                                      device=compute_device(device))
     write_file(path, lambda tmp: golden_mod.write(tmp, tensors, meta))
     return meta
 
@@ -108,6 +111,9 @@ def write_golden(src, path: Path, *, base=None, dtype: str | None = None, dequan
     from .plan import build_plan
     from .sources import open_source
 
+    from .verify.device import compute_device
+
+    compute_device(recording.get("device"))  # a bad --device before any work
     ckpt = open_source(src, base)
     check_file_output(path, reads_of(ckpt), force=force, what="the golden file")
     plan = build_plan(ckpt, dtype, dequantize, target=target)

@@ -58,3 +58,5 @@ def test_help_shows_no_type_placeholders_on_flags():
         assert result.exit_code == 0, result.output
         shown = [line for line in result.output.splitlines() if "<bool>" in line and "--help" not in line]
         assert shown == [], (name, shown)
+        usage = next(line.strip() for line in result.output.splitlines() if "Usage:" in line)
+        assert re.fullmatch(rf"Usage: \S+ {name} \[OPTIONS\]( \[?[A-Z_]+\]?(\.\.\.)?)+", usage), usage

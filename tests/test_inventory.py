@@ -53,7 +53,8 @@ def test_every_file_has_a_place_and_conversion_json_records_it(base, tmp_path):
     assert inv["unknown"] == ["notes.xyz"]
     known = {f for files in inv["known"].values() for f in files}
     assert {"README.md", "modeling_qwen.py", "train_results.json", "tokenizer_config.json"} <= known
-    assert not (out / "README.md").exists() and not (out / "modeling_qwen.py").exists()
+    assert not (out / "modeling_qwen.py").exists()
+    assert "the source's card" not in (out / "README.md").read_text()  # ours, never the source's
 
 
 @pytest.mark.parametrize("stray", ["visual.bin", "extra_head.safetensors", "blob",

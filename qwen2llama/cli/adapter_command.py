@@ -8,7 +8,7 @@ import typer
 
 from . import render
 from .literal import shown
-from .app import JunitOpt, QuickOpt, ReportOpt, command, err, out
+from .app import CardOpt, JunitOpt, QuickOpt, ReportOpt, command, err, out
 from .commands import reports_need_verify, show_verdict
 
 AdapterSrc = Annotated[Path,
@@ -35,7 +35,7 @@ def adapter(src_adapter: AdapterSrc,
             verify: Annotated[bool, typer.Option(
                 "--verify/--no-verify",
                 help="Verify before publishing (needs --base and --llama-base).", metavar="")] = True,
-            quick: QuickOpt = False, report: ReportOpt = None, junit: JunitOpt = None):
+            quick: QuickOpt = False, report: ReportOpt = None, junit: JunitOpt = None, card: CardOpt = True):
     """Convert a PEFT LoRA adapter trained on Qwen v1 into one for the converted LLaMA model.
 
     Example: qwen2llama adapter ./my-qwen-lora ./my-llama-lora --base ./Qwen-7B-Chat \
@@ -47,5 +47,5 @@ def adapter(src_adapter: AdapterSrc,
     convert_adapter(src_adapter, dst, base=base, llama_base=llama_base, base_name=base_name, force=force,
                     verify=VerifyOptions(quick=quick, report=report, junit=junit) if verify else None,
                     progress=render.TerminalProgress(err), show=show_verdict,
-                    planned=lambda prepared: render.adapter_plan(out, prepared))
+                    planned=lambda prepared: render.adapter_plan(out, prepared), card=card)
     out.print(f"[green]wrote[/] {shown(dst)}")

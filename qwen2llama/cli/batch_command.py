@@ -11,8 +11,8 @@ from . import render
 from .literal import shown
 from ..paths import reads_of
 from ..verdicts import check_output_files
-from .app import (BaseOpt, ContextOpt, DtypeOpt, IgnoreOpt, KindOpt, QuickOpt, ShardSizeOpt, TargetOpt,
-                  command, err, out)
+from .app import (BaseOpt, CardOpt, ContextOpt, DtypeOpt, IgnoreOpt, KindOpt, QuickOpt, ShardSizeOpt,
+                  TargetOpt, command, err, out)
 
 
 @command
@@ -25,7 +25,7 @@ def batch(srcs: Annotated[Optional[list[str]], typer.Argument(
               "--out-root", help="Folder for the outputs, named by the rule in docs/batch.md.")] = None,
           shard_size: ShardSizeOpt = "5GB", dtype: DtypeOpt = None, kind: KindOpt = "auto",
           base: BaseOpt = None, target: TargetOpt = "llama", ignore: IgnoreOpt = None,
-          context: ContextOpt = None,
+          context: ContextOpt = None, card: CardOpt = True,
           workers: Annotated[int, typer.Option(
               "--jobs", help="Jobs converting at once (verify runs one at a time).")] = 1,
           shard: Annotated[Optional[str], typer.Option(

@@ -9,8 +9,8 @@ import typer
 from ..errors import InputError
 from . import render
 from .literal import shown
-from .app import (BaseOpt, ContextOpt, DequantizeOpt, Dst, DtypeOpt, ForceOpt, GoldenOpt, GreedyOpt,
-                  IgnoreOpt, JunitOpt, KindOpt, LongPromptOpt, PromptsOpt,
+from .app import (BaseOpt, CardOpt, ContextOpt, DequantizeOpt, DeviceOpt, Dst, DtypeOpt, ForceOpt, GoldenOpt,
+                  GreedyOpt, IgnoreOpt, JunitOpt, KindOpt, LongPromptOpt, PromptsOpt,
                   QuickOpt, ReportOpt, ShardSizeOpt, Src, TargetOpt, command, err, out)
 
 
@@ -46,6 +46,7 @@ def convert(src: Src, dst: Dst, shard_size: ShardSizeOpt = "5GB", dtype: DtypeOp
                                "~5x the CPU).")]
             = "blake3",
             quick: QuickOpt = False, report: ReportOpt = None, junit: JunitOpt = None,
+            device: DeviceOpt = "auto", card: CardOpt = True,
             golden: Annotated[Optional[Path], typer.Option(
                 "--golden",
                 help="Also record a golden file here, with the digests of the files written.")] = None,
@@ -72,9 +73,10 @@ def convert(src: Src, dst: Dst, shard_size: ShardSizeOpt = "5GB", dtype: DtypeOp
 
     if merge and adapter is None:
         raise InputError("--merge needs --adapter", fix="give the PEFT adapter folder with --adapter")
-    reports_need_verify(verify, report, junit)
+    reports_need_verify(verify, report, junit, device=device)
     options = pipeline.ConvertOptions.pick(locals())
-    checks = pipeline.VerifyOptions(quick=quick, report=report, junit=junit) if verify else None
+    checks = (pipeline.VerifyOptions(quick=quick, report=report, junit=junit, device=device) if verify
+              else None)
     step = pipeline.AdapterStep(adapter, adapter_out, merge) if adapter is not None else None
     run = pipeline.plan(src, dst, options, checks, golden=golden, adapter=step)  # every check, early
     render.plan(out, run.prepared)
@@ -92,10 +94,13 @@ def convert(src: Src, dst: Dst, shard_size: ShardSizeOpt = "5GB", dtype: DtypeOp
         out.print(f"[green]wrote[/] {shown(result.adapter_out)}")
 
 
-def reports_need_verify(verify: bool, *reports) -> None:
+def reports_need_verify(verify: bool, *reports, device: str = "auto") -> None:
     if not verify and any(r is not None for r in reports):
         raise InputError("--report and --junit hold verify's verdict, and --no-verify skips it",
                          fix="drop --no-verify, or drop --report/--junit")
+    if not verify and device != "auto":
+        raise InputError(f"--device {device} says where verify computes, and --no-verify skips it",
+                         fix="drop --no-verify, or drop --device")
 
 
 def show_verdict(result, options) -> None:
@@ -115,7 +120,7 @@ def _golden_line(path: Path, meta: dict) -> None:
 def golden(src: Src, file: Annotated[Path, typer.Argument(help="The golden file to write (safetensors).")],
            prompts: PromptsOpt = None, quick: QuickOpt = False, long_prompt: LongPromptOpt = None,
            base: BaseOpt = None, dtype: DtypeOpt = None, dequantize: DequantizeOpt = None,
-           target: TargetOpt = "llama", context: ContextOpt = None,
+           target: TargetOpt = "llama", context: ContextOpt = None, device: DeviceOpt = "auto",
            force: Annotated[bool, typer.Option("--force", help="Replace FILE if it exists.",
                                                metavar="")] = False):
     """Record what `verify OUT --golden FILE` needs from the Qwen reference on SRC, so that CI can
@@ -124,7 +129,7 @@ def golden(src: Src, file: Annotated[Path, typer.Argument(help="The golden file 
     from ..pipeline import write_golden
 
     meta = write_golden(src, file, base=base, dtype=dtype, dequantize=dequantize, target=target,
-                        context=context, force=force, quick=quick,
+                        context=context, force=force, quick=quick, device=device,
                         prompts=prompts, long_prompt=long_prompt, progress=render.TerminalProgress(err))
     _golden_line(file, meta)
 
@@ -136,7 +141,7 @@ def verify(first: Annotated[str, typer.Argument(
            second: Annotated[Optional[str], typer.Argument(show_default=False, metavar="")] = None,
            report: ReportOpt = None, prompts: PromptsOpt = None, quick: QuickOpt = False,
            long_prompt: LongPromptOpt = None, base: BaseOpt = None, golden: GoldenOpt = None,
-           junit: JunitOpt = None, greedy_tokens: GreedyOpt = None,
+           junit: JunitOpt = None, greedy_tokens: GreedyOpt = None, device: DeviceOpt = "auto",
            adapter: Annotated[Optional[Path], typer.Option(
                "--adapter", help="The Qwen PEFT adapter: DST has it merged in (convert --merge); with "
                                  "--llama-adapter, DST is the converted base.")] = None,
@@ -154,7 +159,7 @@ def verify(first: Annotated[str, typer.Argument(
     # with --golden and two folders, pipeline.check refuses the SRC
     src, dst = (None, Path(first)) if second is None else (first, Path(second))
     checks = pipeline.VerifyOptions(quick=quick, prompts=prompts, greedy_tokens=greedy_tokens,
-                                    long_prompt=long_prompt, report=report, junit=junit)
+                                    long_prompt=long_prompt, report=report, junit=junit, device=device)
     pipeline.check(src, dst, checks, golden=golden, base=base, adapter=adapter, llama_adapter=llama_adapter,
                    progress=render.TerminalProgress(err), show=show_verdict)
 

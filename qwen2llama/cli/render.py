@@ -13,8 +13,12 @@ from ..storage.refs import unknown_kind
 from .literal import compose, shown
 
 
+PULSE_SECONDS = 10.0  # in a log, where a step is, at least this often while it lasts
+
+
 class TerminalProgress(Progress):
-    """A rich bar on a terminal; plain lines every 10% in a log."""
+    """A rich bar on a terminal (its text names the sub-step); in a log, plain lines every 10% and,
+    while a step takes long, where it is every PULSE_SECONDS."""
 
     def __init__(self, console: Console):
         self.console = console
@@ -23,6 +27,7 @@ class TerminalProgress(Progress):
     def start(self, label, total, unit="B"):
         self.label, self.total, self.unit = label, max(total, 1), unit
         self.done, self.next_line, self.t0 = 0, 0.1, time.monotonic()
+        self.last_line = self.t0
         if self.console.is_terminal:
             from rich.progress import BarColumn, DownloadColumn, MofNCompleteColumn, TimeRemainingColumn
             from rich.progress import Progress as Bar
@@ -45,6 +50,16 @@ class TerminalProgress(Progress):
             self.console.print(f"{shown(self.label)}: {100 * self.done / self.total:.0f}% "
                                f"({self._amount(self.done)} of {self._amount(self.total)})")
             self.next_line = (int(10 * self.done / self.total) + 1) / 10
+            self.last_line = time.monotonic()
+
+    def detail(self, where):
+        if self.bar is not None:
+            self.bar.update(self.task, description=f"{self.label}: {where}")
+        elif time.monotonic() - getattr(self, "last_line", 0.0) >= PULSE_SECONDS:
+            elapsed = time.monotonic() - self.t0
+            self.console.print(f"{shown(self.label)}: {shown(where)} ({self._amount(self.done)} of "
+                               f"{self._amount(self.total)} done, {elapsed:.0f} s)")
+            self.last_line = time.monotonic()
 
     def finish(self):
         if self.bar is not None:
@@ -213,6 +228,14 @@ class JobLines(Progress):
 
     def note(self, message):
         self.console.print(f"[{shown(self.name)}] {shown(message)}...")
+
+    def detail(self, where):
+        now = time.monotonic()
+        if now - getattr(self, "last_pulse", now) >= PULSE_SECONDS:
+            self.console.print(f"[{shown(self.name)}] {shown(self.label)}: {shown(where)}")
+            self.last_pulse = now
+        elif not hasattr(self, "last_pulse"):
+            self.last_pulse = now
 
 
 def job_done(console: Console, r) -> None:

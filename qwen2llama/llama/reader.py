@@ -41,9 +41,9 @@ class OutputSide:
     """transformers' modules of the target's layout over a converted folder, loaded layer by
     layer in float32."""
 
-    def __init__(self, folder: Path, target):
+    def __init__(self, folder: Path, target, device: torch.device | str = "cpu"):
         config_class, self._layer_class, self._norm_class, rotary_class = target.transformers
-        self.folder, self.target = folder, target
+        self.folder, self.target, self.device = folder, target, torch.device(device)
         self.tensors = read_output_tensors(folder)
         try:
             self.config = config_class.from_pretrained(folder)
@@ -52,15 +52,19 @@ class OutputSide:
                              path=folder / "config.json",
                              fix="convert again") from None
         self.config._attn_implementation = "sdpa"
-        self.rotary = rotary_class(self.config)
+        self.rotary = rotary_class(self.config).to(self.device)
 
     def tensor(self, name: str, start: int | None = None, stop: int | None = None) -> torch.Tensor:
-        """Rows [start, stop) of a tensor (all of it by default), in float32."""
-        return read_ref(self.tensors[name], start, stop).float()
+        """Rows [start, stop) of a tensor (all of it by default), in float32 where the compute runs."""
+        return read_ref(self.tensors[name], start, stop).to(self.device).float()
 
     def embed(self, ids: list[int]) -> torch.Tensor:
-        rows = {i: self.tensor("model.embed_tokens.weight", i, i + 1)[0] for i in set(ids)}
-        return torch.stack([rows[i] for i in ids])
+        ref = self.tensors["model.embed_tokens.weight"]
+        rows = {i: read_ref(ref, i, i + 1)[0] for i in set(ids)}
+        return torch.stack([rows[i] for i in ids]).to(self.device).float()
+
+    def head_rows(self, start: int, stop: int) -> torch.Tensor:
+        return self.tensor("lm_head.weight", start, stop)
 
     @property
     def gptq_bits(self) -> int | None:
@@ -76,7 +80,7 @@ class OutputSide:
             for stem in (n[len(prefix):-len(".qweight")] for n in names if n.endswith(".qweight")):
                 parts = {s: read_ref(self.tensors[f"{prefix}{stem}.{s}"])
                          for s in ("qweight", "qzeros", "scales", "g_idx")}
-                weights[f"{stem}.weight"] = dequantize_by_bytes(**parts, bits=self.gptq_bits)
+                weights[f"{stem}.weight"] = dequantize_by_bytes(**parts, bits=self.gptq_bits).to(self.device)
         else:
             weights = {n[len(prefix):]: self.tensor(n) for n in names}
         with torch.device("meta"):
@@ -86,7 +90,7 @@ class OutputSide:
 
     @torch.no_grad()
     def run_layer(self, layer, x: torch.Tensor) -> torch.Tensor:
-        pos = torch.arange(x.shape[0])[None]
+        pos = torch.arange(x.shape[0], device=x.device)[None]
         cos, sin = self.rotary(x[None], pos)
         out = layer(x[None], attention_mask=None, position_ids=pos, position_embeddings=(cos, sin))
         return (out[0] if isinstance(out, tuple) else out)[0]

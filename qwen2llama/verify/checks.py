@@ -21,6 +21,8 @@ from ..sources import open_source
 from ..targets import DEFAULT as DEFAULT_TARGET
 from ..targets import for_config
 from .config import check_config
+from .device import compute_device
+from .heap import reused_heap
 from .integrity import check_integrity
 from .logits import check_logits
 from .prompts import extension_samples, load_prompts, qwen_ranks, tiktoken_encoder
@@ -78,7 +80,9 @@ def _run(subject, progress: Progress) -> dict[str, dict]:
     for name, note in STEPS:
         if note is not None:
             progress.note(note)
+        t0 = time.perf_counter()
         checks[name] = getattr(subject, name)(checks)
+        checks[name].setdefault("seconds", round(time.perf_counter() - t0, 2))
     return checks
 
 
@@ -96,6 +100,7 @@ class _AgainstSource:
 
     def __post_init__(self):
         self.target = for_config(self.raw)
+        self.device = compute_device(self.options.device)
         self.texts, self.chats = load_prompts(self.options.prompts, self.options.quick)
         self.encode = tiktoken_encoder(self.ckpt.vocab, self.ckpt.extra_vocab)
 
@@ -112,7 +117,7 @@ class _AgainstSource:
                 "value_head": "carried, identical" if not carried else "differs"}
 
     def config(self, checks):
-        self.side = OutputSide(self.dst, self.target)
+        self.side = OutputSide(self.dst, self.target, self.device)
         q = self.ckpt.quantization
         return check_config(self.ckpt.config, self.side.config, self.raw, self.target,
                             q.output_config() if q else None, mlp_bias=has_mlp_bias(self.ckpt))
@@ -124,6 +129,7 @@ class _AgainstSource:
         return check_tokenizer(self.dst, self.encode, [*self.texts, *extended], self.chats,
                                _is_chat(self.dst, self.ckpt))
 
+    @reused_heap()
     def logits(self, checks):
         o = self.options
         return check_logits(self.ckpt, self.side, self.encode, self.texts, self.chats, quick=o.quick,
@@ -164,6 +170,7 @@ class _AgainstGolden:
     raw: dict
     dst_tensors: dict
     progress: Progress
+    device: object  # torch.device
 
     def __post_init__(self):
         self.target = for_config(self.raw)
@@ -185,7 +192,7 @@ class _AgainstGolden:
         return check(None, note, note=note, **self.against)
 
     def config(self, checks):
-        self.side = OutputSide(self.dst, self.target)
+        self.side = OutputSide(self.dst, self.target, self.device)
         meta = self.golden.meta
         return {**check_config(self.golden.config, self.side.config, self.raw, self.target,
                                meta.get("quantization"), mlp_bias=meta.get("mlp_bias", False),
@@ -198,6 +205,7 @@ class _AgainstGolden:
         texts, chats = meta["prompt_set"]["texts"], meta["prompt_set"]["chats"]
         return {**check_tokenizer(self.dst, self.golden.encode, texts, chats, meta["chat"]), **self.against}
 
+    @reused_heap()
     def logits(self, checks):
         from .replay import check_logits_golden
 
@@ -205,11 +213,13 @@ class _AgainstGolden:
 
 
 def verify_golden(dst: str | Path, golden_file: str | Path, *, progress: Progress | None = None,
-                  display: Path | None = None) -> VerifyResult:
-    """Every check that needs no source, against a golden file (see verify/golden.py)."""
+                  display: Path | None = None, device: str = "auto") -> VerifyResult:
+    """Every check that needs no source, against a golden file (see verify/golden.py); `device`:
+    where the logits check computes (verify/device.py)."""
     from . import golden as golden_mod
     from .replay import check_same_model
 
+    device = compute_device(device)
     progress = progress or NullProgress()
     t0 = time.perf_counter()
     dst = Path(dst)
@@ -217,6 +227,6 @@ def verify_golden(dst: str | Path, golden_file: str | Path, *, progress: Progres
     raw = _read_config(dst)
     dst_tensors = read_output_tensors(dst)
     check_same_model(golden, dst_tensors, dst)
-    checks = _run(_AgainstGolden(golden, dst, raw, dst_tensors, progress), progress)
+    checks = _run(_AgainstGolden(golden, dst, raw, dst_tensors, progress, device), progress)
     quick = bool(golden.meta["prompt_set"]["quick"])
     return _result(checks, f"golden file {golden.path}", display or dst, quick, t0)

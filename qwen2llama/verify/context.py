@@ -38,11 +38,18 @@ def band_start(tokens: int, seq_length: int) -> int:
                 if ntk_alpha(n, seq_length, True) == alpha)
 
 
-def _run(ref, side, ids, layers: int):
+def _run(ref, side, ids, layers: int, progress, what: str):
     """Both sides' hidden states after `layers` layers (all: after the final norms)."""
     hr, hl = ref.embed(ids), side.embed(ids)
-    for _, step_r, step_l in zip(range(layers), reference_layers(ref), llama_layers(side)):
-        hr, hl = step_r(hr), step_l(hl)
+    progress.start(f"logits: context band, {what} ({len(ids)} tokens)", layers, "layers")
+    steps_r, steps_l = reference_layers(ref), llama_layers(side)
+    for i in range(layers):  # not zip(): its cached result tuple keeps a layer alive while the next loads
+        progress.detail(f"layer {i + 1}/{layers} reference")
+        hr = next(steps_r)(hr)
+        progress.detail(f"layer {i + 1}/{layers} converted")
+        hl = next(steps_l)(hl)
+        progress.advance(1)
+    progress.finish()
     if layers == ref.cfg.num_layers:
         return ref.final_norm(hr), side.final_norm(hl)
     return hr, hl
@@ -69,9 +76,8 @@ def check_band(ckpt, adapter, side, seqs, tokens: int, tol: dict, progress) -> t
     ids = (filler * (length // len(filler) + 1))[:length]
     per_layer = long_prompt_flops(cfg, length) / max(cfg.num_layers, 1)
     layers = max(1, min(cfg.num_layers, int(LONG_PROMPT_MAX_FLOPS // max(per_layer, 1))))
-    progress.note(f"logits: context band ({length} tokens, {layers} of {cfg.num_layers} layers)")
-    qwen = QwenReference(ckpt, adapter, logn=False)  # Qwen's own alpha for this length; logn off
-    hr, hl = _run(qwen, side, ids, layers)
+    qwen = QwenReference(ckpt, adapter, logn=False, device=side.device)  # Qwen's alpha for this length
+    hr, hl = _run(qwen, side, ids, layers, progress, f"logn off, {layers} of {cfg.num_layers} layers")
     record = {"context_tokens": tokens, "band": [length, tokens], "tokens": length, "layers": layers,
               "ntk_alpha": ntk_alpha(length, cfg.seq_length, True)}
     if layers < cfg.num_layers:  # the hidden states after the layers the budget allows
@@ -84,10 +90,12 @@ def check_band(ckpt, adapter, side, seqs, tokens: int, tol: dict, progress) -> t
     row = _row(f"context band ({length} tokens, logn off)", qwen, side, ids, hr, hl, tol)
     record["band_row"] = row
     if cfg.use_logn_attn:  # information: what logn, which no layout expresses, changes there
-        hq, _ = _run(QwenReference(ckpt, adapter), side, ids, cfg.num_layers)
+        hq, _ = _run(QwenReference(ckpt, adapter, device=side.device), side, ids, cfg.num_layers, progress,
+                     "with logn")
         record["logn_effect"] = _row("with logn (information)", qwen, side, ids, hq, hl, tol)
     short = seqs[0]  # information: Qwen rotates a short prompt with alpha 1, this output with T's
-    hs, hl_short = _run(QwenReference(ckpt, adapter), side, short, cfg.num_layers)
+    hs, hl_short = _run(QwenReference(ckpt, adapter, device=side.device), side, short, cfg.num_layers,
+                        progress, "a short prompt")
     record["short_prompt_vs_qwen"] = _row(f"a {len(short)}-token prompt vs Qwen's own alpha (information)",
                                           qwen, side, short, hs, hl_short, tol)
     return record, judge(row, tol)

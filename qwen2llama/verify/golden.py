@@ -25,12 +25,13 @@ from .. import __version__
 from ..errors import InputError
 from ..progress import NullProgress
 from ..qwen.config import QwenConfig
-from ..reference import QwenReference, has_mlp_bias
+from ..reference import QwenCache, QwenReference, has_mlp_bias
 from ..tokenizer import read_tiktoken
 from ..tokenizer.files import vocab_digest
 from ..tokens import SPECIAL_IDS
 from . import digests
-from .lockstep import continue_greedily, forward, reference_layers
+from .heap import reused_heap
+from .lockstep import continue_reference, forward, reference_layers
 from .prompts import (GOLDEN, MAX_GREEDY, MAX_PROMPTS, PROBES, greedy_count,
                       load_prompts, prompt_set, qwen_chat_text, tiktoken_encoder)
 from .stats import reference_head_blocks, side_stats
@@ -63,7 +64,7 @@ def tokenizer_samples(texts: list[str], chats: list) -> list[str]:
 
 def record(ckpt, *, prompts: Path | None = None, quick: bool = False, long_prompt: bool | None = None,
            greedy_tokens: int | None = None, progress=None, files: dict | None = None,
-           plan=None, context=None) -> tuple[dict[str, torch.Tensor], dict]:
+           plan=None, context=None, device: str = "cpu") -> tuple[dict[str, torch.Tensor], dict]:
     """(tensors, header) of a golden file for the checkpoint. `plan`: the conversion whose tensors
     the digests describe (default: `build_plan(ckpt)`, the source's dtype); `files` = {"hash": name,
     "files": {...}} when convert records the digests of what it wrote."""
@@ -75,30 +76,22 @@ def record(ckpt, *, prompts: Path | None = None, quick: bool = False, long_promp
     texts, chats = load_prompts(prompts, quick)
     encode = _encoder(ckpt)
     named, long_note, _ = prompt_set(cfg, encode, texts, chats, quick, long_prompt)
-    ref = QwenReference(ckpt, alpha=context.alpha if context else None)  # --context: T's alpha, frozen
+    # --context: T's alpha, frozen
+    ref = QwenReference(ckpt, alpha=context.alpha if context else None, device=device)
     seqs = [ids for _, ids in named]
     lens = [len(s) for s in seqs]
-    progress.start("golden: reference layers", cfg.num_layers, "layers")
-    h = forward(ref.embed([x for s in seqs for x in s]), reference_layers(ref), lens, progress)
-    progress.finish()
+    n_greedy = greedy_count(sum(r.nbytes for r in ckpt.tensors.values()), quick, greedy_tokens)
     gather = sample_ids(cfg.vocab_rows, {i for seq in seqs for i in seq})
-    stats = side_stats(reference_head_blocks(ref), ref.final_norm(h), TOP_K, gather)
-    model_bytes = sum(r.nbytes for r in ckpt.tensors.values())
-    n_greedy = greedy_count(model_bytes, quick, greedy_tokens)
-    greedy_seqs = seqs[: min(3, len(seqs))]
-    if n_greedy:
-        progress.start(f"golden: greedy ({n_greedy} tokens)", n_greedy * cfg.num_layers, "layers")
-        greedy_seqs = continue_greedily(ref.embed, lambda: reference_layers(ref), ref.final_norm,
-                                        lambda: reference_head_blocks(ref), greedy_seqs, n_greedy, progress)
-        progress.finish()
+    with reused_heap():  # the layer-streamed part only (heap.py)
+        stats, continuations = _reference(ref, seqs, gather, n_greedy, progress)
     tensors = {"sample_ids": gather.to(torch.int32)}
     columns = {"lse": stats.lse().float(), "topk_ids": stats.top_ids.to(torch.int32),
                "topk_values": stats.top_values, "sample_values": stats.gathered}
     for k, (ids, part) in enumerate(zip(seqs, zip(*(v.split(lens) for v in columns.values())))):
         tensors[f"prompt.{k}.ids"] = torch.tensor(ids, dtype=torch.int32)
         tensors.update({f"prompt.{k}.{name}": v.contiguous() for name, v in zip(columns, part)})
-    for k, (prompt, full) in enumerate(zip(seqs, greedy_seqs)):
-        tensors[f"greedy.{k}"] = torch.tensor(full[len(prompt):], dtype=torch.int32)
+    for k, tokens in enumerate(continuations):
+        tensors[f"greedy.{k}"] = torch.tensor(tokens, dtype=torch.int32)
     meta = {
         "format": FORMAT, "tool": {"name": "qwen2llama", "version": __version__},
         "qwen_config": cfg.to_dict(), "vocab_digest": vocab_digest(read_tiktoken(ckpt.vocab)),
@@ -116,6 +109,27 @@ def record(ckpt, *, prompts: Path | None = None, quick: bool = False, long_promp
         **_layout(plan, context),
     }
     return tensors, meta
+
+
+def _reference(ref, seqs, gather, n_greedy: int, progress):
+    """The reference's statistics over the prompts, and its greedy continuations of the first."""
+    lens = [len(s) for s in seqs]
+    caches = [QwenCache() for _ in seqs[: min(3, len(seqs))]] if n_greedy else []
+    progress.start("golden: reference layers", ref.cfg.num_layers, "layers")
+    h = ref.final_norm(forward(ref.embed([x for s in seqs for x in s]), reference_layers(ref), lens, progress,
+                               caches))
+    progress.finish()
+    stats = side_stats(reference_head_blocks(ref), h, TOP_K, gather)
+    return stats, (_greedy(ref, caches, h, lens, n_greedy, progress) if n_greedy else [[] for _ in seqs[:3]])
+
+
+def _greedy(ref, caches, h, lens: list[int], n: int, progress) -> list[list[int]]:
+    """The reference's greedy continuations of the first prompts, from their caches."""
+    progress.start(f"golden: greedy ({n} tokens)", (n - 1) * ref.cfg.num_layers, "layers")
+    ends = (torch.tensor(lens).cumsum(0) - 1)[: len(caches)].to(h.device)
+    continuations, _ = continue_reference(ref, caches, h[ends], n, progress)
+    progress.finish()
+    return continuations
 
 
 def _layout(plan, context) -> dict:

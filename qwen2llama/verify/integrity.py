@@ -8,6 +8,9 @@ from .. import manifest
 from .report import check, hashed_summary
 
 
+UNHASHED = (manifest.NAME, "README.md")
+
+
 def check_integrity(dst: Path) -> dict:
     try:
         record = manifest.read(dst)
@@ -32,7 +35,8 @@ def check_files(dst: Path, algorithm: str, files: dict[str, str | None], against
             unhashed.append(name)  # converted with --no-checksums
         elif manifest.hash_file(path, algorithm) != digest:
             failures.append(f"{name}: {algorithm} differs from {against}")
-    extra = sorted(p.name for p in dst.iterdir() if p.name not in files and p.name != manifest.NAME)
+    # conversion.json and the model card are written after the digests (they hold the verdict)
+    extra = sorted(p.name for p in dst.iterdir() if p.name not in files and p.name not in UNHASHED)
     failures += [f"{name}: not in {against}" for name in extra]
     return check(not failures, hashed_summary(len(files) - len(unhashed), algorithm, len(unhashed)),
                  hash=algorithm, files=len(files) - len(unhashed), not_hashed=unhashed, failures=failures)

@@ -14,7 +14,7 @@ import torch
 from ..tokenizer.files import tokens_from_vocab_json, vocab_digest
 from ..errors import InputError
 from .golden import Golden
-from .lockstep import LayerRejected, continue_greedily, forward, llama_layers
+from .lockstep import LayerRejected, compare_continuations, forward, llama_layers
 from .judge import judge, judge_greedy, summarize, tally, tolerance, top1_agreement
 from .integrity import check_files
 from .report import check
@@ -45,25 +45,33 @@ def check_integrity_golden(golden: Golden, dst) -> dict | None:
     return {**found, "against": str(golden.path)}
 
 
+def _extended(golden: Golden, seqs: list[list[int]]) -> list[list[int]]:
+    """The prompts, the first few followed by the reference's greedy continuation but its last
+    token: one pass then gives the prompts' logits (causal: unchanged by what follows them) and the
+    converted model's choice at every step of the recorded continuation."""
+    n = golden.meta["greedy_tokens"]
+    if not n:
+        return seqs
+    recorded = [golden.tensors[f"greedy.{k}"].tolist() for k in range(min(3, len(seqs)))]
+    return [s + recorded[k][:-1] if k < len(recorded) else s for k, s in enumerate(seqs)]
+
+
 def _llama_stats(side, seqs, gather, k, progress):
     lens = [len(s) for s in seqs]
     h = forward(side.embed([x for s in seqs for x in s]), llama_layers(side), lens, progress)
     return side_stats(llama_head_blocks(side), side.final_norm(h), k, gather), lens
 
 
-def _greedy(side, golden: Golden, progress) -> list[dict]:
-    rows = []
+def _greedy(golden: Golden, seqs, stats, starts) -> list[dict]:
+    """The recorded continuations against the converted model's choices after each of their
+    prefixes (lockstep.compare_continuations)."""
     n = golden.meta["greedy_tokens"]
-    starts = [golden.prompt(k, "ids").tolist() for k in range(len(golden.meta["prompts"]))][:3]
-    progress.start(f"logits: greedy ({n} tokens, golden)", n * side.config.num_hidden_layers, "layers")
-    seqs = continue_greedily(side.embed, lambda: llama_layers(side), side.final_norm,
-                             lambda: llama_head_blocks(side), starts, n, progress)
-    progress.finish()
-    for k, (start, seq) in enumerate(zip(starts, seqs)):
-        want = golden.tensors[f"greedy.{k}"].tolist()
-        rows.append({"tokens": n, "reference": want, "llama": seq[len(start):],
-                     "identical": want == seq[len(start):]})
-    return rows
+    recorded = [golden.tensors[f"greedy.{k}"].tolist() for k in range(min(3, len(seqs)))]
+    chosen = [stats.top_ids[start + len(s) - 1: start + len(s) - 1 + n, 0].tolist()
+              for s, start in zip(seqs, starts)]
+    diffs = [None] * len(recorded)  # the golden file keeps no logits along the continuations
+    return [{k: v for k, v in row.items() if v is not None}
+            for row in compare_continuations(recorded, chosen, diffs)]
 
 
 def _golden_row(golden: Golden, k: int, name: str, stats, part, sample, gather, tol: dict) -> dict:
@@ -92,7 +100,7 @@ def check_logits_golden(golden: Golden, side, progress) -> dict:
     gather = torch.unique(torch.cat([sample, ref_top.reshape(-1)]))  # sorted
     progress.start("logits: layers (golden)", side.config.num_hidden_layers, "layers")
     try:
-        stats, lens = _llama_stats(side, seqs, gather, 1, progress)
+        stats, lens = _llama_stats(side, _extended(golden, seqs), gather, 1, progress)
     except LayerRejected as rej:
         return check(False, against=str(golden.path), failures=[
             f"layer {rej.layer}: transformers' decoder layer rejects the weights: {rej.exc}"[:400]])
@@ -100,8 +108,9 @@ def check_logits_golden(golden: Golden, side, progress) -> dict:
         progress.finish()
     lossy = bool(golden.meta.get("lossy_cast"))
     tol = tolerance(lossy)
-    rows = [_golden_row(golden, k, name, stats, part, sample, gather, tol)
-            for k, (name, part) in enumerate(zip(names, torch.arange(sum(lens)).split(lens)))]
+    starts = (torch.tensor(lens).cumsum(0) - torch.tensor(lens)).tolist()
+    rows = [_golden_row(golden, k, name, stats, torch.arange(start, start + len(s)), sample, gather, tol)
+            for k, (name, s, start) in enumerate(zip(names, seqs, starts))]
     failures = [line for row in rows for line in judge(row, tol)]
     result = check(not failures, against=str(golden.path), compute_dtype="float32", tolerance=tol,
                    lossy_cast=lossy, long_prompt=golden.meta["long_prompt"], kl_max=None,
@@ -110,7 +119,7 @@ def check_logits_golden(golden: Golden, side, progress) -> dict:
                    max_abs_lse_diff=max(r["max_abs_lse_diff"] for r in rows), layers=[],
                    **tally(rows, failures))
     if golden.meta["greedy_tokens"]:
-        judge_greedy(result, _greedy(side, golden, progress), lossy)
+        judge_greedy(result, _greedy(golden, seqs, stats, starts), lossy)
     else:
         result["greedy"] = "not recorded in the golden file"
     return summarize(result)

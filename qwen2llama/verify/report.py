@@ -40,10 +40,16 @@ class VerifyOptions:
     report: Path | None = None  # the JSON report (README "Report schema")
     junit: Path | None = None  # JUnit XML, a test case per check
     github_summary: bool = True  # appended to $GITHUB_STEP_SUMMARY when it is set
+    device: str = "auto"  # where the logits check computes: auto | cpu | cuda | mps (verify/device.py)
 
     def __post_init__(self):
         from .prompts import MAX_GREEDY
 
+        from .device import DEVICES
+
+        if self.device not in DEVICES:
+            raise InputError(f"--device {self.device!r} is not one of {', '.join(DEVICES)}",
+                             fix="use --device auto (an accelerator when torch sees one), cpu, cuda or mps")
         n = self.greedy_tokens
         if n is not None and (isinstance(n, bool) or not isinstance(n, int) or not 0 <= n <= MAX_GREEDY):
             raise InputError(f"--greedy-tokens {n!r} is not a count from 0 to {MAX_GREEDY}",

@@ -7,7 +7,6 @@ import math
 
 import torch
 
-from ..storage import read_ref
 
 HEAD_BLOCK_ROWS = 8192
 
@@ -59,15 +58,12 @@ class HeadStats:
 
 
 def head_stats(ref, side, hr: torch.Tensor, hl: torch.Tensor) -> HeadStats:
-    """lm_head in vocabulary row blocks on both sides: never more than a block of either in memory."""
+    """lm_head in vocabulary row blocks on both sides: never more than a block of either in memory.
+    The logits are computed where the hidden states are; the statistics on the CPU (in float64)."""
     stats = HeadStats(hr.shape[0])
-    src_ref = ref.head_ref()
-    rows = src_ref.shape[0]
-    for start in range(0, rows, HEAD_BLOCK_ROWS):
-        stop = min(rows, start + HEAD_BLOCK_ROWS)
-        wr = read_ref(src_ref, start, stop).float()
-        wl = side.tensor("lm_head.weight", start, stop)
-        stats.add(hr @ wr.T, hl @ wl.T, start)
+    for start, wr in reference_head_blocks(ref):
+        wl = side.head_rows(start, start + wr.shape[0])
+        stats.add((hr @ wr.T).cpu(), (hl @ wl.T).cpu(), start)
     return stats
 
 
@@ -105,17 +101,18 @@ def side_stats(blocks, h: torch.Tensor, k: int, gather: torch.Tensor) -> SideSta
     """Stream `h @ w.T` over (offset, weight block) pairs into a SideStats."""
     stats = SideStats(h.shape[0], k, gather)
     for offset, w in blocks:
-        stats.add(h @ w.T, offset)
+        stats.add((h @ w.T).cpu(), offset)
     return stats
 
 
+def _blocks(model, rows: int):
+    for start in range(0, rows, HEAD_BLOCK_ROWS):
+        yield start, model.head_rows(start, min(rows, start + HEAD_BLOCK_ROWS))
+
+
 def reference_head_blocks(ref):
-    head = ref.head_ref()
-    for start in range(0, head.shape[0], HEAD_BLOCK_ROWS):
-        yield start, read_ref(head, start, min(head.shape[0], start + HEAD_BLOCK_ROWS)).float()
+    return _blocks(ref, ref.head_ref().shape[0])
 
 
 def llama_head_blocks(side):
-    rows = side.tensors["lm_head.weight"].shape[0]
-    for start in range(0, rows, HEAD_BLOCK_ROWS):
-        yield start, side.tensor("lm_head.weight", start, min(rows, start + HEAD_BLOCK_ROWS))
+    return _blocks(side, side.tensors["lm_head.weight"].shape[0])

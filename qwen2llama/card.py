@@ -73,7 +73,7 @@ def _load(folder: str, chat: bool) -> list[str]:
             "`mlx_lm.generate --model MODEL --prompt \"Hello\"`."]
 
 
-def _prompt_format(chat: bool, record: dict) -> list[str]:
+def _prompt_format(chat: bool) -> list[str]:
     if chat:
         return ["Chat model: ChatML, as Qwen v1 was trained (`tokenizer_config.json` holds the template):",
                 "",
@@ -139,7 +139,7 @@ def render(name: str, record: dict, verdict: dict | None, architecture: str) -> 
              "file's digest and what was done.", "",
              "The license is the source's (Tongyi Qianwen): `LICENSE` and `NOTICE` are carried beside the "
              "weights.", "", "## Loading it", "", *_load(name, chat), "", "## Prompt format", "",
-             *_prompt_format(chat, record), "", "## Context length", "", *_context(record), "",
+             *_prompt_format(chat), "", "## Context length", "", *_context(record), "",
              "## What was converted", "", *_contents(record), "", "## Verification", "", *_verdict(verdict)]
     return _front_matter(meta) + "\n" + "\n".join(lines) + "\n"
 

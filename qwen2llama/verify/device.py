@@ -8,6 +8,14 @@ from ..errors import InputError
 DEVICES = ("auto", "cpu", "cuda", "mps")
 
 
+def check_name(name: str) -> str:
+    """The name, when it is one of DEVICES; bad input otherwise (no torch needed to say so)."""
+    if name not in DEVICES:
+        raise InputError(f"--device {name!r} is not one of {', '.join(DEVICES)}",
+                         fix="use --device auto (an accelerator when torch sees one), cpu, cuda or mps")
+    return name
+
+
 def _available() -> dict[str, bool]:
     import torch
 
@@ -20,10 +28,7 @@ def compute_device(name: str | None):
     (exit 2) for a name that is not one of DEVICES or an accelerator torch does not see."""
     import torch
 
-    name = "auto" if name is None else name
-    if name not in DEVICES:
-        raise InputError(f"--device {name!r} is not one of {', '.join(DEVICES)}",
-                         fix="use --device auto (an accelerator when torch sees one), cpu, cuda or mps")
+    name = check_name("auto" if name is None else name)
     seen = _available()
     if name == "auto":
         name = next(d for d in ("cuda", "mps", "cpu") if seen[d])

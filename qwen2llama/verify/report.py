@@ -45,11 +45,9 @@ class VerifyOptions:
     def __post_init__(self):
         from .prompts import MAX_GREEDY
 
-        from .device import DEVICES
+        from .device import check_name
 
-        if self.device not in DEVICES:
-            raise InputError(f"--device {self.device!r} is not one of {', '.join(DEVICES)}",
-                             fix="use --device auto (an accelerator when torch sees one), cpu, cuda or mps")
+        check_name(self.device)
         n = self.greedy_tokens
         if n is not None and (isinstance(n, bool) or not isinstance(n, int) or not 0 <= n <= MAX_GREEDY):
             raise InputError(f"--greedy-tokens {n!r} is not a count from 0 to {MAX_GREEDY}",
